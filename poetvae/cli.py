@@ -1,0 +1,320 @@
+"""The `poetvae` command: a thin Typer layer over the library.
+
+Each command parses its flags, resolves the config, calls one library function and
+renders the result with rich. Library errors (PoetVAEError) become a one-line
+`error: …` on stderr and exit code 1; Typer's own usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from poetvae.config import ModelConfig, PrepConfig, load_config, user_fields
+from poetvae.errors import PoetVAEError
+
+app = typer.Typer(
+    help="Learn and write classical Chinese five-character quatrains (五言绝句) with a text VAE.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn what a user can cause into one line and exit code 1, never a traceback."""
+    try:
+        yield
+    except (PoetVAEError, OSError) as e:
+        msg = " ".join(str(e).split())  # one line, whatever the library put in it
+        err.print(f"[red]error:[/] {msg}", markup=True)
+        raise typer.Exit(1) from None
+
+
+# ---- config settings as flags: one name everywhere (field latent_dim = --latent-dim) ------
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _config_params(sections: set[str], extra_fields: set[str] = frozenset()) -> list[inspect.Parameter]:
+    params = []
+    for section, f in user_fields():
+        if section not in sections and f.name not in extra_fields:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        typ = _TYPES[f.type] if isinstance(f.type, str) else f.type
+        decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
+        choices = f.metadata.get("choices")
+        help_text = f.metadata["help"] + (f" [{'|'.join(choices)}]" if choices else "") + f" (default: {f.default})"
+        option = typer.Option(*decls, help=help_text, rich_help_panel=f"{section} settings", show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[typ], option]))
+    return params
+
+
+def _with_config_flags(sections: set[str], extra_fields: set[str] = frozenset()) -> Callable:
+    """Add one flag per config setting to a command; the command receives them as
+    `settings`: a dict of only the flags the user gave."""
+    config_params = _config_params(sections, extra_fields)
+    names = {p.name for p in config_params}
+
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)  # resolve the string annotations of this module
+        own = [p for p in sig.parameters.values() if p.name != "settings"]
+
+        def command(**kwargs: Any) -> Any:
+            settings = {k: kwargs.pop(k) for k in names if kwargs.get(k) is not None}
+            for k in names:
+                kwargs.pop(k, None)
+            return fn(settings=settings, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + config_params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in own + config_params}
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        return command
+
+    return wrap
+
+
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file with [prep], [model], [train] sections")]
+
+
+# ---- prep -------------------------------------------------------------------------------
+def _print_prep(result: Any) -> None:
+    r = result.report
+    table = Table(title=f"prepared corpus → {result.prep_dir}", show_header=False, title_justify="left")
+    for f in r.files:
+        table.add_row("file", f"{f}  [dim]({r.formats.get(f, '?')})[/]")
+    table.add_row("poems read", f"{r.read:,}")
+    table.add_row("kept", f"{r.kept:,}")
+    table.add_row("duplicates dropped", f"{r.duplicates:,}")
+    if r.converted_t2s:
+        table.add_row("converted to simplified", f"{r.converted_t2s:,}")
+    for reason, count in r.skipped.most_common():
+        examples = "; ".join(r.examples.get(reason, [])[:3])
+        table.add_row(f"skipped: {reason}", f"{count:,}  [dim]{examples}[/]")
+    table.add_row("splits", "  ".join(f"{k} {v:,}" for k, v in result.split_sizes.items()))
+    table.add_row("vocabulary", f"{result.vocab_size:,} tokens")
+    table.add_row("<unk> rate", "  ".join(f"{k} {v:.3%}" for k, v in result.unk_rate.items()))
+    out.print(table)
+
+
+@app.command()
+@_with_config_flags({"prep"}, {"embed_dim"})
+def prep(
+    corpus: Annotated[list[Path], typer.Argument(help="corpus files: text, JSONL or chinese-poetry JSON")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory to write")] = Path("prep"),
+    config: ConfigFile = None,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Clean a corpus, split it, build the vocabulary and word2vec embeddings.
+
+    Example: [bold]poetvae prep ../shared/data/tang_quatrains.txt -o prep/tang[/]
+    """
+    from poetvae.prep import prepare
+
+    with user_errors():
+        cfg = load_config(config, settings)
+        result = prepare(corpus, output, cfg.prep, cfg.model.embed_dim)
+    _print_prep(result)
+
+
+# ---- train ------------------------------------------------------------------------------
+def _config_table(cfg: Any) -> Table:
+    table = Table(title="config", show_header=False, title_justify="left")
+    for section, values in cfg.to_dict().items():
+        table.add_row(f"[bold]{section}[/]", "  ".join(f"{k}={v}" for k, v in values.items()))
+    return table
+
+
+@app.command()
+@_with_config_flags({"prep", "model", "train"})
+def train(
+    corpus: Annotated[Optional[list[Path]], typer.Argument(
+        help="corpus files or a prep directory (default: the corpus shipped in data/)")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="run directory (default: runs/default)")] = None,
+    config: ConfigFile = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in the output directory")] = False,
+    no_latent: Annotated[bool, typer.Option("--no-latent", help="train the decoder alone as a language model")] = False,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Train the VAE; writes config, vocabulary, checkpoints and log.jsonl to the run directory.
+
+    Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
+    """
+    from poetvae import checkpoint as ckpt
+    from poetvae.train import load_training_data, load_prepared, run_config, train as train_run
+
+    settings = dict(settings or {})
+    if no_latent:
+        settings["use_latent"] = False
+    with user_errors():
+        if resume is not None:
+            if corpus or output or settings or config:
+                raise typer.BadParameter("--resume takes the run's own data and config; give no corpus or settings")
+            run_dir = resume
+            cfg = run_config(run_dir)
+            data = load_prepared(run_dir / "prep")
+        else:
+            run_dir = output or Path("runs/default")
+            if ckpt.is_run_dir(run_dir) and not overwrite:
+                raise PoetVAEError(f"{run_dir} already holds a run: --resume {run_dir} continues it, --overwrite replaces it")
+            cfg = load_config(config, settings)
+            data = load_training_data(corpus or None, run_dir, cfg)
+        out.print(_config_table(cfg))
+        result = _train_with_progress(cfg, data, run_dir, resume is not None)
+    _print_train_result(result)
+    if result.interrupted:
+        err.print(f"interrupted at step {result.steps}; continue with: poetvae train --resume {run_dir}")
+        raise typer.Exit(130)
+
+
+def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> Any:
+    from poetvae.train import train as train_run
+
+    live = out.is_terminal
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=out, disable=not live)
+    task = progress.add_task("training", total=None)
+
+    def on_log(r: dict[str, Any]) -> None:
+        if r["kind"] == "step":
+            progress.update(task, completed=r["step"], total=r["total_steps"],
+                            description=f"rec {r['rec']:.1f}  KL {r['kl']:.2f}  β {r['beta']:.2f}")
+        if r["kind"] == "epoch" and r.get("valid_nelbo") is not None:
+            line = (f"step {r['step']:>6}  epoch {r['epoch']:.1f}  valid rec {r['valid_rec']:.2f}  "
+                    f"KL {r['valid_kl']:.2f}  -ELBO {r['valid_nelbo']:.2f}  ppl {r['valid_ppl']:.2f}  "
+                    f"({r['seconds']:.0f}s)")
+            progress.console.print(line) if live else out.print(line)
+
+    with progress:
+        return train_run(cfg, data, run_dir, resume=resume, on_log=on_log)
+
+
+def _print_train_result(result: Any) -> None:
+    table = Table(title=f"run → {result.run_dir}", show_header=False, title_justify="left")
+    table.add_row("steps", f"{result.steps:,} ({result.epochs} epochs, {result.seconds:.0f} s)")
+    for name, values in (("last validation", result.valid), ("best validation", result.best_valid)):
+        if values:
+            table.add_row(name, "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in values.items()))
+    out.print(table)
+
+
+# ---- sample -------------------------------------------------------------------------------
+RunDir = Annotated[Path, typer.Option("--model", "-m", help="run directory written by `poetvae train`")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N")]
+
+
+def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
+    for s in samples:
+        if fmt == "json":
+            record = {"lines": s.lines, "text": s.oneline(), "logprob": round(s.logprob, 4)}
+            if with_z:
+                record["z"] = [round(v, 5) for v in s.z]
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif fmt == "oneline":
+            sys.stdout.write(s.oneline() + "\n")
+        else:
+            sys.stdout.write(s.layout() + "\n\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def sample(
+    model: RunDir,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="how many poems")] = 10,
+    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="sampling temperature")] = 0.8,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="fixes z and the draws")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=0, help="sample from the k likeliest tokens (0: all)")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", min=1e-6, max=1.0, help="nucleus sampling mass")] = 1.0,
+    greedy: Annotated[bool, typer.Option("--greedy", help="most likely token at every step")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text | oneline | json")] = "text",
+    with_z: Annotated[bool, typer.Option("--with-z", help="include z in --format json")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="poems decoded together")] = 2048,
+    device: Device = "auto",
+) -> None:
+    """Draw z ~ N(0, I) and decode well-formed quatrains, streaming them as they are made.
+
+    Example: [bold]poetvae sample -m runs/default -n 10 --temp 0.8 --seed 1[/]
+    """
+    from poetvae.decode import DecodeOptions
+    from poetvae.poet import Poet
+
+    if fmt not in ("text", "oneline", "json"):
+        raise typer.BadParameter("--format must be text, oneline or json")
+    with user_errors():
+        poet = Poet.load(model, device=device)
+        opts = DecodeOptions(temp, top_k, top_p, greedy)
+        for batch in poet.iter_sample(n, opts, seed, batch_size, with_z=with_z):
+            _emit(batch, fmt, with_z)
+
+
+# ---- interpolate -------------------------------------------------------------------------
+@app.command()
+def interpolate(
+    model: RunDir,
+    poem_a: Annotated[str, typer.Argument(help="first poem, e.g. 床前明月光，疑是地上霜。举头望明月，低头思故乡。")],
+    poem_b: Annotated[str, typer.Argument(help="second poem")],
+    steps: Annotated[int, typer.Option("--steps", min=2, help="points on the path, both ends included")] = 8,
+    method: Annotated[str, typer.Option("--method", help="linear | slerp")] = "linear",
+    sample_: Annotated[bool, typer.Option("--sample", help="sample at each point instead of greedy decoding")] = False,
+    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="temperature with --sample")] = 0.8,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    allow_unk: Annotated[bool, typer.Option("--allow-unk", help="read unknown characters as <unk>")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    device: Device = "auto",
+) -> None:
+    """Walk the latent space from poem A to poem B (posterior means), decoding each point.
+
+    Example: [bold]poetvae interpolate -m runs/default 床前明月光，疑是地上霜。举头望明月，低头思故乡。 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。[/]
+    """
+    from poetvae.corpus import parse_poem
+    from poetvae.decode import DecodeOptions
+    from poetvae.poet import Poet
+
+    if method not in ("linear", "slerp"):
+        raise typer.BadParameter("--method must be linear or slerp")
+    if fmt not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    with user_errors():
+        a, b = parse_poem(poem_a), parse_poem(poem_b)
+        poet = Poet.load(model, device=device)
+        opts = DecodeOptions(temperature=temp, greedy=not sample_)
+        path = poet.interpolate(a, b, steps, method, opts, seed, allow_unk)
+    if fmt == "json":
+        for i, s in enumerate(path):
+            t = i / (len(path) - 1)
+            sys.stdout.write(json.dumps({"t": round(t, 4), "lines": s.lines, "text": s.oneline(),
+                                         "logprob": round(s.logprob, 4)}, ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"{method} path, {steps} steps", title_justify="left")
+    table.add_column("t", justify="right")
+    table.add_column("poem")
+    table.add_column("log p", justify="right")
+    table.add_row("A", a.oneline(), "")
+    for i, s in enumerate(path):
+        table.add_row(f"{i / (len(path) - 1):.2f}", s.oneline(), f"{s.logprob:.1f}")
+    table.add_row("B", b.oneline(), "")
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

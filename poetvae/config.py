@@ -1,0 +1,187 @@
+"""Every setting of poetvae, in three plain frozen dataclasses, and the one loader for them.
+
+A setting has one name everywhere: the dataclass field `latent_dim`, the TOML key
+`latent_dim` (in the section `[model]`, `[train]` or `[prep]`) and the CLI flag
+`--latent-dim`. Precedence, highest first: CLI flag > config file > the defaults below.
+
+    cfg = load_config("configs/small.toml", {"latent_dim": 16})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from poetvae.errors import ConfigError
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field whose help text is shown by the CLI and whose choices are checked."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    tokenizer: str = _opt("char", "token unit: single characters, or jieba words", ("char", "jieba"))
+    min_count: int = _opt(2, "tokens seen fewer times in the training split map to <unk>")
+    valid_fraction: float = _opt(0.05, "share of poems held out for validation")
+    test_fraction: float = _opt(0.05, "share of poems held out for the final test")
+    split_seed: int = _opt(0, "seed of the train/valid/test shuffle")
+    t2s: str = _opt("auto", "traditional->simplified: auto = only the chinese-poetry JSON format",
+                    ("auto", "always", "never"))
+    w2v_epochs: int = _opt(10, "word2vec passes over the training split")
+    w2v_window: int = _opt(5, "word2vec context window, in tokens")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = _opt(0, "set from the vocabulary; not a user setting")
+    embed_dim: int = _opt(128, "token embedding size (also the word2vec size)")
+    highway_layers: int = _opt(2, "highway layers on the embeddings (Srivastava et al. 2015)")
+    hidden_dim: int = _opt(256, "LSTM hidden size (encoder: per direction)")
+    encoder_layers: int = _opt(1, "layers of the bidirectional LSTM encoder")
+    decoder_layers: int = _opt(1, "layers of the LSTM decoder")
+    latent_dim: int = _opt(32, "size of the Gaussian latent z")
+    dropout: float = _opt(0.2, "dropout on embeddings and decoder outputs")
+    use_latent: bool = _opt(True, "false trains the same decoder as a plain language model (no z)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = _opt(0, "fixes initialisation, batch order, noise: a seed fixes a run")
+    epochs: int = _opt(30, "passes over the training split")
+    max_steps: int = _opt(0, "stop after this many optimizer steps (0: no limit)")
+    max_minutes: float = _opt(0.0, "stop after this much training time (0: no limit)")
+    batch_size: int = _opt(128, "poems per optimizer step")
+    lr: float = _opt(2e-3, "Adam learning rate")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    grad_clip: float = _opt(5.0, "clip the global gradient norm to this (0: off)")
+    kl_schedule: str = _opt("cyclical", "how beta (the KL weight) moves over training",
+                            ("constant", "linear", "sigmoid", "cyclical"))
+    kl_max: float = _opt(1.0, "the largest beta")
+    kl_warmup_steps: int = _opt(2000, "linear/sigmoid: steps to reach kl_max")
+    kl_cycles: int = _opt(4, "cyclical: number of cycles over the whole run (Fu et al. 2019)")
+    kl_ratio: float = _opt(0.5, "cyclical: share of each cycle spent ramping beta up")
+    free_bits: float = _opt(0.25, "KL floor per latent dim, nats (Kingma et al. 2016); 0: off")
+    word_dropout: float = _opt(0.25, "share of decoder inputs replaced by <unk> (Bowman et al. 2016)")
+    freeze_embeddings: bool = _opt(False, "keep the word2vec embeddings fixed")
+    device: str = _opt("auto", "auto (cuda if present), cpu, cuda, cuda:N")
+    amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")
+    log_every: int = _opt(20, "steps between log lines")
+
+
+@dataclass(frozen=True)
+class Config:
+    prep: PrepConfig = field(default_factory=PrepConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {"prep": PrepConfig, "model": ModelConfig, "train": TrainConfig}
+# vocab_size comes from the data, never from a user.
+NOT_USER_SETTINGS = {"vocab_size"}
+
+
+def user_fields() -> list[tuple[str, dataclasses.Field]]:
+    """(section, field) for every setting a user may give, in declaration order."""
+    return [(s, f) for s, cls in SECTIONS.items() for f in fields(cls) if f.name not in NOT_USER_SETTINGS]
+
+
+def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
+    want = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    ok = (
+        isinstance(value, bool) if want is bool
+        else isinstance(value, (int, float)) and not isinstance(value, bool) if want is float
+        else isinstance(value, want) and not isinstance(value, bool)
+    )
+    if not ok:
+        raise ConfigError(f"{section}.{f.name} must be {want.__name__}, got {value!r}")
+    value = want(value)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{section}.{f.name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _validate(cfg: Config) -> Config:
+    m, t, p = cfg.model, cfg.train, cfg.prep
+    positive = {"model.embed_dim": m.embed_dim, "model.hidden_dim": m.hidden_dim,
+                "model.latent_dim": m.latent_dim, "model.encoder_layers": m.encoder_layers,
+                "model.decoder_layers": m.decoder_layers, "train.batch_size": t.batch_size,
+                "train.epochs": t.epochs, "train.lr": t.lr, "train.log_every": t.log_every,
+                "train.kl_cycles": t.kl_cycles, "prep.min_count": p.min_count,
+                "prep.w2v_epochs": p.w2v_epochs, "prep.w2v_window": p.w2v_window}
+    for name, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{name} must be positive, got {v}")
+    for name, v in {"model.dropout": m.dropout, "train.word_dropout": t.word_dropout,
+                    "train.kl_ratio": t.kl_ratio}.items():
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1, got {v}")
+    for name, v in {"model.highway_layers": m.highway_layers, "train.max_steps": t.max_steps,
+                    "train.max_minutes": t.max_minutes, "train.free_bits": t.free_bits,
+                    "train.kl_max": t.kl_max, "train.kl_warmup_steps": t.kl_warmup_steps,
+                    "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay}.items():
+        if v < 0:
+            raise ConfigError(f"{name} must not be negative, got {v}")
+    if not (0 <= p.valid_fraction < 1 and 0 <= p.test_fraction < 1 and p.valid_fraction + p.test_fraction < 1):
+        raise ConfigError("prep.valid_fraction and prep.test_fraction must be in [0, 1) and sum below 1")
+    return cfg
+
+
+def build_config(values: dict[str, dict[str, Any]]) -> Config:
+    """Config from {section: {key: value}}; unknown sections/keys and wrong types raise ConfigError."""
+    parts = {}
+    for section, raw in values.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section [{section}] (expected {', '.join(SECTIONS)})")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{section}] must be a table of settings")
+        known = {f.name: f for f in fields(SECTIONS[section])}
+        checked = {}
+        for key, value in raw.items():
+            if key not in known:
+                raise ConfigError(f"unknown config key {section}.{key}")
+            checked[key] = _check_value(section, known[key], value)
+        parts[section] = SECTIONS[section](**checked)
+    return _validate(Config(**parts))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file at `path`, then `overrides` (flat keys: {"latent_dim": 16})."""
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"no such config file: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        for section, table in data.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{path}: unknown config section [{section}] (expected {', '.join(SECTIONS)})")
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: [{section}] must be a table of settings")
+            values[section].update(table)
+    section_of = {f.name: s for s, f in user_fields()}
+    for key, value in (overrides or {}).items():
+        if key not in section_of:
+            raise ConfigError(f"unknown setting {key}")
+        values[section_of[key]][key] = value
+    return build_config(values)
+
+
+def config_from_json(text: str) -> Config:
+    """The config saved in a run directory (config.json)."""
+    try:
+        return build_config(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config.json is not valid JSON: {e}") from None

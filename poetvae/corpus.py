@@ -1,0 +1,550 @@
+"""Reading, validating and splitting corpora of 五言绝句 (five-character quatrains).
+
+A poem here is exactly four lines of exactly five Han ideographs, in simplified
+characters. The rules follow the extraction rules of the shared data
+(``../shared/data/README.md``), so that reading the upstream chinese-poetry files
+with this module keeps the same poems the shared files hold:
+
+* a poem's text is split into lines on punctuation (``，。！？；、：`` and the ASCII
+  and full-width forms of ``, . ! ? ; :``) and on any whitespace, including line
+  breaks and the ideographic space U+3000; empty pieces are dropped;
+* a poem is kept only if that gives 4 pieces of 5 Han ideographs each (CJK Unified
+  Ideographs, Ext. A, Ext. B-G U+20000-3134F, compatibility ideographs). Any other
+  character (brackets of an inline note ``（一作…）``, ``□``, digits, letters,
+  private-use code points, ...) rejects the poem. As a convenience, a body of exactly
+  20 ideographs with no punctuation at all, or two halves of 10, is cut into lines of 5;
+* text is NFC-normalised; traditional characters are converted to simplified with
+  OpenCC ``t2s`` (by default only for the chinese-poetry format, which upstream stores
+  in traditional characters);
+* duplicates (same simplified 20 characters) are dropped, the first one kept.
+
+Formats are detected from a file's content, never its name:
+
+``chinese-poetry``
+    A JSON list of ``{"title", "author", "paragraphs": [...], ...}`` (upstream layout).
+    Detected when the first non-blank character is ``[``.
+``jsonl``
+    One JSON object per line with ``body`` (a list of line strings or one string of the
+    whole poem) and optional ``title`` and ``author``. Detected by a leading ``{``.
+``lines``
+    Plain text, one whole poem per line. Chosen when most non-blank lines hold a whole
+    poem (16 or more characters besides separators); blank lines are ignored.
+``stanzas``
+    Plain text, one verse (or one couplet) per line, a blank line between poems.
+    Chosen when the lines are shorter than a poem and blank lines split the file into
+    blocks, most of them of more than one line; each block is one poem. A file with no
+    blank line at all is grouped too when it is unambiguous: every line 5 characters
+    (groups of 4 lines) or every line 10 characters (groups of 2), or a single block of
+    at most 4 lines (one poem). Anything else is read as ``lines``, and the report then
+    says why each line was rejected. Separate poems with blank lines to be safe.
+
+Everything a user can get wrong raises :class:`poetvae.errors.CorpusError` with a
+one-line message; poems that merely fail the rules are skipped and counted in the
+:class:`ReadReport` with a few examples, so a caller can show why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from poetvae.errors import CorpusError
+
+__all__ = [
+    "Poem",
+    "ReadReport",
+    "read_corpus",
+    "parse_poem",
+    "split_corpus",
+    "write_poems",
+    "load_poems",
+    "FORMATS",
+    "SKIP_REASONS",
+]
+
+FORMATS = ("lines", "stanzas", "jsonl", "chinese-poetry")
+
+# Short fixed phrases used as keys of ReadReport.skipped / .examples.
+EMPTY = "empty"
+WRONG_LINES = "wrong number of lines"
+WRONG_LENGTH = "line not 5 characters"
+NON_HAN = "non-Han character"
+T2S_LENGTH = "t2s changed line length"
+SKIP_REASONS = (EMPTY, WRONG_LINES, WRONG_LENGTH, NON_HAN, T2S_LENGTH)
+
+N_LINES = 4
+LINE_LEN = 5
+_MAX_EXAMPLES = 3
+_EXAMPLE_CHARS = 26
+
+# Line separators: the README's 、，。！？； plus ASCII and full-width , . ! ? ; :,
+# halfwidth ideographic ｡ ､ and any whitespace (\s covers U+3000 and line breaks).
+_SEP_RE = re.compile(r"[,.!?;:，。！？；、：．｡､\s]+")
+# Anything that is not a Han ideograph in the README's sense. Compatibility ideographs
+# U+2F800-2FA1F lie inside the U+20000-3134F range already.
+_NON_HAN_RE = re.compile(
+    "[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
+)
+# A plain-text line this long (separators excluded) is a whole poem, not a verse.
+_POEM_LIKE = 16
+
+
+# --------------------------------------------------------------------------- Poem
+
+
+@dataclass(frozen=True)
+class Poem:
+    """One 五言绝句: four lines of five Han characters (simplified), title, author."""
+
+    lines: tuple[str, str, str, str]
+    title: str = ""
+    author: str = ""
+
+    def __post_init__(self) -> None:
+        # Accept any sequence but store a tuple so Poem stays hashable; check the shape
+        # here because text/oneline/layout and every model downstream rely on it.
+        lines = tuple(self.lines)
+        if len(lines) != N_LINES or any(
+            not isinstance(s, str) or len(s) != LINE_LEN for s in lines
+        ):
+            raise CorpusError(
+                f"a poem needs {N_LINES} lines of {LINE_LEN} characters, got {list(lines)!r}"
+            )
+        object.__setattr__(self, "lines", lines)
+
+    @property
+    def text(self) -> str:
+        """The 20 characters, without punctuation."""
+        return "".join(self.lines)
+
+    def oneline(self) -> str:
+        """``床前明月光，疑是地上霜。举头望明月，低头思故乡。``"""
+        a, b, c, d = self.lines
+        return f"{a}，{b}。{c}，{d}。"
+
+    def layout(self) -> str:
+        """The two couplets on two lines."""
+        a, b, c, d = self.lines
+        return f"{a}，{b}。\n{c}，{d}。"
+
+
+@dataclass
+class ReadReport:
+    """What :func:`read_corpus` saw: ``read == kept + duplicates + sum(skipped)``."""
+
+    files: list[str] = field(default_factory=list)
+    formats: dict[str, str] = field(default_factory=dict)
+    read: int = 0
+    kept: int = 0
+    duplicates: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    converted_t2s: int = 0
+
+    def _skip(self, reason: str, example: str) -> None:
+        self.skipped[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < _MAX_EXAMPLES:
+            shown.append(example)
+
+    def skipped_summary(self) -> str:
+        """``wrong number of lines 12, non-Han character 3`` (most frequent first)."""
+        return ", ".join(f"{r} {n}" for r, n in self.skipped.most_common()) or "none"
+
+
+# --------------------------------------------------------------------- validation
+
+
+def _split_lines(text: str) -> list[str]:
+    """NFC-normalise and cut a poem's text into its verses (empty pieces dropped)."""
+    text = unicodedata.normalize("NFC", text.replace("\ufeff", ""))
+    pieces = [p for p in _SEP_RE.split(text) if p]
+    # Unpunctuated input: 20 ideographs in one piece, or two couplets of 10.
+    if len(pieces) == 1 and len(pieces[0]) == N_LINES * LINE_LEN:
+        p = pieces[0]
+        pieces = [p[i : i + LINE_LEN] for i in range(0, len(p), LINE_LEN)]
+    elif len(pieces) == 2 and all(len(p) == 2 * LINE_LEN for p in pieces):
+        pieces = [p[i : i + LINE_LEN] for p in pieces for i in (0, LINE_LEN)]
+    return pieces
+
+
+def _check(text: str) -> tuple[list[str] | None, str, str]:
+    """Return ``(lines, "", "")`` for a valid poem, else ``(None, reason, detail)``.
+
+    The detail is the one-line message :func:`parse_poem` raises. Non-Han characters
+    are reported first because they are the most specific problem (an inline note
+    usually also breaks the line count or length).
+    """
+    pieces = _split_lines(text)
+    if not pieces:
+        return None, EMPTY, f"empty poem: expected {N_LINES} lines of {LINE_LEN} characters"
+    for piece in pieces:
+        m = _NON_HAN_RE.search(piece)
+        if m:
+            ch = m.group()
+            return None, NON_HAN, (
+                f"{ch!r} is not a Han character (U+{ord(ch):04X} in {piece!r})"
+            )
+    if len(pieces) != N_LINES:
+        s = "" if len(pieces) == 1 else "s"
+        return None, WRONG_LINES, (
+            f"expected {N_LINES} lines of {LINE_LEN} characters, got {len(pieces)} line{s}"
+        )
+    for i, piece in enumerate(pieces, 1):
+        if len(piece) != LINE_LEN:
+            return None, WRONG_LENGTH, (
+                f"line {i} {piece!r} has {len(piece)} characters, expected {LINE_LEN}"
+            )
+    return pieces, "", ""
+
+
+def parse_poem(text: str) -> Poem:
+    """Parse one poem typed by a user; raise :class:`CorpusError` saying what is wrong.
+
+    Accepts any of the separators (full-width or ASCII punctuation, spaces, newlines)
+    or none at all (20 Han characters). The text is taken as it is: no
+    traditional-to-simplified conversion.
+    """
+    lines, _reason, detail = _check(text)
+    if lines is None:
+        raise CorpusError(detail)
+    return Poem(tuple(lines))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- t2s
+
+_T2S: Any = None
+
+
+def _t2s_converter() -> Any:
+    """The OpenCC t2s converter, created once on first use (loading it takes a while)."""
+    global _T2S
+    if _T2S is None:
+        try:
+            import opencc
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise CorpusError(
+                "traditional-to-simplified conversion needs OpenCC: pip install opencc"
+            ) from e
+        _T2S = opencc.OpenCC("t2s")
+    return _T2S
+
+
+# ------------------------------------------------------------------------ reading
+
+
+@dataclass
+class _Candidate:
+    """One poem as found in a file, before validation."""
+
+    where: str  # "name:line" or "name#entry", for examples
+    text: str
+    title: str = ""
+    author: str = ""
+
+
+def _read_text(path: Path) -> str:
+    """Read a file as UTF-8 text (BOM stripped, CRLF/CR -> LF) or raise CorpusError."""
+    if not path.exists():
+        raise CorpusError(f"no such file: {path}")
+    if path.is_dir():
+        raise CorpusError(f"{path} is a directory, not a corpus file")
+    try:
+        # Bytes, then a strict decode: this gives the offset of a bad byte, which a
+        # text-mode open(encoding="utf-8") would not.
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror or e}") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from e
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _str_field(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key, "")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _parse_jsonl(text: str, path: Path) -> Iterator[_Candidate]:
+    name = path.name
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path} line {lineno}: invalid JSON: {e.msg}") from e
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{path} line {lineno}: expected a JSON object")
+        body = obj.get("body", obj.get("paragraphs"))
+        if body is None:
+            raise CorpusError(f"{path} line {lineno}: object has no 'body' field")
+        if isinstance(body, list) and all(isinstance(s, str) for s in body):
+            # Newline is a separator, so list items may be verses or whole couplets.
+            body_text = "\n".join(s.strip() for s in body)
+        elif isinstance(body, str):
+            body_text = body
+        else:
+            raise CorpusError(
+                f"{path} line {lineno}: 'body' must be a string or a list of strings"
+            )
+        yield _Candidate(f"{name}:{lineno}", body_text,
+                         _str_field(obj, "title"), _str_field(obj, "author"))
+
+
+def _parse_chinese_poetry(text: str, path: Path) -> Iterator[_Candidate]:
+    name = path.name
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CorpusError(
+            f"{path} line {e.lineno} column {e.colno}: invalid JSON: {e.msg}"
+        ) from e
+    if not isinstance(data, list):
+        raise CorpusError(f"{path}: expected a JSON list of poems")
+    for i, obj in enumerate(data):
+        paragraphs = obj.get("paragraphs") if isinstance(obj, dict) else None
+        if isinstance(paragraphs, str):
+            paragraphs = [paragraphs]
+        if not isinstance(paragraphs, list) or not all(
+            isinstance(s, str) for s in paragraphs
+        ):
+            raise CorpusError(
+                f"{path} entry {i}: expected an object with a 'paragraphs' list of strings"
+            )
+        # README rule 1: join the paragraphs, each stripped. Joined with no separator,
+        # exactly as the README does, so a paragraph break alone never splits a line.
+        body_text = "".join(s.strip() for s in paragraphs)
+        yield _Candidate(f"{name}#{i}", body_text,
+                         _str_field(obj, "title"), _str_field(obj, "author"))
+
+
+def _plain_format(lines: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
+    """Decide lines vs stanzas; return the format and the groups (first line no, lines)."""
+    blocks: list[tuple[int, list[str]]] = []
+    current: list[str] = []
+    start = 0
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            if not current:
+                start = lineno
+            current.append(line)
+        elif current:
+            blocks.append((start, current))
+            current = []
+    if current:
+        blocks.append((start, current))
+
+    nonblank = [(s + k, line) for s, block in blocks for k, line in enumerate(block)]
+    as_lines = [(n, [line]) for n, line in nonblank]
+    sizes = [len(_SEP_RE.sub("", line)) for _, line in nonblank]
+    if sum(s >= _POEM_LIKE for s in sizes) * 2 > len(sizes):
+        return "lines", as_lines
+    if len(blocks) >= 2:
+        if sum(len(b) > 1 for _, b in blocks) * 2 > len(blocks):
+            return "stanzas", blocks
+        return "lines", as_lines
+    # One block (no blank line between poems): group only when it is unambiguous.
+    start, block = blocks[0]
+    for size in (LINE_LEN, 2 * LINE_LEN):
+        per_poem = N_LINES * LINE_LEN // size
+        if all(s == size for s in sizes) and len(block) % per_poem == 0:
+            return "stanzas", [
+                (start + i, block[i : i + per_poem]) for i in range(0, len(block), per_poem)
+            ]
+    if len(block) <= N_LINES:
+        return "stanzas", blocks
+    return "lines", as_lines
+
+
+def _detect_and_parse(text: str, path: Path) -> tuple[str, list[_Candidate]]:
+    """Detect a file's format from its content and return its candidate poems."""
+    head = text.lstrip()
+    if not head:
+        return "empty", []
+    if head[0] == "[":
+        return "chinese-poetry", list(_parse_chinese_poetry(text, path))
+    if head[0] == "{":
+        return "jsonl", list(_parse_jsonl(text, path))
+    fmt, groups = _plain_format(text.split("\n"))
+    name = path.name
+    return fmt, [_Candidate(f"{name}:{n}", "\n".join(g)) for n, g in groups]
+
+
+def _example(cand: _Candidate, detail: str) -> str:
+    raw = " / ".join(s.strip() for s in cand.text.strip().split("\n") if s.strip())
+    if len(raw) > _EXAMPLE_CHARS:
+        raw = raw[:_EXAMPLE_CHARS] + "…"
+    return f"{cand.where}: {raw} ({detail})"
+
+
+def read_corpus(
+    paths: Sequence[str | Path], t2s: str = "auto"
+) -> tuple[list[Poem], ReadReport]:
+    """Read corpus files in any supported format; return the valid unique poems.
+
+    ``t2s``: ``"auto"`` converts traditional to simplified for the chinese-poetry
+    format only, ``"always"`` for every file, ``"never"`` for none.
+    Raises :class:`CorpusError` for unreadable or malformed files, and when no valid
+    poem at all is left over all the files.
+    """
+    if t2s not in ("auto", "always", "never"):
+        raise CorpusError(f"t2s must be 'auto', 'always' or 'never', not {t2s!r}")
+    if isinstance(paths, (str, Path)):
+        paths = [paths]  # a single path is an easy mistake; a str would iterate by char
+    if not paths:
+        raise CorpusError("no corpus files given")
+
+    report = ReadReport()
+    poems: list[Poem] = []
+    seen: set[str] = set()
+    for p in paths:
+        path = Path(p)
+        key = str(p)
+        report.files.append(key)
+        fmt, candidates = _detect_and_parse(_read_text(path), path)
+        report.formats[key] = fmt
+        convert = t2s == "always" or (t2s == "auto" and fmt == "chinese-poetry")
+        cc = _t2s_converter() if convert and candidates else None
+        for cand in candidates:
+            report.read += 1
+            lines, reason, detail = _check(cand.text)
+            if lines is None:
+                report._skip(reason, _example(cand, detail))
+                continue
+            title = unicodedata.normalize("NFC", cand.title)
+            author = unicodedata.normalize("NFC", cand.author)
+            if cc is not None:
+                # Line by line, as the README does: OpenCC matches phrases, so
+                # converting the joined text could differ at line boundaries.
+                simple = [cc.convert(s) for s in lines]
+                bad = next((s for s in simple if len(s) != LINE_LEN
+                            or _NON_HAN_RE.search(s)), None)
+                if bad is not None:
+                    report._skip(T2S_LENGTH, _example(cand, f"converted to {bad!r}"))
+                    continue
+                if simple != lines:
+                    report.converted_t2s += 1
+                lines = simple
+                title, author = cc.convert(title), cc.convert(author)
+            body = "".join(lines)
+            if body in seen:
+                report.duplicates += 1
+                continue
+            seen.add(body)
+            poems.append(Poem(tuple(lines), title, author))  # type: ignore[arg-type]
+    report.kept = len(poems)
+
+    if not poems:
+        where = ", ".join(report.files)
+        if report.read == 0:
+            raise CorpusError(f"no valid 五言绝句 in {where}: no poems found (empty)")
+        raise CorpusError(
+            f"no valid 五言绝句 in {where}: {report.read} read, "
+            f"{report.duplicates} duplicates, skipped by reason: {report.skipped_summary()}"
+        )
+    return poems, report
+
+
+# ---------------------------------------------------------------------- splitting
+
+
+def split_corpus(
+    poems: Sequence[Poem], valid_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[Poem]]:
+    """Shuffle a copy with ``random.Random(seed)`` and cut it into train/valid/test.
+
+    Sizes are the rounded fractions, but a split whose fraction is > 0 gets at least
+    one poem and train always keeps at least one, so tiny corpora still give usable
+    splits. Raises :class:`CorpusError` for bad fractions or a corpus too small.
+    """
+    for label, f in (("valid", valid_fraction), ("test", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise CorpusError(f"{label} fraction must be in [0, 1), got {f}")
+    if valid_fraction + test_fraction >= 1.0:
+        raise CorpusError(
+            f"valid + test fractions must be below 1, got {valid_fraction + test_fraction}"
+        )
+    n = len(poems)
+    need = 1 + (valid_fraction > 0) + (test_fraction > 0)
+    if n < need:
+        raise CorpusError(
+            f"corpus too small to split: {n} poem{'s' if n != 1 else ''}, need at least {need}"
+        )
+    n_valid = max(round(n * valid_fraction), 1 if valid_fraction > 0 else 0)
+    n_test = max(round(n * test_fraction), 1 if test_fraction > 0 else 0)
+    # Rounding up both held-out splits can leave train empty on tiny corpora: give
+    # poems back from the larger held-out split, never taking one below 1.
+    while n - n_valid - n_test < 1:
+        if n_valid >= n_test and n_valid > 1:
+            n_valid -= 1
+        else:
+            n_test -= 1
+
+    shuffled = list(poems)
+    random.Random(seed).shuffle(shuffled)
+    return {
+        "train": shuffled[n_valid + n_test :],
+        "valid": shuffled[:n_valid],
+        "test": shuffled[n_valid : n_valid + n_test],
+    }
+
+
+# ------------------------------------------------------------------ poem files
+
+
+def write_poems(path: Path, poems: Sequence[Poem]) -> None:
+    """Write one poem per line in :meth:`Poem.oneline` form, atomically.
+
+    The text goes to a temporary file in the same directory, then ``os.replace``
+    swaps it in, so a reader never sees a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="\n") as f:
+            for poem in poems:
+                f.write(poem.oneline())
+                f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_poems(path: Path) -> list[Poem]:
+    """Read a file written by :func:`write_poems`, strictly, duplicates included.
+
+    Every non-blank line must be a valid poem (no conversion is done); an empty file
+    gives ``[]``. Titles and authors are not stored by :func:`write_poems`.
+    """
+    path = Path(path)
+    poems: list[Poem] = []
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        lines, _reason, detail = _check(line)
+        if lines is None:
+            raise CorpusError(f"{path} line {lineno}: {detail}")
+        poems.append(Poem(tuple(lines)))  # type: ignore[arg-type]
+    return poems

@@ -1,0 +1,165 @@
+"""The text VAE, top to bottom.
+
+    tokens (B, T) -> embedding -> highway layers -> bidirectional LSTM -> mu, logvar (B, Z)
+    z = mu + sigma * eps                                       (reparameterisation)
+    decoder: LSTM whose initial state is a function of z and whose every input step is
+             [embedding of the previous token ; z] -> logits over the vocabulary (B, T, V)
+
+Loss per poem: reconstruction cross-entropy summed over tokens + beta * KL(q(z|x) || N(0, I))
+summed over latent dims (Bowman et al. 2016, "Generating Sentences from a Continuous Space").
+The interface follows PyTorch-VAE: encode / reparameterize / decode / loss / sample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from poetvae.config import ModelConfig
+from poetvae.vocab import BOS, PAD, UNK
+
+
+class Highway(nn.Module):
+    """y = g * relu(W x) + (1 - g) * x with a learned gate g (Srivastava et al. 2015)."""
+
+    def __init__(self, dim: int, layers: int):
+        super().__init__()
+        self.transform = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+        self.gate = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+        for g in self.gate:
+            nn.init.constant_(g.bias, -1.0)  # start close to the identity: carry the embedding through
+
+    def forward(self, x: Tensor) -> Tensor:
+        for transform, gate in zip(self.transform, self.gate):
+            g = torch.sigmoid(gate(x))
+            x = g * F.relu(transform(x)) + (1 - g) * x
+        return x
+
+
+class Encoder(nn.Module):
+    """Bidirectional LSTM over the whole poem -> the parameters of q(z|x)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, cfg.encoder_layers, batch_first=True, bidirectional=True)
+        self.to_mu = nn.Linear(2 * cfg.hidden_dim, cfg.latent_dim)
+        self.to_logvar = nn.Linear(2 * cfg.hidden_dim, cfg.latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _, (h, _) = self.lstm(x)  # h: (layers * 2, B, H)
+        h = torch.cat([h[-2], h[-1]], dim=-1)  # last layer, forward and backward: (B, 2H)
+        return self.to_mu(h), self.to_logvar(h)
+
+
+class Decoder(nn.Module):
+    """LSTM language model conditioned on z twice: in its initial state and at every step.
+
+    Feeding z at every step (not only as the initial state) keeps the latent within
+    reach of the output for all 21 steps, one of the cures for posterior collapse.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers, self.hidden_dim = cfg.decoder_layers, cfg.hidden_dim
+        self.lstm = nn.LSTM(cfg.embed_dim + cfg.latent_dim, cfg.hidden_dim, cfg.decoder_layers, batch_first=True)
+        self.init_state = nn.Linear(cfg.latent_dim, 2 * cfg.decoder_layers * cfg.hidden_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
+
+    def initial_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        hc = torch.tanh(self.init_state(z))  # (B, 2 * L * H)
+        h, c = hc.view(z.size(0), 2, self.layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
+        return h, c  # each (L, B, H)
+
+    def forward(self, x: Tensor, z: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: embedded inputs (B, T, E); z: (B, Z). Returns logits (B, T, V) and the new state.
+
+        The same call serves teacher forcing (T = 21) and generation (T = 1, step by step).
+        """
+        zs = z.unsqueeze(1).expand(-1, x.size(1), -1)
+        h, state = self.lstm(torch.cat([x, zs], dim=-1), state)
+        return self.out(self.drop(h)), state
+
+
+class PoetVAE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= len(("<pad>", "<unk>", "<bos>", "<eos>")):
+            raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=PAD)
+        self.highway = Highway(cfg.embed_dim, cfg.highway_layers)
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        # The --no-latent baseline keeps the same decoder, fed z = 0, and has no encoder.
+        self.encoder = Encoder(cfg) if cfg.use_latent else None
+        self.decoder = Decoder(cfg)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """(B, T) ids -> (B, T, E); shared by encoder and decoder."""
+        return self.highway(self.embed_drop(self.embedding(tokens)))
+
+    # ---- the VAE interface ---------------------------------------------------------------
+    def encode(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens (B, T) -> mu, logvar, each (B, Z)."""
+        if self.encoder is None:
+            zeros = tokens.new_zeros(tokens.size(0), self.cfg.latent_dim, dtype=torch.float)
+            return zeros, zeros
+        return self.encoder(self.embed(tokens))
+
+    def reparameterize(self, mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.encoder is None:
+            return mu
+        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def decode(self, z: Tensor, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None
+               ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Teacher-forced or stepwise decoding. inputs: (B, T) ids of the previous tokens."""
+        if state is None:
+            state = self.decoder.initial_state(z)
+        return self.decoder(self.embed(inputs), z, state)
+
+    def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+        """z ~ N(0, I): (n, Z)."""
+        return torch.randn(n, self.cfg.latent_dim, device=device, generator=generator)
+
+    def forward(self, tokens: Tensor, word_dropout: float = 0.0) -> dict[str, Tensor]:
+        """tokens (B, T) rows of `Vocab.encode_batch`: the poem, <eos>, <pad>."""
+        mu, logvar = self.encode(tokens)
+        z = self.reparameterize(mu, logvar)
+        inputs = torch.cat([tokens.new_full((tokens.size(0), 1), BOS), tokens[:, :-1]], dim=1)
+        if word_dropout > 0 and self.training:
+            # Word dropout (Bowman et al. 2016): hide some previous tokens from the decoder
+            # so that it has to lean on z; <bos> and padding are never replaced.
+            drop = torch.rand(inputs.shape, device=inputs.device) < word_dropout
+            drop[:, 0] = False
+            inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
+        logits, _ = self.decode(z, inputs)
+        return {"logits": logits, "mu": mu, "logvar": logvar, "z": z}
+
+    def loss(self, tokens: Tensor, out: dict[str, Tensor], beta: float = 1.0, free_bits: float = 0.0
+             ) -> dict[str, Tensor]:
+        """Per-poem terms and the scalar objective.
+
+        rec (B): cross-entropy summed over the poem's tokens and <eos> (nats).
+        kl  (B): KL(N(mu, sigma^2) || N(0, I)) in closed form, summed over dims (nats).
+        loss: mean(rec) + beta * KL term, where with free bits (Kingma et al. 2016) each
+              dim's batch-mean KL counts as at least `free_bits` nats, so the optimiser gains
+              nothing by pushing a dim's KL below the floor.
+        """
+        logits, mu, logvar = out["logits"], out["mu"], out["logvar"]
+        ce = F.cross_entropy(logits.float().transpose(1, 2), tokens, ignore_index=PAD, reduction="none")
+        rec = ce.sum(dim=1)
+        kl_dims = 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float())  # (B, Z)
+        kl = kl_dims.sum(dim=1)
+        if self.encoder is None:
+            kl_term = kl.new_zeros(())
+        elif free_bits > 0:
+            kl_term = torch.clamp(kl_dims.mean(dim=0), min=free_bits).sum()
+        else:
+            kl_term = kl.mean()
+        return {"loss": rec.mean() + beta * kl_term, "rec": rec, "kl": kl}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

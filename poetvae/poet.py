@@ -1,0 +1,136 @@
+"""The library's front door: a trained model plus its vocabulary, working on poems as text.
+
+    from poetvae import Poet
+    poet = Poet.load("runs/default")
+    for s in poet.sample(4, temperature=0.8, seed=1):
+        print(s.layout())
+    path = poet.interpolate("床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+                            "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", steps=8)
+
+Everything is rebuilt from the run directory alone (config.json, vocab.json,
+model.safetensors): no flag has to be repeated at load time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from poetvae import checkpoint as ckpt
+from poetvae.config import Config
+from poetvae.corpus import Poem, parse_poem
+from poetvae.decode import DecodeOptions, generate, latent_path
+from poetvae.errors import CheckpointError, VocabError
+from poetvae.model import PoetVAE
+from poetvae.train import resolve_device
+from poetvae.vocab import Vocab
+
+PoemLike = str | Poem | Sequence[str]
+
+
+@dataclass
+class Sample:
+    lines: list[str]  # 4 lines of 5 characters
+    logprob: float  # log p(poem | z) under the decoder, nats
+    z: list[float] | None = None
+
+    def layout(self) -> str:
+        """Two couplets on two lines: 床前明月光，疑是地上霜。 / 举头望明月，低头思故乡。"""
+        a, b, c, d = self.lines
+        return f"{a}，{b}。\n{c}，{d}。"
+
+    def oneline(self) -> str:
+        return self.layout().replace("\n", "")
+
+
+class Poet:
+    def __init__(self, model: PoetVAE, vocab: Vocab, config: Config, device: torch.device):
+        self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, device
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", weights: str = "best") -> Poet:
+        """weights: "best" (model.safetensors, lowest validation -ELBO) or "last"."""
+        run_dir = Path(run_dir)
+        config, vocab = ckpt.read_run_header(run_dir)
+        if config.model.vocab_size != len(vocab):
+            raise CheckpointError(f"{run_dir}: config says {config.model.vocab_size} tokens, vocab.json has {len(vocab)}")
+        dev = resolve_device(device)
+        if weights == "best":
+            tensors, _ = ckpt.load_tensors(run_dir / ckpt.BEST)
+        elif weights == "last":
+            tensors, _ = ckpt.load_tensors(run_dir / ckpt.LAST)
+            tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        else:
+            raise ValueError(f"weights must be best or last, not {weights!r}")
+        model = PoetVAE(config.model)
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise CheckpointError(f"{run_dir}: the weights do not fit the config ({str(e).splitlines()[0]})") from None
+        return cls(model.to(dev), vocab, config, dev)
+
+    # ---- text <-> tensors ------------------------------------------------------------
+    def _lines(self, poem: PoemLike) -> tuple[str, ...]:
+        if isinstance(poem, Poem):
+            return poem.lines
+        if isinstance(poem, str):
+            return parse_poem(poem).lines
+        return parse_poem("，".join(poem)).lines
+
+    def tokens(self, poems: Sequence[PoemLike], allow_unk: bool = False) -> Tensor:
+        """(B, SEQ_LEN) ids of the poems; characters the vocabulary lacks raise VocabError
+        naming them, unless allow_unk maps them to <unk>."""
+        lines = [self._lines(p) for p in poems]
+        if not allow_unk:
+            missing = [c for ls in lines for c in self.vocab.unknown(ls)]
+            if missing:
+                raise VocabError("not in the model's vocabulary: " + " ".join(dict.fromkeys(missing))
+                                 + " (pass allow_unk / --allow-unk to read them as <unk>)")
+        return self.vocab.encode_batch(lines).to(self.device)
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        if seed is None:
+            g.seed()
+        else:
+            g.manual_seed(seed)
+        return g
+
+    def _samples(self, z: Tensor, opts: DecodeOptions, generator: torch.Generator, with_z: bool) -> list[Sample]:
+        ids, logprob = generate(self.model, z, self.vocab, opts, generator)
+        zs = z.tolist() if with_z else [None] * z.size(0)
+        return [Sample(self.vocab.decode(row), lp, zz) for row, lp, zz in zip(ids.tolist(), logprob.tolist(), zs)]
+
+    # ---- the operations ----------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, poems: Sequence[PoemLike], allow_unk: bool = False) -> tuple[Tensor, Tensor]:
+        """Posterior parameters mu, logvar (B, Z) of q(z|x)."""
+        return self.model.encode(self.tokens(poems, allow_unk))
+
+    def decode(self, z: Tensor, opts: DecodeOptions = DecodeOptions(), seed: int | None = None,
+               with_z: bool = False) -> list[Sample]:
+        return self._samples(z.to(self.device), opts, self._generator(seed), with_z)
+
+    def iter_sample(self, n: int, opts: DecodeOptions = DecodeOptions(), seed: int | None = None,
+                    batch_size: int = 2048, with_z: bool = False) -> Iterator[list[Sample]]:
+        """n poems from z ~ N(0, I), a batch at a time (for streaming large n)."""
+        g = self._generator(seed)
+        for start in range(0, n, batch_size):
+            z = self.model.sample(min(batch_size, n - start), self.device, g)
+            yield self._samples(z, opts, g, with_z)
+
+    def sample(self, n: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               greedy: bool = False, seed: int | None = None, with_z: bool = False) -> list[Sample]:
+        opts = DecodeOptions(temperature, top_k, top_p, greedy)
+        return [s for batch in self.iter_sample(n, opts, seed, with_z=with_z) for s in batch]
+
+    def interpolate(self, a: PoemLike, b: PoemLike, steps: int = 8, method: str = "linear",
+                    opts: DecodeOptions = DecodeOptions(greedy=True), seed: int | None = None,
+                    allow_unk: bool = False) -> list[Sample]:
+        """Decode `steps` points from the posterior mean of a to that of b (both included)."""
+        mu, _ = self.encode([a, b], allow_unk)
+        return self.decode(latent_path(mu[0], mu[1], steps, method), opts, seed, with_z=True)

@@ -1,0 +1,115 @@
+"""`poetvae prep`: corpus files -> a prepared directory that training reads.
+
+    PREP_DIR/
+      train.txt valid.txt test.txt   the clean poems, one per line (`床前明月光，…。`)
+      vocab.json                     vocabulary built on the training split
+      embeddings.safetensors         word2vec matrix aligned to the vocabulary ("weight")
+      word2vec.txt                   the same vectors in word2vec text format (gensim)
+      manifest.json                  versions, arguments and counts
+
+Each file is written atomically; manifest.json is written last, so a directory with a
+manifest is a complete one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from poetvae.checkpoint import atomic_write, load_tensors, save_tensors
+from poetvae.config import PrepConfig
+from poetvae.corpus import Poem, ReadReport, load_poems, read_corpus, split_corpus, write_poems
+from poetvae.embeddings import train_word2vec
+from poetvae.errors import CheckpointError
+from poetvae.vocab import Vocab
+
+SPLITS = ("train", "valid", "test")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class PrepResult:
+    prep_dir: Path
+    report: ReadReport
+    split_sizes: dict[str, int]
+    vocab_size: int
+    unk_rate: dict[str, float]  # share of tokens that are <unk>, per split
+    embed_dim: int
+
+
+@dataclass
+class PreparedData:
+    """What training needs, loaded from a prep directory."""
+
+    vocab: Vocab
+    splits: dict[str, list[Poem]]
+    embeddings: torch.Tensor  # (V, E)
+
+    def tokens(self, split: str) -> torch.Tensor:
+        """(N, SEQ_LEN) id rows of one split."""
+        return self.vocab.encode_batch([p.lines for p in self.splits[split]])
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("poetvae", "torch", "gensim", "jieba", "opencc"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def prepare(corpus: Sequence[str | Path], prep_dir: str | Path, cfg: PrepConfig = PrepConfig(),
+            embed_dim: int = 128) -> PrepResult:
+    """Read, clean, split, build the vocabulary and word2vec embeddings; write prep_dir."""
+    prep_dir = Path(prep_dir)
+    poems, report = read_corpus(corpus, t2s=cfg.t2s)
+    splits = split_corpus(poems, cfg.valid_fraction, cfg.test_fraction, cfg.split_seed)
+    train_lines = [p.lines for p in splits["train"]]
+    vocab = Vocab.build(train_lines, cfg.tokenizer, cfg.min_count)
+    # word2vec sees the poem as the tokenizer cuts it, one sentence per poem.
+    sentences = [[t for line in lines for t in vocab.tokenize_line(line)] for lines in train_lines]
+    prep_dir.mkdir(parents=True, exist_ok=True)
+    (prep_dir / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the end
+    matrix = train_word2vec(sentences, vocab, embed_dim, cfg.w2v_epochs, cfg.w2v_window, cfg.split_seed,
+                            save_to=prep_dir / "word2vec.txt")
+    for name in SPLITS:
+        write_poems(prep_dir / f"{name}.txt", splits[name])
+    atomic_write(prep_dir / "vocab.json", vocab.to_json())
+    save_tensors(prep_dir / "embeddings.safetensors", {"weight": matrix})
+    result = PrepResult(prep_dir, report, {k: len(v) for k, v in splits.items()}, len(vocab),
+                        {k: vocab.unk_rate([p.lines for p in v]) for k, v in splits.items()}, embed_dim)
+    manifest = {
+        "versions": _versions(),
+        "corpus": [str(p) for p in corpus],
+        "config": dataclasses.asdict(cfg),
+        "embed_dim": embed_dim,
+        "read": report.read, "kept": report.kept, "duplicates": report.duplicates,
+        "skipped": dict(report.skipped), "formats": report.formats,
+        "splits": result.split_sizes, "vocab_size": len(vocab), "unk_rate": result.unk_rate,
+    }
+    atomic_write(prep_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
+    return result
+
+
+def is_prep_dir(path: Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def load_prepared(prep_dir: str | Path) -> PreparedData:
+    prep_dir = Path(prep_dir)
+    if not is_prep_dir(prep_dir):
+        raise CheckpointError(f"{prep_dir} is not a prepared corpus (no {MANIFEST}); run `poetvae prep` first")
+    vocab = Vocab.load(prep_dir / "vocab.json")
+    splits = {name: load_poems(prep_dir / f"{name}.txt") if (prep_dir / f"{name}.txt").stat().st_size else []
+              for name in SPLITS}
+    tensors, _ = load_tensors(prep_dir / "embeddings.safetensors")
+    return PreparedData(vocab, splits, tensors["weight"])

@@ -1,0 +1,232 @@
+"""`poetvae train`: one explicit training loop, no framework.
+
+    result = train(load_config(), prepared_data, "runs/default")
+
+Batches are dense (N, 21) id tensors that live on the device for the whole run (every
+quatrain has the same length, and the whole corpus fits), indexed by a per-epoch
+permutation: no DataLoader, no padding logic, no per-poem Python work per step.
+
+Determinism: `train.seed` fixes initialisation; the batch order of epoch e comes from a
+generator seeded by (seed, e) alone, so a resumed run can skip to the middle of an epoch;
+all other noise (dropout, word dropout, z ~ q) draws from torch's global RNG, whose state
+is saved in every resume point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from poetvae import checkpoint as ckpt
+from poetvae.config import Config, TrainConfig
+from poetvae.errors import CheckpointError, ConfigError
+from poetvae.evaluate import elbo_terms
+from poetvae.model import PoetVAE
+from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare
+
+PREP_SUBDIR = "prep"
+
+
+def kl_weight(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """beta at optimizer step `step` (0-based) of a run of `total_steps` steps.
+
+    constant: kl_max throughout.
+    linear:   0 -> kl_max over kl_warmup_steps, then flat (Bowman et al. 2016).
+    sigmoid:  logistic ramp centred on kl_warmup_steps / 2, flat at kl_max after it.
+    cyclical: kl_cycles cycles over the run; in each, beta ramps 0 -> kl_max over the
+              first kl_ratio of the cycle and stays at kl_max for the rest (Fu et al. 2019).
+    """
+    s, b = cfg.kl_schedule, cfg.kl_max
+    if s == "constant":
+        return b
+    if s == "linear":
+        return b * min(1.0, step / cfg.kl_warmup_steps) if cfg.kl_warmup_steps > 0 else b
+    if s == "sigmoid":
+        if cfg.kl_warmup_steps <= 0 or step >= cfg.kl_warmup_steps:
+            return b
+        k = 10.0 / cfg.kl_warmup_steps  # reaches ~0.7% and ~99.3% at the ends of the ramp
+        return b / (1.0 + math.exp(-k * (step - cfg.kl_warmup_steps / 2)))
+    if s == "cyclical":
+        period = max(total_steps, 1) / cfg.kl_cycles
+        position = (step % period) / period
+        return b * min(1.0, position / cfg.kl_ratio) if cfg.kl_ratio > 0 else b
+    raise ConfigError(f"unknown kl_schedule {s!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} asked for, but CUDA is not available here")
+    return device
+
+
+def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir: Path, cfg: Config) -> PreparedData:
+    """The run's data, kept in RUN_DIR/prep so a run is self-contained (evaluate reads its
+    test split from there). `source`: a prep directory (copied), corpus files (prepared
+    into it), or None for the corpus shipped in data/."""
+    from poetvae.data_files import default_corpus
+
+    target = Path(run_dir) / PREP_SUBDIR
+    if source is None:
+        sources: list[Path] = [default_corpus()]
+    else:
+        sources = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else source)]
+    if len(sources) == 1 and sources[0].is_dir():
+        if not is_prep_dir(sources[0]):
+            raise CheckpointError(f"{sources[0]} is a directory but not a prepared corpus; run `poetvae prep` on corpus files")
+        if sources[0].resolve() != target.resolve():
+            shutil.copytree(sources[0], target, dirs_exist_ok=True)
+    else:
+        prepare(sources, target, cfg.prep, cfg.model.embed_dim)
+    return load_prepared(target)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    epochs: int  # completed epochs
+    seconds: float
+    valid: dict[str, float] = field(default_factory=dict)  # last validation
+    best_valid: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = False,
+          on_log: StepCallback | None = None) -> TrainResult:
+    """Fit the VAE; write config, vocabulary, checkpoints and log.jsonl into run_dir.
+
+    resume=True continues from run_dir/last.safetensors (same optimizer moments, schedule
+    position, RNG state). Ctrl-C (KeyboardInterrupt) writes a resume point and returns
+    with `interrupted=True`. `on_log` receives every log record (steps and epochs).
+    """
+    run_dir = Path(run_dir)
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    if data.embeddings.size(1) != cfg.model.embed_dim:
+        raise ConfigError(f"the prepared embeddings have {data.embeddings.size(1)} dims but embed_dim is "
+                          f"{cfg.model.embed_dim}; prepare again with --embed-dim {cfg.model.embed_dim}")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=len(data.vocab)))
+    if not data.splits["train"]:
+        raise ConfigError("the training split is empty")
+
+    torch.manual_seed(tc.seed)
+    model = PoetVAE(cfg.model)
+    with torch.no_grad():
+        model.embedding.weight.copy_(data.embeddings)
+    model.embedding.weight.requires_grad_(not tc.freeze_embeddings)
+    model.to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
+                                  weight_decay=tc.weight_decay)
+
+    train_tokens = data.tokens("train").to(device)
+    valid_tokens = data.tokens("valid").to(device)
+    n = train_tokens.size(0)
+    batch = min(tc.batch_size, n)
+    steps_per_epoch = n // batch  # drop the ragged last batch: every step sees the same shape
+    total_steps = tc.epochs * steps_per_epoch
+    if tc.max_steps:
+        total_steps = min(total_steps, tc.max_steps)
+
+    step, elapsed, best = 0, 0.0, math.inf
+    if resume:
+        tensors, meta = ckpt.load_tensors(run_dir / ckpt.LAST)
+        ckpt.restore_train_state(model, optimizer, tensors, meta)
+        step, elapsed, best = meta["step"], meta["elapsed"], meta["best"]
+    else:
+        ckpt.write_run_header(run_dir, cfg, data.vocab)
+        (run_dir / ckpt.LOG).unlink(missing_ok=True)
+
+    def log(record: dict[str, Any]) -> None:
+        ckpt.append_log(run_dir, record)
+        if on_log is not None:
+            on_log(record)
+
+    def save_resume_point() -> None:
+        tensors, opt_meta = ckpt.flatten_train_state(model, optimizer)
+        ckpt.save_tensors(run_dir / ckpt.LAST, tensors,
+                          {"step": step, "elapsed": elapsed, "best": best, "optimizer": opt_meta})
+
+    use_amp = tc.amp and device.type == "cuda"
+    result = TrainResult(run_dir, step, step // steps_per_epoch, elapsed)
+    model.train()
+    started = time.perf_counter() - elapsed
+    sums = torch.zeros(3, device=device)  # rec, kl, loss since the last log line
+    since_log = 0
+    try:
+        while step < total_steps:
+            epoch, first = divmod(step, steps_per_epoch)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch)).to(device)
+            for i in range(first, steps_per_epoch):
+                tokens = train_tokens[order[i * batch : (i + 1) * batch]]
+                beta = kl_weight(step, total_steps, tc)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = model(tokens, word_dropout=tc.word_dropout)
+                terms = model.loss(tokens, out, beta, tc.free_bits)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                step += 1
+                sums += torch.stack([terms["rec"].detach().mean(), terms["kl"].detach().mean(), terms["loss"].detach()])
+                since_log += 1
+                if step % tc.log_every == 0 or step == total_steps:
+                    rec, kl, loss = (sums / since_log).tolist()
+                    elapsed = time.perf_counter() - started
+                    log({"kind": "step", "step": step, "total_steps": total_steps, "epoch": epoch,
+                         "rec": rec, "kl": kl, "loss": loss, "beta": beta, "seconds": elapsed})
+                    sums.zero_()
+                    since_log = 0
+                out_of_time = tc.max_minutes > 0 and time.perf_counter() - started >= tc.max_minutes * 60
+                if step >= total_steps or out_of_time:
+                    break
+            elapsed = time.perf_counter() - started
+            valid = elbo_terms(model, valid_tokens) if valid_tokens.size(0) else {}
+            score = valid.get("nelbo", -step)  # with no validation split, the newest is the best
+            if score < best:
+                best = score
+                result.best_valid = valid
+                ckpt.save_tensors(run_dir / ckpt.BEST, model.state_dict(), {"step": step, "valid": valid})
+            save_resume_point()
+            result.valid = valid
+            log({"kind": "epoch", "step": step, "epoch": round(step / steps_per_epoch, 3),
+                 "seconds": elapsed, **{f"valid_{k}": v for k, v in valid.items()}})
+            if tc.max_minutes > 0 and elapsed >= tc.max_minutes * 60:
+                break
+    except KeyboardInterrupt:
+        elapsed = time.perf_counter() - started
+        save_resume_point()
+        if not (run_dir / ckpt.BEST).exists():
+            ckpt.save_tensors(run_dir / ckpt.BEST, model.state_dict(), {"step": step, "valid": {}})
+        result.interrupted = True
+    result.steps, result.epochs, result.seconds = step, step // steps_per_epoch, elapsed
+    if not result.best_valid and (run_dir / ckpt.BEST).exists():
+        result.best_valid = ckpt.load_tensors(run_dir / ckpt.BEST)[1].get("valid", {})
+    return result
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The config a run was trained with (for resume)."""
+    cfg, _ = ckpt.read_run_header(Path(run_dir))
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False)
