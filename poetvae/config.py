@@ -53,7 +53,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = _opt(0, "fixes initialisation, batch order, noise: a seed fixes a run")
-    epochs: int = _opt(30, "passes over the training split")
+    epochs: int = _opt(18, "passes over the training split")
     max_steps: int = _opt(0, "stop after this many optimizer steps (0: no limit)")
     max_minutes: float = _opt(0.0, "stop after this much training time (0: no limit)")
     batch_size: int = _opt(128, "poems per optimizer step")

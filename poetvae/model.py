@@ -149,8 +149,9 @@ class PoetVAE(nn.Module):
               nothing by pushing a dim's KL below the floor.
         """
         logits, mu, logvar = out["logits"], out["mu"], out["logvar"]
-        ce = F.cross_entropy(logits.float().transpose(1, 2), tokens, ignore_index=PAD, reduction="none")
-        rec = ce.sum(dim=1)
+        b, t, v = logits.shape
+        ce = F.cross_entropy(logits.reshape(b * t, v).float(), tokens.reshape(b * t), ignore_index=PAD, reduction="none")
+        rec = ce.view(b, t).sum(dim=1)
         kl_dims = 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float())  # (B, Z)
         kl = kl_dims.sum(dim=1)
         if self.encoder is None:

@@ -1,0 +1,113 @@
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from poetvae.config import ModelConfig
+from poetvae.decode import DecodeOptions, allowed_by_room, generate, latent_path
+from poetvae.model import PoetVAE
+from poetvae.vocab import EOS, PAD, SEQ_LEN, Vocab
+
+HAN = "天地人山水风花雪月春秋日夜云江河明光霜乡"
+
+
+def make_vocab(words: list[str]) -> Vocab:
+    tokens = list(dict.fromkeys(list(HAN) + words))
+    return Vocab(["<pad>", "<unk>", "<bos>", "<eos>"] + tokens, [0] * 4 + [1] * len(tokens),
+                 "jieba" if words else "char")
+
+
+def assert_well_formed(vocab: Vocab, ids: torch.Tensor) -> None:
+    chars = vocab.token_chars()
+    for row in ids.tolist():
+        lines = vocab.decode(row)
+        assert len(lines) == 4 and all(len(line) == 5 for line in lines), lines
+        assert all("\u4e00" <= ch <= "\u9fff" for line in lines for ch in line), lines
+        n = row.index(EOS)
+        assert sum(chars[i].item() for i in row[:n]) == 20
+        assert all(i >= 4 for i in row[:n])  # no special token inside the poem
+        assert all(i == PAD for i in row[n + 1 :])
+        # word tokens never cross a line break
+        pos = 0
+        for i in row[:n]:
+            assert pos // 5 == (pos + chars[i].item() - 1) // 5
+            pos += chars[i].item()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1),
+       words=st.lists(st.sampled_from(["明月", "春风", "江山", "白日依", "故乡人", "天地人山水"]), max_size=4, unique=True),
+       temperature=st.floats(0.05, 5.0), top_k=st.integers(0, 30), top_p=st.floats(0.05, 1.0),
+       greedy=st.booleans(), scale=st.floats(0.0, 20.0))
+def test_random_models_only_write_well_formed_poems(seed, words, temperature, top_k, top_p, greedy, scale):
+    """Whatever the weights (scaled up to make special tokens overwhelmingly likely), the
+    masks leave only well-formed poems."""
+    torch.manual_seed(seed)
+    vocab = make_vocab(words)
+    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, highway_layers=1, hidden_dim=8,
+                                latent_dim=3, dropout=0.0)).eval()
+    with torch.no_grad():
+        model.decoder.out.bias[:4] += scale  # push <pad>/<unk>/<bos>/<eos> to the top
+    z = torch.randn(16, 3)
+    ids, logprob = generate(model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy),
+                            torch.Generator().manual_seed(seed))
+    assert ids.shape == (16, SEQ_LEN)
+    assert torch.isfinite(logprob).all() and (logprob <= 0).all()
+    assert_well_formed(vocab, ids)
+
+
+def test_greedy_is_deterministic_and_seed_fixes_sampling():
+    vocab = make_vocab([])
+    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3)).eval()
+    z = torch.randn(5, 3)
+    g1 = generate(model, z, vocab, DecodeOptions(greedy=True))[0]
+    g2 = generate(model, z, vocab, DecodeOptions(greedy=True))[0]
+    assert g1.equal(g2)
+    s1 = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(3))[0]
+    s2 = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(3))[0]
+    s3 = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(4))[0]
+    assert s1.equal(s2) and not s1.equal(s3)
+
+
+def test_logprob_is_the_model_probability_of_the_poem():
+    vocab = make_vocab([])
+    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3, dropout=0.0)).eval()
+    z = torch.randn(4, 3)
+    ids, logprob = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        terms = model.loss(ids, {"logits": model.decode(z, torch.cat([torch.full((4, 1), 2), ids[:, :-1]], 1))[0],
+                                 "mu": z, "logvar": torch.zeros_like(z)})
+    assert torch.allclose(-terms["rec"], logprob, atol=1e-4)
+
+
+def test_room_table():
+    vocab = make_vocab(["明月", "白日依", "天地人山水"])
+    table = allowed_by_room(vocab.token_chars())
+    idx = vocab.index
+    assert table[1, idx["天"]] and not table[1, idx["明月"]]
+    assert table[3, idx["白日依"]] and not table[2, idx["白日依"]]
+    assert table[5, idx["天地人山水"]]
+    assert table[0].nonzero().flatten().tolist() == [EOS]
+    assert table[6].nonzero().flatten().tolist() == [PAD]
+    assert not table[1:6, :4].any()  # never a special token inside a poem
+
+
+def test_latent_path_ends_and_slerp_norm():
+    a, b = torch.randn(16), torch.randn(16)
+    for method in ("linear", "slerp"):
+        path = latent_path(a, b, 7, method)
+        assert path.shape == (7, 16)
+        assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    same_norm = b / b.norm() * a.norm()
+    norms = latent_path(a, same_norm, 9, "slerp").norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, a.norm().item()), rtol=1e-4)
+    with pytest.raises(ValueError):
+        latent_path(a, b, 5, "cubic")
+
+
+def test_decode_options_reject_bad_values():
+    for bad in ({"temperature": 0.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}):
+        with pytest.raises(ValueError):
+            DecodeOptions(**bad)

@@ -1,0 +1,139 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from poetvae.config import ModelConfig
+from poetvae.model import Highway, PoetVAE
+from poetvae.vocab import BOS, EOS, SEQ_LEN, UNK
+
+CFG = ModelConfig(vocab_size=40, embed_dim=12, highway_layers=2, hidden_dim=16, latent_dim=5, dropout=0.0)
+
+
+def batch(b=6, v=40):
+    x = torch.randint(4, v, (b, SEQ_LEN))
+    x[:, -1] = EOS
+    return x
+
+
+def test_shapes():
+    m = PoetVAE(CFG)
+    x = batch()
+    out = m(x)
+    assert out["logits"].shape == (6, SEQ_LEN, 40)
+    assert out["mu"].shape == out["logvar"].shape == out["z"].shape == (6, 5)
+    assert m.sample(3).shape == (3, 5)
+    h, c = m.decoder.initial_state(out["z"])
+    assert h.shape == c.shape == (CFG.decoder_layers, 6, CFG.hidden_dim)
+
+
+def test_kl_matches_closed_form_and_torch_distributions():
+    m = PoetVAE(CFG)
+    x = batch()
+    out = m(x)
+    terms = m.loss(x, out)
+    mu, logvar = out["mu"], out["logvar"]
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    assert torch.allclose(terms["kl"], kl_divergence(q, p).sum(dim=1), atol=1e-5)
+    assert (terms["kl"] >= 0).all()
+
+
+def test_reconstruction_is_summed_token_cross_entropy():
+    m = PoetVAE(CFG)
+    x = batch()
+    out = m(x)
+    terms = m.loss(x, out, beta=0.0)
+    logp = torch.log_softmax(out["logits"], dim=-1).gather(2, x[..., None]).squeeze(-1)
+    assert torch.allclose(terms["rec"], -logp.sum(dim=1), atol=1e-4)
+    assert torch.isclose(terms["loss"], terms["rec"].mean())
+
+
+def test_beta_and_free_bits_enter_the_objective():
+    m = PoetVAE(CFG)
+    x = batch()
+    out = m(x)
+    t1 = m.loss(x, out, beta=1.0)
+    t2 = m.loss(x, out, beta=0.5)
+    assert torch.isclose(t1["loss"] - t2["loss"], 0.5 * t1["kl"].mean(), atol=1e-4)
+    # a floor far above the KL of each dim: the KL term is exactly latent_dim * floor
+    fb = m.loss(x, out, beta=1.0, free_bits=100.0)
+    assert torch.isclose(fb["loss"], fb["rec"].mean() + 100.0 * CFG.latent_dim)
+
+
+def test_decoder_is_causal_and_uses_z():
+    m = PoetVAE(CFG).eval()
+    z = torch.randn(2, 5)
+    inp = torch.cat([torch.full((2, 1), BOS), batch(2)[:, :-1]], dim=1)
+    logits, _ = m.decode(z, inp)
+    changed = inp.clone()
+    changed[:, 10] = 4 if changed[0, 10] != 4 else 5
+    logits2, _ = m.decode(z, changed)
+    assert torch.allclose(logits[:, :10], logits2[:, :10])  # earlier steps cannot see later inputs
+    logits3, _ = m.decode(z + 1.0, inp)
+    assert not torch.allclose(logits[:, 0], logits3[:, 0])  # z reaches the first step
+
+
+def test_stepwise_decoding_equals_teacher_forcing():
+    m = PoetVAE(CFG).eval()
+    z = torch.randn(3, 5)
+    inp = torch.cat([torch.full((3, 1), BOS), batch(3)[:, :-1]], dim=1)
+    full, _ = m.decode(z, inp)
+    state, steps = None, []
+    for t in range(SEQ_LEN):
+        logits, state = m.decode(z, inp[:, t : t + 1], state)
+        steps.append(logits)
+    assert torch.allclose(full, torch.cat(steps, dim=1), atol=1e-5)
+
+
+def test_word_dropout_only_while_training():
+    m = PoetVAE(CFG).eval()
+    m.reparameterize = lambda mu, logvar, generator=None: mu  # a fixed z for the comparison
+    x = batch()
+    assert torch.allclose(m(x, word_dropout=1.0)["logits"], m(x, word_dropout=0.0)["logits"])
+    m.train()  # CFG has dropout 0, so train mode differs from eval only by word dropout
+    mu, _ = m.encode(x)
+    unk_inputs = torch.full_like(x, UNK)
+    unk_inputs[:, 0] = BOS
+    expected, _ = m.decode(mu, unk_inputs)
+    assert torch.allclose(m(x, word_dropout=1.0)["logits"], expected, atol=1e-5)
+    assert not torch.allclose(m(x, word_dropout=0.0)["logits"], expected, atol=1e-3)
+
+
+def test_no_latent_model_has_no_encoder_and_zero_kl():
+    m = PoetVAE(dataclasses.replace(CFG, use_latent=False))
+    assert m.encoder is None
+    x = batch()
+    terms = m.loss(x, m(x), beta=1.0, free_bits=1.0)
+    assert torch.all(terms["kl"] == 0)
+    assert torch.isclose(terms["loss"], terms["rec"].mean())
+
+
+def test_highway_starts_near_identity_and_keeps_shape():
+    h = Highway(8, 3)
+    x = torch.randn(4, 8)
+    assert h(x).shape == (4, 8)
+    assert Highway(8, 0)(x).equal(x)
+
+
+def test_overfitting_one_batch_drops_the_loss():
+    torch.manual_seed(0)
+    m = PoetVAE(CFG)
+    x = batch(8)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        terms = m.loss(x, m(x), beta=0.1)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        first = first if first is not None else terms["loss"].item()
+    assert terms["loss"].item() < 0.5 * first
+    assert math.isfinite(terms["loss"].item())
+
+
+def test_vocab_size_must_be_set():
+    with pytest.raises(ValueError):
+        PoetVAE(ModelConfig())

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+import torch
+
+from poetvae import checkpoint as ckpt
+from poetvae.config import TrainConfig
+from poetvae.errors import CheckpointError, ConfigError
+from poetvae.poet import Poet
+from poetvae.train import kl_weight, train
+
+from conftest import TINY, tiny
+
+
+@pytest.mark.parametrize("step,expected", [(0, 0.0), (50, 0.5), (100, 1.0), (500, 1.0)])
+def test_linear_schedule(step, expected):
+    cfg = TrainConfig(kl_schedule="linear", kl_warmup_steps=100)
+    assert kl_weight(step, 1000, cfg) == pytest.approx(expected)
+
+
+def test_constant_schedule_and_kl_max():
+    cfg = TrainConfig(kl_schedule="constant", kl_max=0.7)
+    assert [kl_weight(s, 10, cfg) for s in (0, 5, 9)] == [0.7, 0.7, 0.7]
+    assert kl_weight(50, 1000, TrainConfig(kl_schedule="linear", kl_warmup_steps=100, kl_max=0.5)) == 0.25
+
+
+def test_sigmoid_schedule():
+    cfg = TrainConfig(kl_schedule="sigmoid", kl_warmup_steps=100)
+    assert kl_weight(50, 1000, cfg) == pytest.approx(0.5)
+    assert kl_weight(0, 1000, cfg) < 0.01
+    assert 0.99 < kl_weight(99, 1000, cfg) <= 1.0
+    assert kl_weight(100, 1000, cfg) == 1.0
+    values = [kl_weight(s, 1000, cfg) for s in range(0, 101)]
+    assert values == sorted(values)
+
+
+def test_cyclical_schedule():
+    cfg = TrainConfig(kl_schedule="cyclical", kl_cycles=4, kl_ratio=0.5)
+    # 400 steps in 4 cycles of 100: ramp over 50 steps, then flat
+    assert [kl_weight(s, 400, cfg) for s in (0, 25, 50, 99, 100, 125, 350, 399)] == \
+        pytest.approx([0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0])
+
+
+def test_run_directory_contents(trained_run):
+    for name in (ckpt.CONFIG, ckpt.VOCAB, ckpt.BEST, ckpt.LAST, ckpt.LOG):
+        assert (trained_run / name).is_file(), name
+    saved = json.loads((trained_run / ckpt.CONFIG).read_text(encoding="utf-8"))
+    assert saved["model"]["latent_dim"] == TINY.model.latent_dim and saved["model"]["vocab_size"] > 4
+    records = ckpt.read_log(trained_run)
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(epochs) == TINY.train.epochs
+    assert all({"rec", "kl", "beta", "loss"} <= r.keys() for r in steps)
+    assert all({"valid_rec", "valid_kl", "valid_nelbo", "valid_ppl"} <= r.keys() for r in epochs)
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
+    # nothing that loading reads is pickled: safetensors files start with an 8-byte length and '{'
+    assert (trained_run / ckpt.BEST).read_bytes()[8:9] == b"{"
+
+
+def test_save_load_same_samples(trained_run):
+    a = Poet.load(trained_run).sample(6, temperature=0.8, seed=11)
+    b = Poet.load(trained_run).sample(6, temperature=0.8, seed=11)
+    c = Poet.load(trained_run).sample(6, temperature=0.8, seed=12)
+    assert [s.lines for s in a] == [s.lines for s in b]
+    assert [s.lines for s in a] != [s.lines for s in c]
+    assert all(len(s.lines) == 4 and all(len(x) == 5 for x in s.lines) for s in a)
+
+
+def test_same_seed_same_run(prepared, tmp_path):
+    r1 = train(tiny(epochs=1), prepared, tmp_path / "a")
+    r2 = train(tiny(epochs=1), prepared, tmp_path / "b")
+    w1, _ = ckpt.load_tensors(tmp_path / "a" / ckpt.LAST)
+    w2, _ = ckpt.load_tensors(tmp_path / "b" / ckpt.LAST)
+    assert r1.valid == r2.valid
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(prepared, tmp_path):
+    cfg = tiny(epochs=3)
+    train(cfg, prepared, tmp_path / "whole")
+
+    def ctrl_c_at_step_7(record):
+        if record["kind"] == "step" and record["step"] == 7:  # mid-epoch: 6 steps per epoch
+            raise KeyboardInterrupt
+
+    broken = train(cfg, prepared, tmp_path / "cut", on_log=ctrl_c_at_step_7)
+    assert broken.interrupted and broken.steps == 7
+    resumed = train(cfg, prepared, tmp_path / "cut", resume=True)
+    assert not resumed.interrupted and resumed.steps == 18
+    whole, _ = ckpt.load_tensors(tmp_path / "whole" / ckpt.LAST)
+    cut, meta = ckpt.load_tensors(tmp_path / "cut" / ckpt.LAST)
+    assert meta["step"] == 18
+    for k in whole:
+        if k.startswith(("model.", "optim.")):
+            assert torch.allclose(whole[k], cut[k], atol=1e-6), k
+    steps = [r["step"] for r in ckpt.read_log(tmp_path / "cut") if r["kind"] == "step"]
+    assert steps == list(range(1, 19))
+
+
+def test_resume_needs_a_run(prepared, tmp_path):
+    with pytest.raises(CheckpointError):
+        train(TINY, prepared, tmp_path / "nothing", resume=True)
+
+
+def test_embed_dim_must_match_the_prepared_embeddings(prepared, tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, embed_dim=20))
+    with pytest.raises(ConfigError, match="embed-dim 20"):
+        train(cfg, prepared, tmp_path / "r")
+
+
+def test_no_latent_baseline_trains(prepared, tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, use_latent=False))
+    result = train(cfg, prepared, tmp_path / "lm")
+    assert result.valid["kl"] == 0.0
+    assert Poet.load(tmp_path / "lm").sample(2, seed=0)[0].lines
