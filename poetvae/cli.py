@@ -16,6 +16,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -103,8 +104,9 @@ def _print_prep(result: Any) -> None:
     if r.converted_t2s:
         table.add_row("converted to simplified", f"{r.converted_t2s:,}")
     for reason, count in r.skipped.most_common():
-        examples = "; ".join(r.examples.get(reason, [])[:3])
-        table.add_row(f"skipped: {reason}", f"{count:,}  [dim]{examples}[/]")
+        table.add_row(f"skipped: {reason}", f"{count:,}")
+        for example in r.examples.get(reason, [])[:3]:
+            table.add_row("", f"[dim]e.g. {escape(example)}[/]")
     table.add_row("splits", "  ".join(f"{k} {v:,}" for k, v in result.split_sizes.items()))
     table.add_row("vocabulary", f"{result.vocab_size:,} tokens")
     table.add_row("<unk> rate", "  ".join(f"{k} {v:.3%}" for k, v in result.unk_rate.items()))

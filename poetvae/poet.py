@@ -26,7 +26,7 @@ from poetvae.corpus import Poem, parse_poem
 from poetvae.decode import DecodeOptions, generate, latent_path
 from poetvae.errors import CheckpointError, VocabError
 from poetvae.model import PoetVAE
-from poetvae.train import resolve_device
+from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.vocab import Vocab
 
 PoemLike = str | Poem | Sequence[str]
@@ -59,6 +59,8 @@ class Poet:
         if config.model.vocab_size != len(vocab):
             raise CheckpointError(f"{run_dir}: config says {config.model.vocab_size} tokens, vocab.json has {len(vocab)}")
         dev = resolve_device(device)
+        if dev.type == "cpu":
+            keep_freed_memory()
         if weights == "best":
             tensors, _ = ckpt.load_tensors(run_dir / ckpt.BEST)
         elif weights == "last":

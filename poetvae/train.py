@@ -29,6 +29,7 @@ from poetvae import checkpoint as ckpt
 from poetvae.config import Config, TrainConfig
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.evaluate import elbo_terms
+from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare
 
@@ -59,18 +60,6 @@ def kl_weight(step: int, total_steps: int, cfg: TrainConfig) -> float:
         position = (step % period) / period
         return b * min(1.0, position / cfg.kl_ratio) if cfg.kl_ratio > 0 else b
     raise ConfigError(f"unknown kl_schedule {s!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} asked for, but CUDA is not available here")
-    return device
 
 
 def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir: Path, cfg: Config) -> PreparedData:
@@ -119,6 +108,8 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
     run_dir = Path(run_dir)
     tc = cfg.train
     device = resolve_device(tc.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     if data.embeddings.size(1) != cfg.model.embed_dim:
         raise ConfigError(f"the prepared embeddings have {data.embeddings.size(1)} dims but embed_dim is "
                           f"{cfg.model.embed_dim}; prepare again with --embed-dim {cfg.model.embed_dim}")
