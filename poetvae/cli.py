@@ -218,13 +218,31 @@ def _print_train_result(result: Any) -> None:
 
 # ---- sample -------------------------------------------------------------------------------
 RunDir = Annotated[Path, typer.Option("--model", "-m", help="run directory written by `poetvae train`")]
+Rhyme = Annotated[bool, typer.Option("--rhyme", help="lines 2 and 4 (and a 平 line 1) share a rhyme group",
+                                     rich_help_panel="controls")]
+RhymeGroup = Annotated[Optional[str], typer.Option("--rhyme-group", help="rhyme in this group, e.g. 七阳 (implies --rhyme)",
+                                                   rich_help_panel="controls")]
+Scheme = Annotated[str, typer.Option("--scheme", help="pingshui (平水韵) or xinyun (中华新韵)", rich_help_panel="controls")]
+Tones = Annotated[bool, typer.Option("--tones", help="二四异 and the 粘对 pattern of the regular 五绝",
+                                     rich_help_panel="controls")]
+Beam = Annotated[int, typer.Option("--beam", min=1, help="beam-search width (1: sample)", rich_help_panel="controls")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N")]
+
+
+def _controls(rhyme: bool, rhyme_group: Optional[str], scheme: str, tones: bool, acrostic: Optional[str],
+              prefix: Optional[str]) -> Any:
+    """The decoding controls from the flags (a given prefix is parsed into its lines)."""
+    from poetvae.controls import Controls
+    from poetvae.corpus import split_verse
+
+    lines = tuple(split_verse(prefix)) if prefix else ()
+    return Controls(rhyme=rhyme, rhyme_group=rhyme_group, scheme=scheme, tones=tones, acrostic=acrostic, prefix=lines)
 
 
 def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
     for s in samples:
         if fmt == "json":
-            record = {"lines": s.lines, "text": s.oneline(), "logprob": round(s.logprob, 4)}
+            record = {"lines": s.lines, "text": s.oneline(), "logprob": round(s.logprob, 4), "backoff": s.backoff}
             if with_z:
                 record["z"] = [round(v, 5) for v in s.z]
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -248,20 +266,43 @@ def sample(
     with_z: Annotated[bool, typer.Option("--with-z", help="include z in --format json")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="poems decoded together")] = 2048,
     device: Device = "auto",
+    rhyme: Rhyme = False,
+    rhyme_group: RhymeGroup = None,
+    scheme: Scheme = "pingshui",
+    tones: Tones = False,
+    acrostic: Annotated[Optional[str], typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines",
+                                                    rich_help_panel="controls")] = None,
+    first_line: Annotated[Optional[str], typer.Option("--first-line", help="a given first line of 5 characters",
+                                                      rich_help_panel="controls")] = None,
+    prefix: Annotated[Optional[str], typer.Option("--prefix", help="1 to 3 given lines, e.g. 白日依山尽，黄河入海流",
+                                                  rich_help_panel="controls")] = None,
+    infer_z: Annotated[bool, typer.Option("--infer-z", help="z from the encoder applied to the prefix, not the prior",
+                                          rich_help_panel="controls")] = False,
+    beam: Beam = 1,
+    rerank: Annotated[int, typer.Option("--rerank", min=1, help="candidates per z; keep the most likely",
+                                        rich_help_panel="controls")] = 1,
+    prosody_weight: Annotated[float, typer.Option("--prosody-weight", help="with --rerank: weight of the rhyme/tone score",
+                                                  rich_help_panel="controls")] = 0.0,
 ) -> None:
     """Draw z ~ N(0, I) and decode well-formed quatrains, streaming them as they are made.
 
-    Example: [bold]poetvae sample -m runs/default -n 10 --temp 0.8 --seed 1[/]
+    Example: [bold]poetvae sample -m runs/default -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
     """
     from poetvae.decode import DecodeOptions
     from poetvae.poet import Poet
 
     if fmt not in ("text", "oneline", "json"):
         raise typer.BadParameter("--format must be text, oneline or json")
+    if first_line and prefix:
+        raise typer.BadParameter("give --first-line or --prefix, not both")
     with user_errors():
+        controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, first_line or prefix)
+        if infer_z and not controls.prefix:
+            raise typer.BadParameter("--infer-z needs --first-line or --prefix")
         poet = Poet.load(model, device=device)
         opts = DecodeOptions(temp, top_k, top_p, greedy)
-        for batch in poet.iter_sample(n, opts, seed, batch_size, with_z=with_z):
+        for batch in poet.iter_sample(n, opts, seed, batch_size, with_z=with_z, controls=controls, beam=beam,
+                                      rerank=rerank, prosody_weight=prosody_weight, infer_z=infer_z):
             _emit(batch, fmt, with_z)
 
 
@@ -279,6 +320,11 @@ def interpolate(
     allow_unk: Annotated[bool, typer.Option("--allow-unk", help="read unknown characters as <unk>")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
     device: Device = "auto",
+    rhyme: Rhyme = False,
+    rhyme_group: RhymeGroup = None,
+    scheme: Scheme = "pingshui",
+    tones: Tones = False,
+    beam: Beam = 1,
 ) -> None:
     """Walk the latent space from poem A to poem B (posterior means), decoding each point.
 
@@ -296,12 +342,14 @@ def interpolate(
         a, b = parse_poem(poem_a), parse_poem(poem_b)
         poet = Poet.load(model, device=device)
         opts = DecodeOptions(temperature=temp, greedy=not sample_)
-        path = poet.interpolate(a, b, steps, method, opts, seed, allow_unk)
+        controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
+        path = poet.interpolate(a, b, steps, method, opts, seed, allow_unk, controls, beam)
     if fmt == "json":
         for i, s in enumerate(path):
             t = i / (len(path) - 1)
             sys.stdout.write(json.dumps({"t": round(t, 4), "lines": s.lines, "text": s.oneline(),
-                                         "logprob": round(s.logprob, 4)}, ensure_ascii=False) + "\n")
+                                         "logprob": round(s.logprob, 4), "backoff": s.backoff},
+                                        ensure_ascii=False) + "\n")
         return
     table = Table(title=f"{method} path, {steps} steps", title_justify="left")
     table.add_column("t", justify="right")

@@ -64,6 +64,7 @@ __all__ = [
     "read_corpus",
     "parse_poem",
     "split_corpus",
+    "split_verse",
     "write_poems",
     "load_poems",
     "FORMATS",
@@ -174,6 +175,18 @@ def _split_lines(text: str) -> list[str]:
     elif len(pieces) == 2 and all(len(p) == 2 * LINE_LEN for p in pieces):
         pieces = [p[i : i + LINE_LEN] for p in pieces for i in (0, LINE_LEN)]
     return pieces
+
+
+def split_verse(text: str) -> list[str]:
+    """The lines of a partial poem a user typed (e.g. a given first line or two), cut on
+    punctuation; an unpunctuated run of 10 or 15 characters is cut into lines of 5."""
+    out: list[str] = []
+    for piece in _split_lines(text):
+        if len(piece) > LINE_LEN and len(piece) % LINE_LEN == 0:
+            out.extend(piece[i : i + LINE_LEN] for i in range(0, len(piece), LINE_LEN))
+        else:
+            out.append(piece)
+    return out
 
 
 def _check(text: str) -> tuple[list[str] | None, str, str]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from poetvae.controls import BACKOFF_NAMES, Controls, ControlTables
 from poetvae.model import PoetVAE
 from poetvae.vocab import BOS, CHARS_PER_LINE, EOS, PAD, POEM_CHARS, SEQ_LEN, UNK, Vocab
 
@@ -68,42 +70,103 @@ def _filter(logits: Tensor, opts: DecodeOptions) -> Tensor:
     return logits
 
 
+class Generation(NamedTuple):
+    ids: Tensor  # (B, SEQ_LEN) rows in the layout of Vocab.encode_batch
+    logprob: Tensor  # (B,) log p(poem | z) under the model (temperature 1, no masks), nats
+    backoff: Tensor  # (B, len(BACKOFF_NAMES)) bool: constraints relaxed somewhere in the poem
+
+
+class _Rows:
+    """Everything per row that decoding carries from step to step, so that beam search can
+    reorder it all with one index."""
+
+    def __init__(self, model: PoetVAE, z: Tensor, tables: ControlTables | None):
+        b, device = z.size(0), z.device
+        self.z = z
+        self.hc = model.decoder.initial_state(z)
+        self.prev = torch.full((b, 1), BOS, dtype=torch.long, device=device)
+        self.written = torch.zeros(b, dtype=torch.long, device=device)  # characters out so far
+        self.finished = torch.zeros(b, dtype=torch.bool, device=device)
+        self.out = torch.full((b, SEQ_LEN), PAD, dtype=torch.long, device=device)
+        self.logprob = torch.zeros(b, device=device)
+        self.ctl = tables.initial_state(b) if tables else {
+            "backoff": torch.zeros(b, len(BACKOFF_NAMES), dtype=torch.bool, device=device)}
+
+    def select(self, index: Tensor) -> None:
+        self.z, self.prev = self.z[index], self.prev[index]
+        self.hc = (self.hc[0][:, index], self.hc[1][:, index])
+        self.written, self.finished = self.written[index], self.finished[index]
+        self.out, self.logprob = self.out[index], self.logprob[index]
+        self.ctl = {k: v[index] for k, v in self.ctl.items()}
+
+
+def _step(model: PoetVAE, rows: _Rows, room_table: Tensor, tables: ControlTables | None) -> tuple[Tensor, Tensor]:
+    """One decoder call for every row: (logits (B, V), allowed (B, V))."""
+    logits, rows.hc = model.decode(rows.z, rows.prev, rows.hc)
+    room = torch.where(rows.written >= POEM_CHARS, 0, CHARS_PER_LINE - rows.written % CHARS_PER_LINE)
+    room = torch.where(rows.finished, CHARS_PER_LINE + 1, room)
+    allowed = room_table[room]
+    if tables is not None:
+        allowed = tables.mask(allowed, rows.written, rows.ctl)
+    return logits[:, -1].float(), allowed
+
+
+def _advance(rows: _Rows, t: int, token: Tensor, step_logp: Tensor, token_chars: Tensor,
+             tables: ControlTables | None) -> None:
+    rows.logprob += torch.where(rows.finished, 0.0, step_logp)
+    if tables is not None:
+        tables.update(token, rows.written, rows.ctl)
+    rows.out[:, t] = token
+    rows.written += token_chars[token]
+    rows.finished |= token == EOS
+    rows.prev = token[:, None]
+
+
 @torch.no_grad()
 def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = DecodeOptions(),
-             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Decode a batch of latent codes z (B, Z) into token rows.
+             generator: torch.Generator | None = None, controls: Controls | None = None,
+             beam: int = 1) -> Generation:
+    """Decode a batch of latent codes z (B, Z) into well-formed poems.
 
-    Returns tokens (B, SEQ_LEN) in the layout of `Vocab.encode_batch`, and each poem's
-    log-probability under the model (temperature 1, no masks), summed over its tokens.
+    Sampling (or greedy) by default; `beam` > 1 runs a beam search of that width per z
+    (every hypothesis has the same 20 characters, so scores compare without length
+    normalisation) and returns the best beam. `controls` adds rhyme, tones, acrostic and
+    prefix constraints (see poetvae.controls).
     """
+    if beam < 1:
+        raise ValueError("beam must be at least 1")
     device = z.device
-    b = z.size(0)
-    table = allowed_by_room(vocab.token_chars()).to(device)
+    tables = ControlTables(controls, vocab, device) if controls is not None and controls.active else None
     token_chars = vocab.token_chars().to(device)
-    state = model.decoder.initial_state(z)
-    prev = torch.full((b, 1), BOS, dtype=torch.long, device=device)
-    written = torch.zeros(b, dtype=torch.long, device=device)  # characters out so far
-    finished = torch.zeros(b, dtype=torch.bool, device=device)
-    out = torch.full((b, SEQ_LEN), PAD, dtype=torch.long, device=device)
-    logprob = torch.zeros(b, device=device)
+    room_table = allowed_by_room(vocab.token_chars()).to(device)
+    b = z.size(0)
+    rows = _Rows(model, z.repeat_interleave(beam, dim=0), tables)
+    # beam scores: (B, W); all beams start equal, so only the first is live at step 0
+    scores = torch.full((b, beam), -math.inf, device=device)
+    scores[:, 0] = 0.0
     for t in range(SEQ_LEN):
-        logits, state = model.decode(z, prev, state)
-        logits = logits[:, -1].float()  # (B, V)
-        room = torch.where(written >= POEM_CHARS, 0, CHARS_PER_LINE - written % CHARS_PER_LINE)
-        room = torch.where(finished, CHARS_PER_LINE + 1, room)
-        masked = logits.masked_fill(~table[room], -math.inf)
-        if opts.greedy:
-            token = masked.argmax(dim=-1)
+        logits, allowed = _step(model, rows, room_table, tables)
+        logp = torch.log_softmax(logits, dim=-1)
+        if beam == 1:
+            masked = logits.masked_fill(~allowed, -math.inf)
+            if opts.greedy:
+                token = masked.argmax(dim=-1)
+            else:
+                probs = torch.softmax(_filter(masked, opts), dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
-            probs = torch.softmax(_filter(masked, opts), dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        step_logp = torch.log_softmax(logits, dim=-1).gather(1, token[:, None]).squeeze(1)
-        logprob += torch.where(finished, 0.0, step_logp)
-        out[:, t] = token
-        written += token_chars[token]
-        finished |= token == EOS
-        prev = token[:, None]
-    return out, logprob
+            v = logp.size(1)
+            # a finished row extends only with <pad>, at no cost
+            step = torch.where(rows.finished[:, None], 0.0, logp).masked_fill(~allowed, -math.inf)
+            total = (scores.view(-1, 1) + step).view(b, beam * v)
+            scores, flat = total.topk(beam, dim=1)  # sorted: beam 0 is the best
+            parent = (torch.arange(b, device=device)[:, None] * beam + flat // v).view(-1)
+            rows.select(parent)
+            logp = logp[parent]
+            token = (flat % v).view(-1)
+        _advance(rows, t, token, logp.gather(1, token[:, None]).squeeze(1), token_chars, tables)
+    best = torch.arange(b, device=device) * beam  # beam 0 of each z
+    return Generation(rows.out[best], rows.logprob[best], rows.ctl["backoff"][best])
 
 
 def latent_path(za: Tensor, zb: Tensor, steps: int, method: str = "linear") -> Tensor:

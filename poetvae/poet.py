@@ -13,7 +13,7 @@ model.safetensors): no flag has to be repeated at load time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -23,7 +23,9 @@ from torch import Tensor
 from poetvae import checkpoint as ckpt
 from poetvae.config import Config
 from poetvae.corpus import Poem, parse_poem
+from poetvae.controls import Controls, backoff_report
 from poetvae.decode import DecodeOptions, generate, latent_path
+from poetvae.prosody import prosody_score
 from poetvae.errors import CheckpointError, VocabError
 from poetvae.model import PoetVAE
 from poetvae.hardware import keep_freed_memory, resolve_device
@@ -37,6 +39,7 @@ class Sample:
     lines: list[str]  # 4 lines of 5 characters
     logprob: float  # log p(poem | z) under the decoder, nats
     z: list[float] | None = None
+    backoff: list[str] = field(default_factory=list)  # controls relaxed to find a candidate
 
     def layout(self) -> str:
         """Two couplets on two lines: 床前明月光，疑是地上霜。 / 举头望明月，低头思故乡。"""
@@ -102,10 +105,24 @@ class Poet:
             g.manual_seed(seed)
         return g
 
-    def _samples(self, z: Tensor, opts: DecodeOptions, generator: torch.Generator, with_z: bool) -> list[Sample]:
-        ids, logprob = generate(self.model, z, self.vocab, opts, generator)
+    def _samples(self, z: Tensor, opts: DecodeOptions, generator: torch.Generator, with_z: bool,
+                 controls: Controls | None = None, beam: int = 1, rerank: int = 1,
+                 prosody_weight: float = 0.0) -> list[Sample]:
+        """Decode z; with rerank > 1, decode that many candidates per z and keep the one
+        with the best log-probability + prosody_weight * prosody_score."""
+        candidates = z.repeat_interleave(rerank, dim=0) if rerank > 1 else z
+        ids, logprob, backoff = generate(self.model, candidates, self.vocab, opts, generator, controls, beam)
+        lines = [self.vocab.decode(row) for row in ids.tolist()]
+        keep = list(range(z.size(0)))
+        if rerank > 1:
+            score = logprob.clone()
+            if prosody_weight:
+                scheme = controls.scheme if controls else "pingshui"
+                score += prosody_weight * torch.tensor([prosody_score(x, scheme) for x in lines], device=score.device)
+            keep = (score.view(-1, rerank).argmax(dim=1) + torch.arange(0, len(lines), rerank, device=score.device)).tolist()
         zs = z.tolist() if with_z else [None] * z.size(0)
-        return [Sample(self.vocab.decode(row), lp, zz) for row, lp, zz in zip(ids.tolist(), logprob.tolist(), zs)]
+        lp, bo = logprob.tolist(), backoff_report(backoff)
+        return [Sample(lines[k], lp[k], zz, bo[k]) for k, zz in zip(keep, zs)]
 
     # ---- the operations ----------------------------------------------------------------
     @torch.no_grad()
@@ -114,25 +131,56 @@ class Poet:
         return self.model.encode(self.tokens(poems, allow_unk))
 
     def decode(self, z: Tensor, opts: DecodeOptions = DecodeOptions(), seed: int | None = None,
-               with_z: bool = False) -> list[Sample]:
-        return self._samples(z.to(self.device), opts, self._generator(seed), with_z)
+               with_z: bool = False, controls: Controls | None = None, beam: int = 1, rerank: int = 1,
+               prosody_weight: float = 0.0) -> list[Sample]:
+        return self._samples(z.to(self.device), opts, self._generator(seed), with_z, controls, beam, rerank,
+                             prosody_weight)
+
+    def prefix_posterior(self, controls: Controls) -> tuple[Tensor, Tensor]:
+        """q(z | prefix): the encoder applied to the given lines followed by <eos>. The
+        encoder only ever saw whole poems, so this is a guess at a z that fits the prefix,
+        not a posterior the model was trained to give."""
+        if not controls.prefix:
+            raise ValueError("infer_z needs a prefix")
+        missing = [c for c in self.vocab.unknown(controls.prefix)]
+        if missing:
+            raise VocabError("not in the model's vocabulary: " + " ".join(missing))
+        with torch.no_grad():
+            return self.model.encode(self.vocab.encode_batch([controls.prefix]).to(self.device))
 
     def iter_sample(self, n: int, opts: DecodeOptions = DecodeOptions(), seed: int | None = None,
-                    batch_size: int = 2048, with_z: bool = False) -> Iterator[list[Sample]]:
-        """n poems from z ~ N(0, I), a batch at a time (for streaming large n)."""
+                    batch_size: int = 2048, with_z: bool = False, controls: Controls | None = None,
+                    beam: int = 1, rerank: int = 1, prosody_weight: float = 0.0,
+                    infer_z: bool = False) -> Iterator[list[Sample]]:
+        """n poems, a batch at a time (for streaming large n). z ~ N(0, I), or with infer_z
+        z ~ q(z | the controls' prefix)."""
         g = self._generator(seed)
+        posterior = self.prefix_posterior(controls) if infer_z and controls is not None else None
         for start in range(0, n, batch_size):
-            z = self.model.sample(min(batch_size, n - start), self.device, g)
-            yield self._samples(z, opts, g, with_z)
+            size = min(batch_size, n - start)
+            z = self.model.sample(size, self.device, g)
+            if posterior is not None:
+                mu, logvar = posterior
+                z = mu + torch.exp(0.5 * logvar) * z
+            yield self._samples(z, opts, g, with_z, controls, beam, rerank, prosody_weight)
 
     def sample(self, n: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               greedy: bool = False, seed: int | None = None, with_z: bool = False) -> list[Sample]:
+               greedy: bool = False, seed: int | None = None, with_z: bool = False,
+               controls: Controls | None = None, beam: int = 1, rerank: int = 1,
+               prosody_weight: float = 0.0, infer_z: bool = False) -> list[Sample]:
+        """n poems. controls: rhyme / tones / acrostic / prefix (poetvae.controls); beam:
+        beam-search width; rerank: candidates per z, the best kept by log-probability plus
+        prosody_weight x prosody score."""
         opts = DecodeOptions(temperature, top_k, top_p, greedy)
-        return [s for batch in self.iter_sample(n, opts, seed, with_z=with_z) for s in batch]
+        return [s for batch in self.iter_sample(n, opts, seed, with_z=with_z, controls=controls, beam=beam,
+                                                rerank=rerank, prosody_weight=prosody_weight, infer_z=infer_z)
+                for s in batch]
 
     def interpolate(self, a: PoemLike, b: PoemLike, steps: int = 8, method: str = "linear",
                     opts: DecodeOptions = DecodeOptions(greedy=True), seed: int | None = None,
-                    allow_unk: bool = False) -> list[Sample]:
-        """Decode `steps` points from the posterior mean of a to that of b (both included)."""
+                    allow_unk: bool = False, controls: Controls | None = None, beam: int = 1) -> list[Sample]:
+        """Decode `steps` points from the posterior mean of a to that of b (both included);
+        controls apply to every point (e.g. every poem on the path rhymes)."""
         mu, _ = self.encode([a, b], allow_unk)
-        return self.decode(latent_path(mu[0], mu[1], steps, method), opts, seed, with_z=True)
+        return self.decode(latent_path(mu[0], mu[1], steps, method), opts, seed, with_z=True, controls=controls,
+                           beam=beam)

@@ -472,3 +472,11 @@ def tone_24_ok(line: str, scheme: str = "pingshui") -> bool | None:
     if t2 not in (Tone.PING, Tone.ZE) or t4 not in (Tone.PING, Tone.ZE):
         return None
     return t2 != t4
+
+
+def prosody_score(poem_lines: Sequence[str], scheme: str = "pingshui") -> float:
+    """A 0..2 score for reranking: 1 if lines 2 and 4 rhyme, plus the share of the lines
+    whose 二四异 can be decided that pass it (0 when none can be)."""
+    lines = list(poem_lines)
+    decided = [ok for ok in (tone_24_ok(line, scheme) for line in lines) if ok is not None]
+    return float(rhyme_ok(lines, scheme)) + (sum(decided) / len(decided) if decided else 0.0)

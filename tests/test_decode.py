@@ -51,7 +51,7 @@ def test_random_models_only_write_well_formed_poems(seed, words, temperature, to
     with torch.no_grad():
         model.decoder.out.bias[:4] += scale  # push <pad>/<unk>/<bos>/<eos> to the top
     z = torch.randn(16, 3)
-    ids, logprob = generate(model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy),
+    ids, logprob, _ = generate(model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy),
                             torch.Generator().manual_seed(seed))
     assert ids.shape == (16, SEQ_LEN)
     assert torch.isfinite(logprob).all() and (logprob <= 0).all()
@@ -75,7 +75,7 @@ def test_logprob_is_the_model_probability_of_the_poem():
     vocab = make_vocab([])
     model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3, dropout=0.0)).eval()
     z = torch.randn(4, 3)
-    ids, logprob = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(0))
+    ids, logprob, _ = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(0))
     with torch.no_grad():
         terms = model.loss(ids, {"logits": model.decode(z, torch.cat([torch.full((4, 1), 2), ids[:, :-1]], 1))[0],
                                  "mu": z, "logvar": torch.zeros_like(z)})

@@ -1,0 +1,233 @@
+"""The poet's controls, as masks over the vocabulary applied inside the decoder.
+
+    Controls(rhyme=True, tones=True, acrostic="春夏秋冬", prefix=("白日依山尽",))
+
+- acrostic (藏头诗): the first character of each line is fixed.
+- prefix: up to 3 whole lines are fixed (a given first line, or more).
+  Fixed characters are hard constraints: they are never relaxed.
+- rhyme: the last characters of lines 2 and 4 share a rhyme group, and so does the last
+  character of line 1 when it is 平 (the form allows line 1 to rhyme or not). Without
+  `rhyme_group`, any 平 group (pingshui) or any group (xinyun) may be chosen, by whatever
+  the decoder writes first at a rhyme position; with it, that group.
+- tones: 二四异 in every line, and the 粘对 pattern of the regular 五绝 across lines, with
+  the line endings of the form (line 2 and 4 平, line 3 仄). Which of the 仄起/平起
+  variants is decided by the first character of definite tone the decoder writes at a
+  pattern position. Characters of BOTH or UNKNOWN tone are always allowed.
+
+When the constraints leave no candidate for a row at some step, that row backs off for
+that step: tones are dropped first, then the rhyme group; fixed characters and the 4x5
+form never are. Each back-off is recorded per poem.
+
+Everything is a tensor over (rows, vocabulary) so the whole batch is constrained at once.
+A position p is a character index 0..19 in the poem; a token starting at p covers
+p .. p + token_chars - 1 (more than one character only for jieba words).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from poetvae import prosody
+from poetvae.errors import ConfigError, VocabError
+from poetvae.vocab import CHARS_PER_LINE, LINES, POEM_CHARS, SPECIALS, Vocab
+
+NONE, PING, ZE = 0, 1, 2  # required tone at a position / definite tone of a character
+BACKOFF_NAMES = ("tones", "rhyme")  # the order in which constraints are relaxed
+
+# 粘对: the tone required at the 2nd (c=1) and 4th (c=3) character of each line, as
+# "same as s" (True) or "opposite of s" (False), where s is the tone of line 1's 2nd char.
+# 平起: 平平平仄仄 / 仄仄仄平平 / 仄仄平平仄 / 平平仄仄平 -> lines 1 and 4 follow s at c=1.
+_SAME_AS_S = {(0, 1): True, (0, 3): False, (1, 1): False, (1, 3): True,
+              (2, 1): False, (2, 3): True, (3, 1): True, (3, 3): False}
+_ENDINGS = {1: PING, 2: ZE, 3: PING}  # line index -> tone of its last character
+_RHYME_ENDS = (2 * CHARS_PER_LINE - 1, 4 * CHARS_PER_LINE - 1)  # positions 9 and 19
+_FIRST_END = CHARS_PER_LINE - 1  # position 4: rhymes only when 平
+
+
+def _han(ch: str) -> bool:
+    return len(ch) == 1 and ("\u3400" <= ch <= "\u9fff" or "\U00020000" <= ch <= "\U0003134f"
+                             or "\uf900" <= ch <= "\ufaff")
+
+
+@dataclass(frozen=True)
+class Controls:
+    rhyme: bool = False
+    rhyme_group: str | None = None  # implies rhyme
+    scheme: str = "pingshui"  # pingshui (平水韵) or xinyun (中华新韵)
+    tones: bool = False
+    acrostic: str | None = None  # 4 Han characters, one per line
+    prefix: tuple[str, ...] = field(default_factory=tuple)  # up to 3 lines of 5 characters
+
+    def __post_init__(self) -> None:
+        if self.scheme not in prosody.SCHEMES:
+            raise ConfigError(f"unknown rhyme scheme {self.scheme!r} (expected {' or '.join(prosody.SCHEMES)})")
+        if self.acrostic is not None and (len(self.acrostic) != LINES or not all(map(_han, self.acrostic))):
+            raise ConfigError(f"an acrostic is 4 Han characters, one per line; got {self.acrostic!r}")
+        if len(self.prefix) > LINES - 1:
+            raise ConfigError(f"a prefix is at most {LINES - 1} lines; got {len(self.prefix)}")
+        for i, line in enumerate(self.prefix, 1):
+            if len(line) != CHARS_PER_LINE or not all(map(_han, line)):
+                raise ConfigError(f"prefix line {i} {line!r} is not 5 Han characters")
+            if self.acrostic and line[0] != self.acrostic[i - 1]:
+                raise ConfigError(f"prefix line {i} {line!r} does not start with acrostic character {self.acrostic[i - 1]}")
+        if self.rhyme_group is not None:
+            try:
+                prosody.group_info(self.rhyme_group, self.scheme)
+            except KeyError:
+                raise ConfigError(f"no {self.scheme} rhyme group named {self.rhyme_group!r}") from None
+
+    @property
+    def wants_rhyme(self) -> bool:
+        return self.rhyme or self.rhyme_group is not None
+
+    @property
+    def active(self) -> bool:
+        return self.wants_rhyme or self.tones or bool(self.acrostic) or bool(self.prefix)
+
+    def fixed_chars(self) -> dict[int, str]:
+        """position -> character fixed there by the acrostic and the prefix."""
+        fixed = {i * CHARS_PER_LINE: ch for i, ch in enumerate(self.acrostic or "")}
+        for i, line in enumerate(self.prefix):
+            fixed.update({i * CHARS_PER_LINE + c: ch for c, ch in enumerate(line)})
+        return fixed
+
+
+class ControlTables:
+    """Per-vocabulary tensors for one Controls, built once and reused for every step."""
+
+    def __init__(self, controls: Controls, vocab: Vocab, device: torch.device | str = "cpu"):
+        self.controls = c = controls
+        tokens = vocab.tokens
+        v = len(tokens)
+        chars = vocab.token_chars()
+        self.token_chars = chars.to(device)
+        self.max_chars = int(chars.max())
+        real = [t if i >= len(SPECIALS) else "" for i, t in enumerate(tokens)]
+
+        # fixed characters: fixed_ok[p, t] = token t may start at position p
+        fixed = c.fixed_chars()
+        fixed_ok = torch.ones(POEM_CHARS + 1, v, dtype=torch.bool)
+        for p in range(POEM_CHARS):
+            for t, tok in enumerate(real):
+                if any(fixed.get(p + k, ch) != ch for k, ch in enumerate(tok)):
+                    fixed_ok[p, t] = False
+        # every fixed character must exist as a token of its own (always true of a character
+        # vocabulary; a jieba vocabulary keeps every character above min_count too)
+        missing = [ch for p, ch in sorted(fixed.items()) if ch not in vocab.index]
+        if missing:
+            raise VocabError("not in the model's vocabulary: " + " ".join(dict.fromkeys(missing)))
+        self.fixed_ok = fixed_ok.to(device)
+
+        # rhyme groups of each token's last character
+        names, rows = prosody.rhyme_mask(real, c.scheme)  # specials are "" -> no group
+        self.group_names = names
+        self.end_groups = torch.tensor(rows, dtype=torch.bool).view(v, len(names)).to(device)
+        if c.rhyme_group is not None:
+            wanted = {prosody.group_info(c.rhyme_group, c.scheme).name}
+        elif c.scheme == "pingshui":
+            wanted = set(prosody.group_names(c.scheme, prosody.Tone.PING))  # a regular 五绝 rhymes in 平
+        else:
+            wanted = set(names)
+        self.start_groups = torch.tensor([n in wanted for n in names], dtype=torch.bool, device=device)
+        if c.wants_rhyme and not (self.end_groups[:, self.start_groups]).any():
+            raise VocabError(f"no character of the vocabulary is in rhyme group {c.rhyme_group}")
+
+        # tones per character offset: definite tone (NONE for BOTH/UNKNOWN/beyond the token)
+        definite = torch.zeros(v, CHARS_PER_LINE, dtype=torch.long)
+        for t, tones in enumerate(prosody.token_tones(real, c.scheme) if c.tones or c.wants_rhyme else []):
+            for k, tone in enumerate(tones[:CHARS_PER_LINE]):
+                definite[t, k] = PING if tone is prosody.Tone.PING else ZE if tone is prosody.Tone.ZE else NONE
+        self.definite = definite.to(device)
+        self.end_tone = definite.gather(1, (chars.clamp(min=1) - 1)[:, None]).squeeze(1).to(device)
+
+        # required tone per position, for s = NONE (pattern undecided), PING, ZE
+        req = torch.zeros(3, POEM_CHARS + 1, dtype=torch.long)
+        pattern_pos = torch.zeros(POEM_CHARS + 1, dtype=torch.bool)
+        same_as_s = torch.zeros(POEM_CHARS + 1, dtype=torch.bool)
+        if c.tones:
+            for line, tone in _ENDINGS.items():
+                req[:, line * CHARS_PER_LINE + CHARS_PER_LINE - 1] = tone
+            for (line, col), same in _SAME_AS_S.items():
+                q = line * CHARS_PER_LINE + col
+                pattern_pos[q], same_as_s[q] = True, same
+                req[PING, q] = PING if same else ZE
+                req[ZE, q] = ZE if same else PING
+        self.required = req.to(device)
+        self.pattern_pos = pattern_pos.to(device)
+        self.same_as_s = same_as_s.to(device)
+
+    # ---- per-row state -------------------------------------------------------------------
+    def initial_state(self, batch: int) -> dict[str, Tensor]:
+        device = self.fixed_ok.device
+        return {
+            "s": torch.zeros(batch, dtype=torch.long, device=device),  # 粘对 pattern: NONE until decided
+            "groups": self.start_groups.expand(batch, -1).clone(),  # rhyme groups still open
+            "backoff": torch.zeros(batch, len(BACKOFF_NAMES), dtype=torch.bool, device=device),
+        }
+
+    def mask(self, base: Tensor, written: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """Allowed tokens (B, V) given the format mask `base` and the rows' positions;
+        records back-offs in state["backoff"]."""
+        c = self.controls
+        p = written.clamp(max=POEM_CHARS)
+        hard = base & self.fixed_ok[p]
+        ends = p[:, None] + self.token_chars[None, :] - 1  # (B, V) position each token would end at
+        rhyme_ok = torch.ones_like(hard)
+        if c.wants_rhyme:
+            in_group = (self.end_groups.float() @ state["groups"].float().T).T > 0  # (B, V)
+            real = (self.token_chars > 0)[None, :]  # <eos>/<pad> end nothing
+            at_end = ((ends == _RHYME_ENDS[0]) | (ends == _RHYME_ENDS[1])) & real
+            first_end = (ends == _FIRST_END) & (self.end_tone == PING)[None, :] & real
+            rhyme_ok = ~(at_end | first_end) | in_group
+        tone_ok = torch.ones_like(hard)
+        if c.tones:
+            req = self.required[state["s"]]  # (B, 21)
+            for k in range(self.max_chars):
+                q = (p + k).clamp(max=POEM_CHARS)
+                r = req.gather(1, q[:, None])  # (B, 1)
+                d = self.definite[:, k][None, :]  # (1, V)
+                covered = (self.token_chars > k)[None, :]
+                tone_ok &= ~covered | (r == NONE) | (d == NONE) | (d == r)
+            if self.max_chars > 2:  # a word covering both the 2nd and 4th char of a line
+                col = p % CHARS_PER_LINE
+                for start in (0, 1):
+                    a, b = self.definite[:, 1 - start], self.definite[:, 3 - start]
+                    clash = (self.token_chars > 3 - start) & (a != NONE) & (a == b)
+                    tone_ok &= ~((col == start)[:, None] & clash[None, :])
+        allowed = hard & rhyme_ok & tone_ok
+        for i, relaxed in enumerate((hard & rhyme_ok, hard)):  # tones first, then rhyme
+            stuck = ~allowed.any(dim=1)
+            if not stuck.any():
+                break
+            state["backoff"][:, i] |= stuck
+            allowed = torch.where(stuck[:, None], relaxed, allowed)
+        return allowed
+
+    def update(self, token: Tensor, written: Tensor, state: dict[str, Tensor]) -> None:
+        """Advance the rows' state after `token` was written at position `written`."""
+        c = self.controls
+        n = self.token_chars[token]
+        if c.tones:
+            for k in range(self.max_chars):
+                q = (written + k).clamp(max=POEM_CHARS)
+                d = self.definite[token, k]
+                decide = (state["s"] == NONE) & (n > k) & self.pattern_pos[q] & (d != NONE)
+                s = torch.where(self.same_as_s[q], d, PING + ZE - d)
+                state["s"] = torch.where(decide, s, state["s"])
+        if c.wants_rhyme:
+            end = written + n - 1
+            g = self.end_groups[token]  # (B, G)
+            sets_group = (end == _RHYME_ENDS[0]) | (end == _RHYME_ENDS[1]) | (
+                (end == _FIRST_END) & (self.end_tone[token] == PING))
+            narrowed = state["groups"] & g
+            # after a back-off the chosen ending may share no open group: start from it
+            narrowed = torch.where(narrowed.any(dim=1, keepdim=True), narrowed, g & self.start_groups)
+            state["groups"] = torch.where(sets_group[:, None] & g.any(dim=1, keepdim=True), narrowed, state["groups"])
+
+
+def backoff_report(backoff: Tensor) -> list[list[str]]:
+    """Per poem, the names of the constraints that had to be relaxed somewhere."""
+    return [[name for name, hit in zip(BACKOFF_NAMES, row) if hit] for row in backoff.tolist()]
