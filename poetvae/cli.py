@@ -362,6 +362,104 @@ def interpolate(
     out.print(table)
 
 
+# ---- evaluate -----------------------------------------------------------------------------
+def _heldout(run_dir: Path, corpus: Optional[list[Path]]) -> tuple[list[Any], list[Any], str]:
+    """(held-out poems, training poems, where the held-out poems came from)."""
+    from poetvae.checkpoint import read_run_header
+    from poetvae.corpus import load_poems, read_corpus
+    from poetvae.errors import CheckpointError
+
+    read_run_header(run_dir)  # a clear error if this is not a run
+    prep_dir = run_dir / "prep"
+    if not (prep_dir / "train.txt").is_file():
+        raise CheckpointError(f"{run_dir} has no prep/ directory with its training split")
+    train = load_poems(prep_dir / "train.txt")
+    if corpus:
+        return read_corpus(corpus)[0], train, ", ".join(map(str, corpus))
+    for split in ("test", "valid"):
+        poems = load_poems(prep_dir / f"{split}.txt")
+        if poems:
+            return poems, train, f"the run's {split} split"
+    raise CheckpointError(f"{run_dir} has no held-out poems; pass a corpus to evaluate on")
+
+
+def _print_report(report: dict[str, Any], source: str) -> None:
+    lk, lt, meta = report["likelihood"], report["latent"], report["meta"]
+    table = Table(title=f"{meta['poems']:,} held-out poems ({source})", show_header=False, title_justify="left")
+    table.add_row("[bold]likelihood[/]", "")
+    table.add_row(f"IW-NLL (K={lk['iw_samples']})", f"{lk['iw_nll']:.2f} nats/poem   ppl {lk['ppl']:.1f} per token")
+    table.add_row("reconstruction", f"{lk['rec']:.2f} nats/poem")
+    table.add_row("KL", f"{lk['kl']:.2f} nats/poem")
+    table.add_row("negative ELBO", f"{lk['nelbo']:.2f} nats/poem")
+    table.add_row("[bold]latent[/]", "")
+    table.add_row("active units", f"{lt['active_units']} of {lt['latent_dim']}")
+    table.add_row("mutual information", f"{lt['mutual_information']:.2f} nats")
+    table.add_row("reconstruction accuracy", f"{lt['reconstruction_accuracy']:.1%}")
+    out.print(table)
+    stats = Table(title=f"samples (temperature {meta['temperature']}) vs the held-out poems", title_justify="left")
+    stats.add_column("")
+    stats.add_column("samples", justify="right")
+    stats.add_column("held-out (human)", justify="right")
+    s, r = report["samples"], report["reference"]
+    rows = [("poems", "poems", "{:,}"), ("distinct poems", "distinct", "{:,}"), ("distinct-1", "distinct_1", "{:.3f}"),
+            ("distinct-2", "distinct_2", "{:.3f}"), ("copied poems", "copied_poems", "{:.1%}"),
+            ("copied lines", "copied_lines", "{:.1%}"), (f"rhyme rate ({meta['scheme']})", "rhyme_rate", "{:.1%}"),
+            ("二四异 rate", "tone_rate", "{:.1%}"), ("well formed", "well_formed", "{:.1%}")]
+    for label, key, fmt in rows:
+        stats.add_row(label, fmt.format(s[key]) if s.get("poems") else "-", fmt.format(r[key]))
+    out.print(stats)
+
+
+@app.command()
+def evaluate(
+    model: RunDir,
+    corpus: Annotated[Optional[list[Path]], typer.Argument(help="held-out corpus (default: the run's test split)")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="poems drawn from the prior")] = 1000,
+    iw: Annotated[int, typer.Option("--iw", min=1, help="importance samples K for the IW-NLL")] = 100,
+    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="sampling temperature")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    scheme: Scheme = "pingshui",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON (keys: poetvae.evaluate.evaluate_run)")] = False,
+    device: Device = "auto",
+) -> None:
+    """Measure a run: likelihood, latent use, and the statistics of its samples next to human verse.
+
+    Example: [bold]poetvae evaluate -m runs/default --iw 500 --json[/]
+    """
+    from poetvae.evaluate import evaluate_run
+    from poetvae.poet import Poet
+
+    with user_errors():
+        heldout, train_poems, source = _heldout(model, corpus)
+        poet = Poet.load(model, device=device)
+        report = evaluate_run(poet, heldout, train_poems, samples, iw, temp, seed, scheme)
+    if as_json:
+        sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    else:
+        _print_report(report, source)
+
+
+# ---- plot ---------------------------------------------------------------------------------
+@app.command()
+def plot(
+    model: Annotated[Path, typer.Argument(help="run directory")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to write the PNGs (default RUN/plots)")] = None,
+    device: Device = "auto",
+) -> None:
+    """Charts of a run: training curves, and a 2-D PCA of the test poems' posterior means.
+
+    Example: [bold]poetvae plot runs/default[/]
+    """
+    from poetvae.plot import plot_latent_of_run, plot_training
+
+    with user_errors():
+        paths = plot_training(model, output)
+        heldout, _, _ = _heldout(model, None)
+        paths.append(plot_latent_of_run(model, heldout, output, device))
+    for path in paths:
+        out.print(f"wrote {path}")
+
+
 def main() -> None:
     app()
 

@@ -1,16 +1,36 @@
 """Measuring a model honestly. This is the only copy of each metric: training's validation
 pass, `poetvae evaluate` and the tests all call these functions.
+
+    elbo_terms          mean rec / KL / -ELBO / perplexity (training's validation pass)
+    iw_nll              importance-weighted NLL per poem (Burda et al. 2016)
+    active_units        latent dims the encoder uses (Burda et al. 2016)
+    mutual_information  I(x; z) under q (He et al. 2019's estimator)
+    reconstruction_accuracy  characters recovered by greedy decoding of E_q[z|x]
+    distinct_poems, distinct_n, copy_rates, rhyme_rate, tone_rate, well_formed_rate,
+    sample_stats        statistics of lists of poems (plain Python, no model)
+    evaluate_run        the whole report of `poetvae evaluate --json`
+
+Every model-side metric runs whole batches in eval mode without gradients, restores the
+model's train/eval mode afterwards, and is deterministic for a given generator / seed.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from poetvae.corpus import Poem, parse_poem
+from poetvae.decode import DecodeOptions, generate
+from poetvae.errors import ConfigError, CorpusError
 from poetvae.model import PoetVAE
-from poetvae.vocab import SEQ_LEN
+from poetvae.poet import Poet
+from poetvae.prosody import SCHEMES, rhyme_ok, tone_24_ok
+from poetvae.vocab import BOS, POEM_CHARS, SEQ_LEN, Vocab
 
 
 @torch.no_grad()
@@ -32,3 +52,435 @@ def elbo_terms(model: PoetVAE, tokens: Tensor, batch_size: int = 1024) -> dict[s
         return {}
     rec, kl = rec_sum / n, kl_sum / n
     return {"rec": rec, "kl": kl, "nelbo": rec + kl, "ppl": math.exp((rec + kl) / SEQ_LEN), "poems": n}
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+
+LOG_2PI = math.log(2 * math.pi)
+PoemLines = Sequence[str]
+
+
+@contextmanager
+def _eval_mode(model: PoetVAE) -> Iterator[None]:
+    """model.eval() for the duration (no dropout), then back to the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: PoetVAE) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _generator(generator: torch.Generator | None, seed: int = 0) -> torch.Generator:
+    """The caller's generator, or a fresh CPU one seeded with `seed`: metrics are
+    deterministic by default. Noise is always drawn on the generator's own device and then
+    moved, so a CPU generator gives the same draws whatever device the model is on."""
+    if generator is not None:
+        return generator
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
+    eps = torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype)
+    return eps.to(like.device)
+
+
+def _teacher_inputs(tokens: Tensor) -> Tensor:
+    """<bos> followed by the poem shifted right: the decoder inputs of `PoetVAE.forward`."""
+    return torch.cat([tokens.new_full((tokens.size(0), 1), BOS), tokens[:, :-1]], dim=1)
+
+
+def _rec(model: PoetVAE, tokens: Tensor, z: Tensor) -> Tensor:
+    """-log p(x|z) per row (nats): the summed token cross-entropy, <pad> ignored.
+
+    Computed by `model.loss` itself (its "rec" depends only on logits and tokens), so the
+    likelihood here is by construction the same term that training minimises.
+    """
+    logits, _ = model.decode(z, _teacher_inputs(tokens))
+    return model.loss(tokens, {"logits": logits, "mu": z, "logvar": torch.zeros_like(z)})["rec"]
+
+
+@torch.no_grad()
+def _posteriors(model: PoetVAE, tokens: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """mu, logvar (N, Z) of q(z|x) for every row, in batches, in eval mode."""
+    with _eval_mode(model):
+        parts = [model.encode(tokens[i : i + batch_size]) for i in range(0, tokens.size(0), batch_size)]
+    if not parts:
+        z = tokens.new_zeros(0, model.cfg.latent_dim, dtype=torch.float)
+        return z, z
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+# ---------------------------------------------------------------------------------------
+# Likelihood
+# ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def iw_nll(model: PoetVAE, tokens: Tensor, k: int = 100, batch_size: int = 2048,
+           generator: torch.Generator | None = None) -> Tensor:
+    """Importance-weighted negative log-likelihood per poem, (N,) nats (Burda et al. 2016,
+    "Importance Weighted Autoencoders", eq. 8):
+
+        -log p(x) ~= -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),   z_k ~ q(z|x)
+
+    In expectation an upper bound on -log p(x) for every K: equal to the -ELBO at K = 1,
+    tightening monotonically to the exact value as K grows (Burda et al., theorem 1).
+    log p(x|z) is minus the summed token cross-entropy with <pad> ignored, i.e. model.loss's
+    "rec". For the no-latent baseline (model.encoder is None, z = 0) the value is the exact
+    NLL, the reconstruction term itself, and K is irrelevant.
+
+    tokens: (N, SEQ_LEN) rows of Vocab.encode_batch. batch_size: decoder rows (poems x
+    samples) per model call; K is split into chunks when it is larger. generator: source
+    of the z noise (None: a CPU generator seeded 0); results are deterministic for a given
+    generator state and batch_size.
+    """
+    device = _device(model)
+    tokens = tokens.to(device)
+    n = tokens.size(0)
+    out = torch.empty(n, dtype=torch.float64)
+    with _eval_mode(model):
+        if model.encoder is None:
+            for i in range(0, n, batch_size):
+                batch = tokens[i : i + batch_size]
+                # exactly what model.loss gives with z = 0: nothing is sampled
+                out[i : i + batch.size(0)] = model.loss(batch, model(batch))["rec"].double().cpu()
+            return out
+        if k < 1:
+            raise ValueError(f"iw_nll needs k >= 1 samples, not {k}")
+        g = _generator(generator)
+        poems_per_batch = max(1, batch_size // k)
+        k_chunk = min(k, batch_size)  # only below k when one poem's K samples exceed a batch
+        for i in range(0, n, poems_per_batch):
+            batch = tokens[i : i + poems_per_batch]
+            b = batch.size(0)
+            mu, logvar = model.encode(batch)  # (b, Z)
+            std = torch.exp(0.5 * logvar)
+            log_w = torch.empty(b, k, dtype=torch.float64, device=device)
+            for j in range(0, k, k_chunk):
+                kc = min(k_chunk, k - j)
+                eps = _randn((b, kc, mu.size(1)), g, mu)
+                z = mu[:, None] + std[:, None] * eps  # (b, kc, Z)
+                # one decoder call for all b * kc (poem, sample) pairs: poem-major rows
+                rec = _rec(model, batch.repeat_interleave(kc, dim=0), z.reshape(b * kc, -1)).view(b, kc)
+                # log N(z; 0, I) - log N(z; mu, sigma^2); the 2*pi terms cancel
+                log_pz = -0.5 * z.double().pow(2).sum(-1)
+                log_qz = -0.5 * (eps.double().pow(2) + logvar.double()[:, None]).sum(-1)
+                log_w[:, j : j + kc] = -rec.double() + log_pz - log_qz
+            # logsumexp - log K: the stable log of the mean importance weight
+            out[i : i + b] = -(torch.logsumexp(log_w, dim=1) - math.log(k)).cpu()
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The latent space
+# ---------------------------------------------------------------------------------------
+
+def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
+    """Active units (Burda et al. 2016, section 5.2): a dim u is active when
+
+        A_u = Cov_x( E_{q(z|x)}[z_u] ) = Var_x( mu_u(x) ) > threshold   (0.01 in the paper)
+
+    mu: (N, Z) posterior means over a set of poems. Returns the number of active dims and
+    the per-dim variances (Z,), unbiased over poems (as He et al. 2019's calc_au). Fewer
+    than 2 poems give variances of 0 rather than NaN.
+    """
+    mu = mu.detach().double()
+    if mu.size(0) < 2:
+        var = torch.zeros(mu.size(1), dtype=torch.float64, device=mu.device)
+    else:
+        var = mu.var(dim=0)
+    return int((var > threshold).sum().item()), var.float().cpu()
+
+
+def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None,
+                       chunk: int = 1024) -> float:
+    """I(x; z) under q, in nats, with the estimator of He et al. 2019 ("Lagging Inference
+    Networks and Posterior Collapse in Variational Autoencoders", calc_mi):
+
+        I = E_x[ E_{q(z|x)} log q(z|x) ] - E_x E_{q(z|x)}[ log q(z) ],
+        q(z) ~= (1/N) sum_j q(z|x_j)      (the aggregate posterior as a mixture of the set)
+
+    The first term is the negative entropy in closed form, -Z/2 log 2 pi - 1/2 sum(1 + logvar),
+    averaged over poems; the second uses one sample z_i ~ q(z|x_i) per poem against all N
+    posteriors of the set (so pass the whole set, ideally N >= 512, in one call). It lies
+    near [0, log N]: the closed-form entropy lets sampling noise push it slightly past
+    either end. mu, logvar: (N, Z). A no-latent model (mu and logvar all zero) gives 0.
+    chunk: rows of the N x N density matrix per step (memory only; same result).
+    """
+    mu, logvar = mu.detach().double(), logvar.detach().double()
+    n, zdim = mu.shape
+    if n < 2 or zdim == 0 or (not mu.any() and not logvar.any()):
+        # no latent (z = 0 for every poem) or a set too small to say anything
+        return 0.0
+    g = _generator(generator)
+    z = mu + torch.exp(0.5 * logvar) * _randn((n, zdim), g, mu)
+    neg_entropy = (-0.5 * zdim * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
+    inv_var = torch.exp(-logvar)  # (N, Z)
+    mu_iv = mu * inv_var
+    mu2_iv = (mu * mu_iv).sum(-1)  # (N,)
+    log_norm = -0.5 * (zdim * LOG_2PI + logvar.sum(-1))  # (N,)
+    log_qz = torch.empty(n, dtype=torch.float64, device=mu.device)
+    for i in range(0, n, chunk):
+        zc = z[i : i + chunk]
+        # sum_d (z_d - mu_jd)^2 / var_jd for every (sample i, posterior j), as matrix
+        # products in float64: O(N^2 Z) time but only chunk x N memory.
+        sq = (zc * zc) @ inv_var.T - 2 * zc @ mu_iv.T + mu2_iv[None]
+        log_density = -0.5 * sq.clamp_min(0) + log_norm[None]  # (chunk, N)
+        log_qz[i : i + chunk] = torch.logsumexp(log_density, dim=1) - math.log(n)
+    return float(neg_entropy - log_qz.mean())
+
+
+@torch.no_grad()
+def reconstruction_accuracy(model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_size: int = 1024) -> float:
+    """Share of the 20 characters that survive x -> mu(x) -> greedy decode, position by
+    position:
+
+        acc = (1 / 20N) sum_i sum_{p=1..20} [ decode(mu(x_i))_p == x_{i,p} ]
+
+    The decoder is `decode.generate`, greedy and format-constrained (always 20 characters).
+    Characters are compared, not token ids, so word (jieba) vocabularies are measured the
+    same way; an input <unk> never matches, since the decoder never writes one.
+    """
+    device = _device(model)
+    tokens = tokens.to(device)
+    n = tokens.size(0)
+    if n == 0:
+        return 0.0
+    matches = 0
+    with _eval_mode(model):
+        for i in range(0, n, batch_size):
+            batch = tokens[i : i + batch_size]
+            mu, _ = model.encode(batch)
+            # [0]: the token rows, first field whether generate returns a plain tuple or
+            # its Generation named tuple (ids, logprob, ...)
+            ids = generate(model, mu, vocab, DecodeOptions(greedy=True))[0]
+            for got, want in zip(ids.tolist(), batch.tolist()):
+                a, b = "".join(vocab.decode(got)), "".join(vocab.decode(want))
+                matches += sum(x == y for x, y in zip(a[:POEM_CHARS], b[:POEM_CHARS]))
+    return matches / (POEM_CHARS * n)
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics of a list of poems (samples or the human reference); plain Python
+# ---------------------------------------------------------------------------------------
+
+def _as_lines(poem: Any) -> tuple[str, ...]:
+    """A poem's lines, whether given as a sequence of strings or an object with .lines
+    (Poem, poet.Sample)."""
+    return tuple(getattr(poem, "lines", poem))
+
+
+def distinct_poems(poems: Sequence[PoemLines]) -> int:
+    """Number of different poems in the list (exact match of all 4 lines)."""
+    return len({_as_lines(p) for p in poems})
+
+
+def distinct_n(poems: Sequence[PoemLines], n: int) -> float:
+    """distinct-n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
+    Conversation Models"): unique character n-grams / all character n-grams, over the whole
+    list, n-grams taken within lines (never across a line break). 0.0 when there are none.
+    """
+    if n < 1:
+        raise ValueError(f"distinct_n needs n >= 1, not {n}")
+    seen: set[str] = set()
+    total = 0
+    for p in poems:
+        for line in _as_lines(p):
+            grams = [line[i : i + n] for i in range(len(line) - n + 1)]
+            total += len(grams)
+            seen.update(grams)
+    return len(seen) / total if total else 0.0
+
+
+def copy_rates(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines]) -> tuple[float, float]:
+    """(share of poems found verbatim among the training poems, share of lines found
+    verbatim among the training lines). Memorisation shows up here first: a model that
+    copies its training set has low NLL and beautiful samples that are not its own."""
+    train = {_as_lines(p) for p in train_poems}
+    train_lines = {line for p in train for line in p}
+    all_poems = [_as_lines(p) for p in poems]
+    lines = [line for p in all_poems for line in p]
+    copied = sum(p in train for p in all_poems) / len(all_poems) if all_poems else 0.0
+    copied_lines = sum(line in train_lines for line in lines) / len(lines) if lines else 0.0
+    return copied, copied_lines
+
+
+def rhyme_rate(poems: Sequence[PoemLines], scheme: str = "pingshui") -> float:
+    """Share of poems whose lines 2 and 4 end in rhyming characters (prosody.rhyme_ok: a
+    shared rhyme group, 平 or 仄). A poem with fewer than 4 lines or an empty line 2 or 4
+    counts as not rhyming. 0.0 for an empty list."""
+    _check_scheme(scheme)
+    ok = 0
+    for p in poems:
+        lines = _as_lines(p)
+        if len(lines) >= 4 and lines[1] and lines[3]:
+            ok += rhyme_ok(lines, scheme)
+    return ok / len(poems) if poems else 0.0
+
+
+def tone_rate(poems: Sequence[PoemLines], scheme: str = "pingshui") -> float:
+    """二四异: share of lines whose 2nd and 4th characters differ in 平仄
+    (prosody.tone_24_ok), among the lines where that is decidable (both characters of a
+    single known tone class; lines shorter than 4 characters are skipped too). 0.0 when no
+    line is decidable."""
+    _check_scheme(scheme)
+    ok = decided = 0
+    for p in poems:
+        for line in _as_lines(p):
+            if len(line) < 4:
+                continue
+            verdict = tone_24_ok(line, scheme)
+            if verdict is not None:
+                decided += 1
+                ok += verdict
+    return ok / decided if decided else 0.0
+
+
+def _well_formed(lines: tuple[str, ...]) -> bool:
+    if len(lines) != 4 or any(len(line) != 5 for line in lines):
+        return False
+    try:
+        parse_poem("，".join(lines))  # the corpus's own rule for what a Han character is
+    except CorpusError:
+        return False
+    return True
+
+
+def well_formed_rate(poems: Sequence[PoemLines]) -> float:
+    """Share of poems that are exactly 4 lines of 5 Han characters. 0.0 for an empty list."""
+    return sum(_well_formed(_as_lines(p)) for p in poems) / len(poems) if poems else 0.0
+
+
+def sample_stats(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines],
+                 scheme: str = "pingshui") -> dict[str, float | int]:
+    """All statistics of a list of poems, with the keys of the "samples" and "reference"
+    sections of `evaluate_run`:
+
+    poems         number of poems in the list
+    distinct      number of different poems (distinct_poems)
+    distinct_1    unique characters / all characters (distinct_n, n = 1, within lines)
+    distinct_2    unique character bigrams / all bigrams within lines (distinct_n, n = 2)
+    copied_poems  share of poems found verbatim in the training split (copy_rates)
+    copied_lines  share of lines found verbatim among the training lines (copy_rates)
+    rhyme_rate    share of poems whose lines 2 and 4 rhyme in `scheme` (rhyme_rate)
+    tone_rate     二四异: share of decidable lines whose 2nd and 4th characters differ
+                  in 平仄 (tone_rate)
+    well_formed   share of poems of exactly 4 lines x 5 Han characters (well_formed_rate)
+    """
+    poems = [_as_lines(p) for p in poems]
+    copied, copied_lines = copy_rates(poems, train_poems)
+    return {
+        "poems": len(poems),
+        "distinct": distinct_poems(poems),
+        "distinct_1": distinct_n(poems, 1),
+        "distinct_2": distinct_n(poems, 2),
+        "copied_poems": copied,
+        "copied_lines": copied_lines,
+        "rhyme_rate": rhyme_rate(poems, scheme),
+        "tone_rate": tone_rate(poems, scheme),
+        "well_formed": well_formed_rate(poems),
+    }
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown prosody scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+
+
+# ---------------------------------------------------------------------------------------
+# The whole report
+# ---------------------------------------------------------------------------------------
+
+def evaluate_run(poet: Poet, heldout: list[Poem], train: list[Poem], samples: int = 1000,
+                 iw_samples: int = 100, temperature: float = 1.0, seed: int = 0,
+                 scheme: str = "pingshui") -> dict[str, dict[str, Any]]:
+    """Evaluate a trained model on held-out poems; a JSON-ready dict (`poetvae evaluate
+    --json`). All nats are natural-log units; "per poem" means averaged over the held-out
+    poems. Deterministic for a seed (on a given device).
+
+    likelihood -- on the held-out poems
+        iw_nll       importance-weighted NLL, -log p(x), nats per poem, with iw_samples
+                     samples from q(z|x) (Burda et al. 2016); an upper bound on the true
+                     NLL that tightens with more samples; exact for the no-latent model
+        iw_samples   K used for iw_nll
+        ppl          exp(iw_nll / 21): perplexity per token position (20 characters +
+                     <eos>, whatever the tokenizer, so char and word models compare)
+        rec          reconstruction term -E_q log p(x|z), nats per poem (one z per poem)
+        kl           KL(q(z|x) || N(0, I)), nats per poem (0 for the no-latent model)
+        nelbo        rec + kl: the negative ELBO, nats per poem (>= iw_nll on average)
+    latent -- posteriors q(z|x) of the held-out poems
+        latent_dim               size of z (0 for the no-latent model)
+        active_units             dims with Var_x(E_q[z|x]) > 0.01 (Burda et al. 2016)
+        mutual_information       I(x; z) under q in nats, He et al. 2019's estimator with
+                                 the held-out set as the aggregate posterior; at most
+                                 about log(poems)
+        reconstruction_accuracy  share of characters recovered, position by position,
+                                 by greedy decoding of the posterior mean
+    samples -- `samples` poems from the prior z ~ N(0, I), decoded at `temperature`
+        poems, distinct, distinct_1, distinct_2, copied_poems, copied_lines, rhyme_rate,
+        tone_rate, well_formed: see `sample_stats`
+    reference -- the same statistics of the held-out poems themselves (human verse),
+        copy rates also against the training split
+    meta
+        poems        number of held-out poems
+        unk_rate     share of held-out characters missing from the vocabulary (read as
+                     <unk>, which the likelihood then scores as <unk>)
+        temperature, seed, scheme   the arguments
+        device       where the model ran
+        seconds      wall-clock time of the evaluation
+    """
+    start = time.perf_counter()
+    _check_scheme(scheme)
+    if not heldout:
+        raise ValueError("evaluate_run needs at least one held-out poem")
+    model, device = poet.model, poet.device
+    lines = [p.lines for p in heldout]
+    tokens = poet.tokens(heldout, allow_unk=True)
+
+    nll = iw_nll(model, tokens, k=iw_samples, generator=torch.Generator().manual_seed(seed))
+    iw = float(nll.mean())
+    # elbo_terms samples z from the global RNG: fork it so the report is deterministic for
+    # the seed without disturbing the caller's random state.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        elbo = elbo_terms(model, tokens)
+
+    mu, logvar = _posteriors(model, tokens)
+    au, _ = active_units(mu)
+    no_latent = model.encoder is None
+    latent = {
+        "latent_dim": 0 if no_latent else model.cfg.latent_dim,
+        "active_units": 0 if no_latent else au,
+        "mutual_information": mutual_information(mu, logvar, torch.Generator().manual_seed(seed)),
+        "reconstruction_accuracy": reconstruction_accuracy(model, tokens, poet.vocab),
+    }
+
+    drawn = poet.sample(samples, temperature=temperature, seed=seed) if samples > 0 else []
+    return {
+        "likelihood": {
+            "iw_nll": iw,
+            "iw_samples": iw_samples,
+            "ppl": math.exp(iw / SEQ_LEN),
+            "rec": elbo["rec"],
+            "kl": elbo["kl"],
+            "nelbo": elbo["nelbo"],
+        },
+        "latent": latent,
+        "samples": sample_stats([s.lines for s in drawn], train, scheme),
+        "reference": sample_stats(lines, train, scheme),
+        "meta": {
+            "poems": len(heldout),
+            "unk_rate": poet.vocab.unk_rate(lines),
+            "temperature": temperature,
+            "seed": seed,
+            "scheme": scheme,
+            "device": str(device),
+            "seconds": time.perf_counter() - start,
+        },
+    }

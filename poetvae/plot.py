@@ -376,3 +376,22 @@ def plot_latent(mu: np.ndarray, labels: Sequence[str], out_path: Path,
               prop=legend_prop, markerscale=1.5 if not small else 2.5,
               title=f"{n} poems, Z = {z}", title_fontsize="small", frameon=False)
     return _save_png(fig, Path(out_path))
+
+
+def plot_latent_of_run(run_dir: Path, poems: Sequence[Any], out_dir: Path | None = None,
+                       device: str = "auto") -> Path:
+    """latent.png: the posterior means of `poems` under the run's model, in 2-D PCA,
+    coloured by the pingshui rhyme group of line 2's last character."""
+    from poetvae import prosody
+    from poetvae.poet import Poet
+
+    poet = Poet.load(run_dir, device=device)
+    mu, _ = poet.encode(poems, allow_unk=True)
+    labels = []
+    for p in poems:
+        groups = sorted(prosody.rhyme_groups(p.lines[1][-1], "pingshui", prosody.Tone.PING)) or \
+            sorted(prosody.rhyme_groups(p.lines[1][-1], "pingshui"))
+        labels.append(groups[0] if groups else "?")
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    return plot_latent(mu.cpu().numpy(), labels, out_dir / "latent.png",
+                       title="Posterior means of the held-out poems (PCA), by rhyme group of line 2")
