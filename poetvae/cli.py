@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
@@ -151,6 +152,7 @@ def train(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in the output directory")] = False,
     no_latent: Annotated[bool, typer.Option("--no-latent", help="train the decoder alone as a language model")] = False,
+    devices: Annotated[int, typer.Option("--devices", min=1, help="processes (GPUs) for DDP training; >1 launches torchrun")] = 1,
     settings: dict[str, Any] | None = None,
 ) -> None:
     """Train the VAE; writes config, vocabulary, checkpoints and log.jsonl to the run directory.
@@ -163,6 +165,9 @@ def train(
     settings = dict(settings or {})
     if no_latent:
         settings["use_latent"] = False
+    if devices > 1:
+        with user_errors():
+            raise typer.Exit(_launch_torchrun(devices, corpus, output, config, resume, overwrite, settings))
     with user_errors():
         if resume is not None:
             if corpus or output or settings or config:
@@ -176,18 +181,48 @@ def train(
                 raise PoetVAEError(f"{run_dir} already holds a run: --resume {run_dir} continues it, --overwrite replaces it")
             cfg = load_config(config, settings)
             data = load_training_data(corpus or None, run_dir, cfg)
-        out.print(_config_table(cfg))
+        main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
+        if main_process:
+            out.print(_config_table(cfg))
         result = _train_with_progress(cfg, data, run_dir, resume is not None)
-    _print_train_result(result)
-    if result.interrupted:
+    if main_process:
+        _print_train_result(result)
+    if result.interrupted and main_process:
         err.print(f"interrupted at step {result.steps}; continue with: poetvae train --resume {run_dir}")
         raise typer.Exit(130)
+
+
+def _launch_torchrun(devices: int, corpus: Optional[list[Path]], output: Optional[Path], config: Optional[Path],
+                     resume: Optional[Path], overwrite: bool, settings: dict[str, Any]) -> int:
+    """Prepare the data once here, then run this same command under torchrun with N processes."""
+    import subprocess
+
+    from poetvae import checkpoint as ckpt
+    from poetvae.prep import is_prep_dir, prepare
+
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--devices")
+    del argv[i : i + 2]
+    if resume is None:
+        run_dir = output or Path("runs/default")
+        if ckpt.is_run_dir(run_dir) and not overwrite:
+            raise PoetVAEError(f"{run_dir} already holds a run: --resume {run_dir} continues it, --overwrite replaces it")
+        sources = corpus or None
+        if not (sources and len(sources) == 1 and is_prep_dir(sources[0])):
+            from poetvae.data_files import default_corpus
+
+            cfg = load_config(config, settings)
+            prepare(sources or [default_corpus()], run_dir / "prep", cfg.prep, cfg.model.embed_dim)
+            argv = ["train", str(run_dir / "prep")] + [a for a in argv[1:] if a not in map(str, sources or [])]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+           "-m", "poetvae", *argv]
+    return subprocess.call(cmd)
 
 
 def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> Any:
     from poetvae.train import train as train_run
 
-    live = out.is_terminal
+    live = out.is_terminal and os.environ.get("RANK", "0") == "0"
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=out, disable=not live)
     task = progress.add_task("training", total=None)
@@ -196,7 +231,7 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> An
         if r["kind"] == "step":
             progress.update(task, completed=r["step"], total=r["total_steps"],
                             description=f"rec {r['rec']:.1f}  KL {r['kl']:.2f}  β {r['beta']:.2f}")
-        if r["kind"] == "epoch" and r.get("valid_nelbo") is not None:
+        if r["kind"] == "epoch" and r.get("valid_nelbo") is not None and os.environ.get("RANK", "0") == "0":
             line = (f"step {r['step']:>6}  epoch {r['epoch']:.1f}  valid rec {r['valid_rec']:.2f}  "
                     f"KL {r['valid_kl']:.2f}  -ELBO {r['valid_nelbo']:.2f}  ppl {r['valid_ppl']:.2f}  "
                     f"({r['seconds']:.0f}s)")

@@ -48,6 +48,7 @@ class ModelConfig:
     latent_dim: int = _opt(32, "size of the Gaussian latent z")
     dropout: float = _opt(0.2, "dropout on embeddings and decoder outputs")
     use_latent: bool = _opt(True, "false trains the same decoder as a plain language model (no z)")
+    bn_gamma: float = _opt(0.0, "BN-VAE: batch-normalise mu with this fixed scale (Zhu et al. 2020); 0: off")
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _validate(cfg: Config) -> Config:
                     "train.kl_ratio": t.kl_ratio}.items():
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{name} must be between 0 and 1, got {v}")
-    for name, v in {"model.highway_layers": m.highway_layers, "train.max_steps": t.max_steps,
+    for name, v in {"model.highway_layers": m.highway_layers, "model.bn_gamma": m.bn_gamma, "train.max_steps": t.max_steps,
                     "train.max_minutes": t.max_minutes, "train.free_bits": t.free_bits,
                     "train.kl_max": t.kl_max, "train.kl_warmup_steps": t.kl_warmup_steps,
                     "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay}.items():

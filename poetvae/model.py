@@ -12,6 +12,8 @@ The interface follows PyTorch-VAE: encode / reparameterize / decode / loss / sam
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,11 +47,21 @@ class Encoder(nn.Module):
         self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, cfg.encoder_layers, batch_first=True, bidirectional=True)
         self.to_mu = nn.Linear(2 * cfg.hidden_dim, cfg.latent_dim)
         self.to_logvar = nn.Linear(2 * cfg.hidden_dim, cfg.latent_dim)
+        # BN-VAE (Zhu et al. 2020): with mu batch-normalised to a fixed scale gamma, each
+        # dim's mean of mu^2 over poems is gamma^2 + bias^2, so the expected KL of a dim can
+        # never fall below gamma^2 / 2: the posterior cannot collapse onto the prior.
+        self.bn_gamma = cfg.bn_gamma
+        if cfg.bn_gamma > 0:
+            self.mu_norm = nn.BatchNorm1d(cfg.latent_dim, affine=False)
+            self.mu_bias = nn.Parameter(torch.zeros(cfg.latent_dim))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         _, (h, _) = self.lstm(x)  # h: (layers * 2, B, H)
         h = torch.cat([h[-2], h[-1]], dim=-1)  # last layer, forward and backward: (B, 2H)
-        return self.to_mu(h), self.to_logvar(h)
+        mu = self.to_mu(h)
+        if self.bn_gamma > 0:
+            mu = self.bn_gamma * self.mu_norm(mu) + self.mu_bias
+        return mu, self.to_logvar(h)
 
 
 class Decoder(nn.Module):
@@ -124,29 +136,40 @@ class PoetVAE(nn.Module):
         """z ~ N(0, I): (n, Z)."""
         return torch.randn(n, self.cfg.latent_dim, device=device, generator=generator)
 
-    def forward(self, tokens: Tensor, word_dropout: float = 0.0) -> dict[str, Tensor]:
-        """tokens (B, T) rows of `Vocab.encode_batch`: the poem, <eos>, <pad>."""
+    def forward(self, tokens: Tensor, word_dropout: float = 0.0, eps: Tensor | None = None,
+                drop: Tensor | None = None) -> dict[str, Tensor]:
+        """tokens (B, T) rows of `Vocab.encode_batch`: the poem, <eos>, <pad>.
+
+        eps (B, Z) and drop (B, T) bool may be given to fix the noise of z = mu + sigma*eps
+        and of word dropout (multi-process training draws them for the whole global batch).
+        """
         mu, logvar = self.encode(tokens)
-        z = self.reparameterize(mu, logvar)
+        if eps is None:
+            z = self.reparameterize(mu, logvar)
+        else:
+            z = mu if self.encoder is None else mu + torch.exp(0.5 * logvar) * eps
         inputs = torch.cat([tokens.new_full((tokens.size(0), 1), BOS), tokens[:, :-1]], dim=1)
-        if word_dropout > 0 and self.training:
+        if self.training and (word_dropout > 0 or drop is not None):
             # Word dropout (Bowman et al. 2016): hide some previous tokens from the decoder
             # so that it has to lean on z; <bos> and padding are never replaced.
-            drop = torch.rand(inputs.shape, device=inputs.device) < word_dropout
+            if drop is None:
+                drop = torch.rand(inputs.shape, device=inputs.device) < word_dropout
+            drop = drop.clone()
             drop[:, 0] = False
             inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
         logits, _ = self.decode(z, inputs)
         return {"logits": logits, "mu": mu, "logvar": logvar, "z": z}
 
-    def loss(self, tokens: Tensor, out: dict[str, Tensor], beta: float = 1.0, free_bits: float = 0.0
-             ) -> dict[str, Tensor]:
+    def loss(self, tokens: Tensor, out: dict[str, Tensor], beta: float = 1.0, free_bits: float = 0.0,
+             batch_mean: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
         """Per-poem terms and the scalar objective.
 
         rec (B): cross-entropy summed over the poem's tokens and <eos> (nats).
         kl  (B): KL(N(mu, sigma^2) || N(0, I)) in closed form, summed over dims (nats).
         loss: mean(rec) + beta * KL term, where with free bits (Kingma et al. 2016) each
               dim's batch-mean KL counts as at least `free_bits` nats, so the optimiser gains
-              nothing by pushing a dim's KL below the floor.
+              nothing by pushing a dim's KL below the floor. `batch_mean` turns the local
+              per-dim mean into the global batch's in multi-process training.
         """
         logits, mu, logvar = out["logits"], out["mu"], out["logvar"]
         b, t, v = logits.shape
@@ -157,7 +180,10 @@ class PoetVAE(nn.Module):
         if self.encoder is None:
             kl_term = kl.new_zeros(())
         elif free_bits > 0:
-            kl_term = torch.clamp(kl_dims.mean(dim=0), min=free_bits).sum()
+            per_dim = kl_dims.mean(dim=0)
+            if batch_mean is not None:
+                per_dim = batch_mean(per_dim)
+            kl_term = torch.clamp(per_dim, min=free_bits).sum()
         else:
             kl_term = kl.mean()
         return {"loss": rec.mean() + beta * kl_term, "rec": rec, "kl": kl}

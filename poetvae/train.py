@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,14 +25,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from poetvae import checkpoint as ckpt
 from poetvae.config import Config, TrainConfig
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.evaluate import elbo_terms
+from poetvae.distributed import Dist, global_mean, launched_by_torchrun, setup, teardown
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare
+from poetvae.vocab import SEQ_LEN
 
 PREP_SUBDIR = "prep"
 
@@ -76,8 +81,13 @@ def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir
     if len(sources) == 1 and sources[0].is_dir():
         if not is_prep_dir(sources[0]):
             raise CheckpointError(f"{sources[0]} is a directory but not a prepared corpus; run `poetvae prep` on corpus files")
+        if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
+            return load_prepared(sources[0])  # rank 0 alone copies it into the run
         if sources[0].resolve() != target.resolve():
             shutil.copytree(sources[0], target, dirs_exist_ok=True)
+    elif launched_by_torchrun():
+        raise ConfigError("multi-process training reads a prepared corpus: run `poetvae prep` first, "
+                          "or use `poetvae train --devices N`, which does")
     else:
         prepare(sources, target, cfg.prep, cfg.model.embed_dim)
     return load_prepared(target)
@@ -97,6 +107,35 @@ class TrainResult:
 StepCallback = Callable[[dict[str, Any]], None]
 
 
+def draw_noise(batch: int, cfg: Config, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The randomness of one training step for a whole (global) batch: eps for z and the
+    word-dropout mask. Drawn in one place so that every process of a multi-process run
+    draws the same numbers and keeps its own slice."""
+    eps = torch.randn(batch, cfg.model.latent_dim, device=device)
+    wd = cfg.train.word_dropout
+    drop = torch.rand(batch, SEQ_LEN, device=device) < wd if wd > 0 else None
+    return eps, drop
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens: Tensor, beta: float,
+               cfg: Config, noise: tuple[Tensor, Tensor | None], use_amp: bool = False,
+               ctx: Dist = Dist()) -> dict[str, Tensor]:
+    """One optimizer step on `tokens` (this process's share of the batch). `model` may be
+    wrapped in DistributedDataParallel. Returns the loss terms (detached)."""
+    raw = model.module if isinstance(model, DDP) else model
+    eps, drop = noise
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        out = model(tokens, cfg.train.word_dropout, eps=eps, drop=drop)
+    batch_mean = (lambda t: global_mean(t, ctx, differentiable=True)) if ctx.active else None
+    terms = raw.loss(tokens, out, beta, cfg.train.free_bits, batch_mean)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    if cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    return {k: v.detach() for k, v in terms.items()}
+
+
 def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = False,
           on_log: StepCallback | None = None) -> TrainResult:
     """Fit the VAE; write config, vocabulary, checkpoints and log.jsonl into run_dir.
@@ -104,10 +143,12 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
     resume=True continues from run_dir/last.safetensors (same optimizer moments, schedule
     position, RNG state). Ctrl-C (KeyboardInterrupt) writes a resume point and returns
     with `interrupted=True`. `on_log` receives every log record (steps and epochs).
+    Launched by torchrun, each process trains on its slice of every batch (see
+    poetvae.distributed); only rank 0 writes anything.
     """
     run_dir = Path(run_dir)
     tc = cfg.train
-    device = resolve_device(tc.device)
+    ctx, device = setup(resolve_device(tc.device))
     if device.type == "cpu":
         keep_freed_memory()
     if data.embeddings.size(1) != cfg.model.embed_dim:
@@ -118,18 +159,20 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
         raise ConfigError("the training split is empty")
 
     torch.manual_seed(tc.seed)
-    model = PoetVAE(cfg.model)
+    raw = PoetVAE(cfg.model)
     with torch.no_grad():
-        model.embedding.weight.copy_(data.embeddings)
-    model.embedding.weight.requires_grad_(not tc.freeze_embeddings)
-    model.to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
+        raw.embedding.weight.copy_(data.embeddings)
+    raw.embedding.weight.requires_grad_(not tc.freeze_embeddings)
+    raw.to(device)
+    optimizer = torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad], lr=tc.lr,
                                   weight_decay=tc.weight_decay)
 
     train_tokens = data.tokens("train").to(device)
     valid_tokens = data.tokens("valid").to(device)
     n = train_tokens.size(0)
     batch = min(tc.batch_size, n)
+    if batch % ctx.world:
+        raise ConfigError(f"batch_size {batch} does not split evenly over {ctx.world} processes")
     steps_per_epoch = n // batch  # drop the ragged last batch: every step sees the same shape
     total_steps = tc.epochs * steps_per_epoch
     if tc.max_steps:
@@ -138,21 +181,24 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
     step, elapsed, best = 0, 0.0, math.inf
     if resume:
         tensors, meta = ckpt.load_tensors(run_dir / ckpt.LAST)
-        ckpt.restore_train_state(model, optimizer, tensors, meta)
+        ckpt.restore_train_state(raw, optimizer, tensors, meta)
         step, elapsed, best = meta["step"], meta["elapsed"], meta["best"]
-    else:
+    elif ctx.is_main:
         ckpt.write_run_header(run_dir, cfg, data.vocab)
         (run_dir / ckpt.LOG).unlink(missing_ok=True)
+    model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else raw
 
     def log(record: dict[str, Any]) -> None:
-        ckpt.append_log(run_dir, record)
-        if on_log is not None:
-            on_log(record)
+        if ctx.is_main:
+            ckpt.append_log(run_dir, record)
+            if on_log is not None:
+                on_log(record)
 
     def save_resume_point() -> None:
-        tensors, opt_meta = ckpt.flatten_train_state(model, optimizer)
-        ckpt.save_tensors(run_dir / ckpt.LAST, tensors,
-                          {"step": step, "elapsed": elapsed, "best": best, "optimizer": opt_meta})
+        if ctx.is_main:
+            tensors, opt_meta = ckpt.flatten_train_state(raw, optimizer)
+            ckpt.save_tensors(run_dir / ckpt.LAST, tensors,
+                              {"step": step, "elapsed": elapsed, "best": best, "optimizer": opt_meta})
 
     use_amp = tc.amp and device.type == "cuda"
     result = TrainResult(run_dir, step, step // steps_per_epoch, elapsed)
@@ -160,26 +206,22 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
     started = time.perf_counter() - elapsed
     sums = torch.zeros(3, device=device)  # rec, kl, loss since the last log line
     since_log = 0
+    share = slice(ctx.rank * (batch // ctx.world), (ctx.rank + 1) * (batch // ctx.world))
     try:
         while step < total_steps:
             epoch, first = divmod(step, steps_per_epoch)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch)).to(device)
             for i in range(first, steps_per_epoch):
                 tokens = train_tokens[order[i * batch : (i + 1) * batch]]
+                eps, drop = draw_noise(batch, cfg, device)
                 beta = kl_weight(step, total_steps, tc)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = model(tokens, word_dropout=tc.word_dropout)
-                terms = model.loss(tokens, out, beta, tc.free_bits)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
+                terms = train_step(model, optimizer, tokens[share], beta, cfg,
+                                   (eps[share], drop[share] if drop is not None else None), use_amp, ctx)
                 step += 1
-                sums += torch.stack([terms["rec"].detach().mean(), terms["kl"].detach().mean(), terms["loss"].detach()])
+                sums += torch.stack([terms["rec"].mean(), terms["kl"].mean(), terms["loss"]])
                 since_log += 1
                 if step % tc.log_every == 0 or step == total_steps:
-                    rec, kl, loss = (sums / since_log).tolist()
+                    rec, kl, loss = (global_mean(sums, ctx) / since_log).tolist()
                     elapsed = time.perf_counter() - started
                     log({"kind": "step", "step": step, "total_steps": total_steps, "epoch": epoch,
                          "rec": rec, "kl": kl, "loss": loss, "beta": beta, "seconds": elapsed})
@@ -189,12 +231,19 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
                 if step >= total_steps or out_of_time:
                     break
             elapsed = time.perf_counter() - started
-            valid = elbo_terms(model, valid_tokens) if valid_tokens.size(0) else {}
+            valid = {}
+            if valid_tokens.size(0) and ctx.is_main:
+                # Validation draws its own z: on a forked, fixed RNG, so that it neither
+                # shifts the training noise nor differs between ranks (which skip it).
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(tc.seed)
+                    valid = elbo_terms(raw, valid_tokens)
             score = valid.get("nelbo", -step)  # with no validation split, the newest is the best
             if score < best:
                 best = score
                 result.best_valid = valid
-                ckpt.save_tensors(run_dir / ckpt.BEST, model.state_dict(), {"step": step, "valid": valid})
+                if ctx.is_main:
+                    ckpt.save_tensors(run_dir / ckpt.BEST, raw.state_dict(), {"step": step, "valid": valid})
             save_resume_point()
             result.valid = valid
             log({"kind": "epoch", "step": step, "epoch": round(step / steps_per_epoch, 3),
@@ -204,9 +253,11 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
     except KeyboardInterrupt:
         elapsed = time.perf_counter() - started
         save_resume_point()
-        if not (run_dir / ckpt.BEST).exists():
-            ckpt.save_tensors(run_dir / ckpt.BEST, model.state_dict(), {"step": step, "valid": {}})
+        if ctx.is_main and not (run_dir / ckpt.BEST).exists():
+            ckpt.save_tensors(run_dir / ckpt.BEST, raw.state_dict(), {"step": step, "valid": {}})
         result.interrupted = True
+    finally:
+        teardown()
     result.steps, result.epochs, result.seconds = step, step // steps_per_epoch, elapsed
     if not result.best_valid and (run_dir / ckpt.BEST).exists():
         result.best_valid = ckpt.load_tensors(run_dir / ckpt.BEST)[1].get("valid", {})

@@ -34,11 +34,19 @@ def shipped_corpus() -> Path:
 
 
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory, shipped_corpus):
-    from poetvae.prep import load_prepared, prepare
+def prep_dir(tmp_path_factory, shipped_corpus) -> Path:
+    """The shipped corpus prepared with the TINY settings (read-only for tests)."""
+    from poetvae.prep import prepare
 
-    prep_dir = tmp_path_factory.mktemp("prep")
-    prepare([shipped_corpus], prep_dir, TINY.prep, TINY.model.embed_dim)
+    path = tmp_path_factory.mktemp("prep")
+    prepare([shipped_corpus], path, TINY.prep, TINY.model.embed_dim)
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared(prep_dir):
+    from poetvae.prep import load_prepared
+
     return load_prepared(prep_dir)
 
 

@@ -137,3 +137,13 @@ def test_overfitting_one_batch_drops_the_loss():
 def test_vocab_size_must_be_set():
     with pytest.raises(ValueError):
         PoetVAE(ModelConfig())
+
+
+def test_bn_vae_keeps_the_mean_kl_above_its_floor():
+    cfg = dataclasses.replace(CFG, bn_gamma=0.7)
+    m = PoetVAE(cfg).train()
+    x = batch(64)
+    mu, _ = m.encode(x)
+    # batch-normalised: per dim, the batch mean of mu^2 is gamma^2 (+ bias^2, 0 at init)
+    assert torch.allclose(mu.pow(2).mean(dim=0), torch.full((CFG.latent_dim,), 0.49), atol=1e-2)
+    assert m.encoder.mu_norm.running_mean.abs().sum() > 0  # eval mode will use running stats

@@ -1,0 +1,72 @@
+"""Multi-process training on torch's own engine: torchrun + DistributedDataParallel.
+
+    torchrun --standalone --nproc-per-node 2 -m poetvae train prep/ts -o runs/ddp
+    poetvae train prep/ts -o runs/ddp --devices 2        # launches the line above
+
+Each process takes an equal slice of the same global batch (every process draws the same
+batch order and the same noise for the whole batch, and keeps its slice), DDP averages
+the gradients, and the free-bits KL floor is taken on the global batch mean. So a run on
+N processes follows the single-process run with the same global batch, seed and schedule
+up to floating-point summation order. Only rank 0 validates, writes checkpoints and logs.
+Backend: NCCL on CUDA (one GPU per process), gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun described in the environment (no-op when alone).
+    Returns this process's place and the device it should use."""
+    if not launched_by_torchrun():
+        return Dist(), device
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def global_mean(t: torch.Tensor, ctx: Dist, differentiable: bool = False) -> torch.Tensor:
+    """Mean of `t` over processes (identity when alone). differentiable=True lets the
+    gradient flow back to every process's share (used for the free-bits KL floor)."""
+    if not ctx.active:
+        return t
+    if differentiable:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(t) / ctx.world
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / ctx.world
