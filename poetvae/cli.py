@@ -495,6 +495,43 @@ def plot(
         out.print(f"wrote {path}")
 
 
+# ---- bench ---------------------------------------------------------------------------------
+@app.command()
+def bench(
+    size: Annotated[Optional[list[str]], typer.Option("--size", help="default | reference (repeatable; default both)")] = None,
+    device: Device = "auto",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="training batch (CPU 128, GPU 1024)")] = None,
+    sample_batch: Annotated[Optional[int], typer.Option("--sample-batch", min=1, help="poems decoded together")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="timed repeats; the median is reported")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (keys: poetvae.bench.run_bench)")] = False,
+) -> None:
+    """Training and sampling throughput, model FLOP/s, and the share of this machine's matmul rate.
+
+    Example: [bold]poetvae bench --size reference[/]
+    """
+    from poetvae.bench import SIZES, run_bench
+
+    for s in size or []:
+        if s not in SIZES:
+            raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}")
+    with user_errors():
+        report = run_bench(size, device, batch_size, sample_batch, None, repeats)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    m = report["machine"]
+    table = Table(title=f"{m['device']}, {m['threads']} threads, torch {m['torch']}: "
+                        f"matmul {m['matmul']} {m['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s", title_justify="left")
+    for col in ("size", "params", "train poems/s", "train GFLOP/s", "of peak", "sample poems/s", "of peak", "peak mem"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in report["results"]:
+        table.add_row(r["size"], f"{r['parameters'] / 1e6:.1f}M", f"{r['train_poems_per_s']:,.0f}",
+                      f"{r['train_flops_per_s'] / 1e9:.1f}", f"{r['train_fraction_of_peak']:.0%}",
+                      f"{r['sample_poems_per_s']:,.0f}", f"{r['sample_fraction_of_peak']:.0%}",
+                      f"{r['peak_memory_bytes'] / 2**30:.2f} GiB")
+    out.print(table)
+
+
 def main() -> None:
     app()
 

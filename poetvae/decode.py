@@ -102,7 +102,7 @@ class _Rows:
 
 def _step(model: PoetVAE, rows: _Rows, room_table: Tensor, tables: ControlTables | None) -> tuple[Tensor, Tensor]:
     """One decoder call for every row: (logits (B, V), allowed (B, V))."""
-    logits, rows.hc = model.decode(rows.z, rows.prev, rows.hc)
+    logits, rows.hc = model.decode(rows.z, rows.prev, rows.hc, rows.written[:, None])
     room = torch.where(rows.written >= POEM_CHARS, 0, CHARS_PER_LINE - rows.written % CHARS_PER_LINE)
     room = torch.where(rows.finished, CHARS_PER_LINE + 1, room)
     allowed = room_table[room]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from poetvae.config import ModelConfig
-from poetvae.vocab import BOS, PAD, UNK
+from poetvae.vocab import BOS, EOS, PAD, POEM_CHARS, UNK
 
 
 class Highway(nn.Module):
@@ -101,6 +101,16 @@ class PoetVAE(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
         self.cfg = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=PAD)
+        # The decoder is told which character of the poem it writes next (0..19, 20 for the
+        # end): line breaks, rhyme positions and the tonal pattern all hang on it, and an
+        # LSTM that has to count to find them learns the form much more slowly.
+        self.position = nn.Embedding(POEM_CHARS + 1, cfg.embed_dim)
+        nn.init.normal_(self.position.weight, std=0.2)  # the scale of the word2vec vectors (~0.18)
+        # Characters each token spans (1 for a character, more for a jieba word, 0 for the
+        # specials); set from the vocabulary before training and saved with the weights.
+        chars = torch.ones(cfg.vocab_size, dtype=torch.long)
+        chars[[PAD, BOS, EOS]] = 0
+        self.register_buffer("token_chars", chars)
         self.highway = Highway(cfg.embed_dim, cfg.highway_layers)
         self.embed_drop = nn.Dropout(cfg.dropout)
         # The --no-latent baseline keeps the same decoder, fed z = 0, and has no encoder.
@@ -125,12 +135,18 @@ class PoetVAE(nn.Module):
         eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: Tensor, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None
-               ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Teacher-forced or stepwise decoding. inputs: (B, T) ids of the previous tokens."""
+    def decode(self, z: Tensor, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None,
+               positions: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Teacher-forced or stepwise decoding. inputs: (B, T) ids of the previous tokens,
+        starting with <bos> unless `state` continues a decode. positions (B, T): characters
+        written before each step; computed from `inputs` when they start at <bos>, and
+        required when decoding step by step."""
         if state is None:
             state = self.decoder.initial_state(z)
-        return self.decoder(self.embed(inputs), z, state)
+        if positions is None:
+            positions = self.token_chars[inputs].cumsum(dim=1)  # <bos> spans 0 characters
+        x = self.embed(inputs) + self.position(positions.clamp(max=POEM_CHARS))
+        return self.decoder(x, z, state)
 
     def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
         """z ~ N(0, I): (n, Z)."""

@@ -162,6 +162,7 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
     raw = PoetVAE(cfg.model)
     with torch.no_grad():
         raw.embedding.weight.copy_(data.embeddings)
+        raw.token_chars.copy_(data.vocab.token_chars())
     raw.embedding.weight.requires_grad_(not tc.freeze_embeddings)
     raw.to(device)
     optimizer = torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad], lr=tc.lr,

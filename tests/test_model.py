@@ -82,8 +82,9 @@ def test_stepwise_decoding_equals_teacher_forcing():
     inp = torch.cat([torch.full((3, 1), BOS), batch(3)[:, :-1]], dim=1)
     full, _ = m.decode(z, inp)
     state, steps = None, []
+    positions = m.token_chars[inp].cumsum(dim=1)
     for t in range(SEQ_LEN):
-        logits, state = m.decode(z, inp[:, t : t + 1], state)
+        logits, state = m.decode(z, inp[:, t : t + 1], state, positions[:, t : t + 1])
         steps.append(logits)
     assert torch.allclose(full, torch.cat(steps, dim=1), atol=1e-5)
 
@@ -147,3 +148,13 @@ def test_bn_vae_keeps_the_mean_kl_above_its_floor():
     # batch-normalised: per dim, the batch mean of mu^2 is gamma^2 (+ bias^2, 0 at init)
     assert torch.allclose(mu.pow(2).mean(dim=0), torch.full((CFG.latent_dim,), 0.49), atol=1e-2)
     assert m.encoder.mu_norm.running_mean.abs().sum() > 0  # eval mode will use running stats
+
+
+def test_decoder_knows_the_character_position():
+    m = PoetVAE(CFG).eval()
+    z = torch.randn(2, 5)
+    inp = torch.cat([torch.full((2, 1), BOS), batch(2)[:, :4]], dim=1)
+    a, _ = m.decode(z, inp)
+    b, _ = m.decode(z, inp, positions=torch.arange(5).expand(2, 5) + 5)  # as if on line 2
+    assert not torch.allclose(a, b)
+    assert torch.equal(m.token_chars[inp].cumsum(1)[0], torch.arange(5))

@@ -1,0 +1,168 @@
+"""`poetvae bench`: how fast training and sampling run here, and how close that is to the
+machine's own limit.
+
+    poetvae bench                     # both sizes, this machine's default device
+    poetvae bench --size reference --json
+
+For each model size it measures, after warm-up, the median of several timed repeats of
+- training: poems/s and tokens/s through the real training step (train.train_step);
+- sampling: poems/s of the real constrained decoder (decode.generate), whole batch at once;
+and relates them to
+- the model FLOPs per poem, counted from the layer shapes (multiply-adds x 2; a training
+  step counted as 3x the forward pass: forward, and backward for inputs and weights);
+- this machine's matrix-multiply rate measured in the same run (fp32 on CPU, bf16 on GPU),
+  so `fraction_of_peak` says how much of the hardware the model code uses;
+- peak memory: RSS of the process on CPU, torch.cuda.max_memory_allocated on GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from poetvae.config import Config, ModelConfig, TrainConfig
+from poetvae.decode import DecodeOptions, generate
+from poetvae.hardware import keep_freed_memory, resolve_device
+from poetvae.model import PoetVAE
+from poetvae.vocab import SEQ_LEN, SPECIALS, Vocab
+
+# The small reference implementation this design comes from: embedding 128, hidden 128,
+# 2-layer decoder, latent 128, a vocabulary of about 4,600 characters.
+SIZES: dict[str, ModelConfig] = {
+    "default": ModelConfig(vocab_size=4578),  # the shared corpus's vocabulary at min_count 2
+    "reference": ModelConfig(vocab_size=4600, embed_dim=128, hidden_dim=128, decoder_layers=2, latent_dim=128),
+}
+
+
+def _lstm_flops(size_in: int, hidden: int, layers: int, directions: int = 1) -> int:
+    """Forward FLOPs of a stacked LSTM for one time step: 4 gates of (input + hidden) x hidden."""
+    total = 0
+    for _ in range(layers):
+        total += directions * 2 * 4 * hidden * (size_in + hidden)
+        size_in = hidden * directions
+    return total
+
+
+def flops_per_poem(cfg: ModelConfig) -> dict[str, float]:
+    """Model FLOPs for one poem of SEQ_LEN = 21 positions, from the layer shapes."""
+    e, h, z, v, t = cfg.embed_dim, cfg.hidden_dim, cfg.latent_dim, cfg.vocab_size, SEQ_LEN
+    highway = cfg.highway_layers * 2 * (2 * e * e)  # transform and gate per token
+    decoder_step = highway + _lstm_flops(e + z, h, cfg.decoder_layers) + 2 * h * v
+    decoder = t * decoder_step + 2 * z * 2 * cfg.decoder_layers * h  # + initial state from z
+    encoder = 0
+    if cfg.use_latent:
+        encoder = t * (highway + _lstm_flops(e, h, cfg.encoder_layers, directions=2)) + 2 * (2 * 2 * h * z)
+    forward = encoder + decoder
+    return {"forward": float(forward), "train": 3.0 * forward, "sample": float(decoder)}
+
+
+def _median_rate(fn: Callable[[], None], work: float, repeats: int, device: torch.device) -> float:
+    """work / seconds of fn(), the median over `repeats` timed calls (after one warm-up)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        rates.append(work / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def matmul_rate(device: torch.device, repeats: int = 5) -> dict[str, Any]:
+    """FLOP/s of a large square matrix product: fp32 on CPU, bf16 on GPU."""
+    n, dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    inner = 4 if device.type == "cpu" else 50
+
+    def run() -> None:
+        for _ in range(inner):
+            torch.mm(a, b)
+
+    return {"flops": _median_rate(run, 2.0 * n**3 * inner, repeats, device), "n": n, "dtype": str(dtype)}
+
+
+def _random_vocab(size: int) -> Vocab:
+    tokens = [chr(0x4E00 + i) for i in range(size - len(SPECIALS))]
+    return Vocab(list(SPECIALS) + tokens, [0] * len(SPECIALS) + [1] * len(tokens))
+
+
+def bench_size(name: str, cfg: ModelConfig, device: torch.device, batch_size: int, sample_batch: int,
+               steps: int, repeats: int, peak: float) -> dict[str, Any]:
+    from poetvae.train import draw_noise, train_step
+
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model = PoetVAE(cfg).to(device)
+    config = Config(model=cfg, train=TrainConfig(batch_size=batch_size))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(len(SPECIALS), cfg.vocab_size, (batch_size, SEQ_LEN), device=device)
+    use_amp = device.type == "cuda"
+
+    def train_steps() -> None:
+        for _ in range(steps):
+            train_step(model, optimizer, tokens, 1.0, config, draw_noise(batch_size, config, device), use_amp)
+
+    model.train()
+    train_rate = _median_rate(train_steps, batch_size * steps, repeats, device)
+    model.eval()
+    vocab = _random_vocab(cfg.vocab_size)
+    z = torch.randn(sample_batch, cfg.latent_dim, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def sample() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            generate(model, z, vocab, DecodeOptions(temperature=1.0), gen)
+
+    sample_rate = _median_rate(sample, sample_batch, repeats, device)
+    flops = flops_per_poem(cfg)
+    memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "size": name,
+        "config": dataclasses.asdict(cfg),
+        "parameters": model.num_parameters(),
+        "train_batch": batch_size,
+        "train_poems_per_s": train_rate,
+        "train_tokens_per_s": train_rate * SEQ_LEN,
+        "train_flops_per_poem": flops["train"],
+        "train_flops_per_s": train_rate * flops["train"],
+        "train_fraction_of_peak": train_rate * flops["train"] / peak,
+        "sample_batch": sample_batch,
+        "sample_poems_per_s": sample_rate,
+        "sample_flops_per_poem": flops["sample"],
+        "sample_fraction_of_peak": sample_rate * flops["sample"] / peak,
+        "peak_memory_bytes": memory,
+    }
+
+
+def run_bench(sizes: list[str] | None = None, device: str = "auto", batch_size: int | None = None,
+              sample_batch: int | None = None, steps: int | None = None, repeats: int = 3) -> dict[str, Any]:
+    """The whole benchmark as a JSON-ready dict: {"machine": {...}, "results": [per size]}."""
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
+    batch_size = batch_size or (128 if dev.type == "cpu" else 1024)
+    sample_batch = sample_batch or (2048 if dev.type == "cpu" else 65536)
+    steps = steps or (4 if dev.type == "cpu" else 20)
+    peak = matmul_rate(dev)
+    machine = {
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "processor": platform.processor() or platform.machine(),
+        "matmul_flops_per_s": peak["flops"],
+        "matmul": f"{peak['n']}x{peak['n']} {peak['dtype']}",
+    }
+    results = [bench_size(name, SIZES[name], dev, batch_size, sample_batch, steps, repeats, peak["flops"])
+               for name in (sizes or list(SIZES))]
+    return {"machine": machine, "results": results}
