@@ -8,7 +8,7 @@ set -euo pipefail
 prep=$1
 out=$2
 shift 2
-recipes=${*:-default lm vanilla linear cyclical freebits worddrop bnvae}
+recipes=${*:-freebits cyclical-fb-wd lm vanilla linear cyclical worddrop bnvae}
 here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 for r in $recipes; do

@@ -192,30 +192,40 @@ def train(
         raise typer.Exit(130)
 
 
+def _flags(settings: dict[str, Any]) -> list[str]:
+    """Command-line flags that reproduce `settings` (the inverse of the config flags)."""
+    out_flags = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        out_flags += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
+    return out_flags
+
+
 def _launch_torchrun(devices: int, corpus: Optional[list[Path]], output: Optional[Path], config: Optional[Path],
                      resume: Optional[Path], overwrite: bool, settings: dict[str, Any]) -> int:
-    """Prepare the data once here, then run this same command under torchrun with N processes."""
+    """Prepare the data once here, then run `poetvae train` under torchrun with N processes."""
     import subprocess
 
     from poetvae import checkpoint as ckpt
+    from poetvae.data_files import default_corpus
     from poetvae.prep import is_prep_dir, prepare
 
-    argv = [a for a in sys.argv[1:]]
-    i = argv.index("--devices")
-    del argv[i : i + 2]
-    if resume is None:
+    if resume is not None:
+        args = ["--resume", str(resume)]
+    else:
         run_dir = output or Path("runs/default")
         if ckpt.is_run_dir(run_dir) and not overwrite:
             raise PoetVAEError(f"{run_dir} already holds a run: --resume {run_dir} continues it, --overwrite replaces it")
-        sources = corpus or None
-        if not (sources and len(sources) == 1 and is_prep_dir(sources[0])):
-            from poetvae.data_files import default_corpus
-
-            cfg = load_config(config, settings)
-            prepare(sources or [default_corpus()], run_dir / "prep", cfg.prep, cfg.model.embed_dim)
-            argv = ["train", str(run_dir / "prep")] + [a for a in argv[1:] if a not in map(str, sources or [])]
+        cfg = load_config(config, settings)
+        if corpus and len(corpus) == 1 and is_prep_dir(corpus[0]):
+            source = corpus[0]
+        else:  # prepare once here rather than in every process
+            source = run_dir / "prep"
+            prepare(corpus or [default_corpus()], source, cfg.prep, cfg.model.embed_dim)
+        args = [str(source), "-o", str(run_dir), *(["-c", str(config)] if config else []),
+                *(["--overwrite"] if overwrite else []), *_flags(settings)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
-           "-m", "poetvae", *argv]
+           "-m", "poetvae", "train", *args]
     return subprocess.call(cmd)
 
 
