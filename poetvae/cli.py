@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from poetvae.config import ModelConfig, PrepConfig, load_config, user_fields
+from poetvae.config import load_config, user_fields
 from poetvae.errors import PoetVAEError
 
 app = typer.Typer(
@@ -160,7 +160,7 @@ def train(
     Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
     """
     from poetvae import checkpoint as ckpt
-    from poetvae.train import load_training_data, load_prepared, run_config, train as train_run
+    from poetvae.train import load_training_data, load_prepared, run_config
 
     settings = dict(settings or {})
     if no_latent:

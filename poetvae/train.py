@@ -15,7 +15,6 @@ is saved in every resume point.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -269,7 +268,3 @@ def run_config(run_dir: str | Path) -> Config:
     """The config a run was trained with (for resume)."""
     cfg, _ = ckpt.read_run_header(Path(run_dir))
     return cfg
-
-
-def dump_config(cfg: Config) -> str:
-    return json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False)

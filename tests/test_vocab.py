@@ -1,5 +1,5 @@
 from poetvae.vocab import EOS, PAD, SEQ_LEN, UNK, Vocab
-from poetvae.corpus import load_poems, read_corpus
+from poetvae.corpus import read_corpus
 
 import pytest
 
