@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
@@ -22,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from poetvae.config import load_config, user_fields
+from poetvae.distributed import env_rank
 from poetvae.errors import PoetVAEError
 
 app = typer.Typer(
@@ -159,7 +159,6 @@ def train(
 
     Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
     """
-    from poetvae import checkpoint as ckpt
     from poetvae.train import load_training_data, load_prepared, run_config
 
     settings = dict(settings or {})
@@ -177,11 +176,10 @@ def train(
             data = load_prepared(run_dir / "prep")
         else:
             run_dir = output or Path("runs/default")
-            if ckpt.is_run_dir(run_dir) and not overwrite:
-                raise PoetVAEError(f"{run_dir} already holds a run: --resume {run_dir} continues it, --overwrite replaces it")
+            _refuse_existing_run(run_dir, overwrite)
             cfg = load_config(config, settings)
             data = load_training_data(corpus or None, run_dir, cfg)
-        main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
+        main_process = env_rank() == 0  # under torchrun only rank 0 speaks
         if main_process:
             out.print(_config_table(cfg))
         result = _train_with_progress(cfg, data, run_dir, resume is not None)
@@ -190,6 +188,13 @@ def train(
     if result.interrupted and main_process:
         err.print(f"interrupted at step {result.steps}; continue with: poetvae train --resume {run_dir}")
         raise typer.Exit(130)
+
+
+def _refuse_existing_run(run_dir: Path, overwrite: bool) -> None:
+    from poetvae import checkpoint as ckpt
+
+    if ckpt.is_run_dir(run_dir) and not overwrite:
+        raise PoetVAEError(f"{run_dir} already holds a run: --resume {run_dir} continues it, --overwrite replaces it")
 
 
 def _flags(settings: dict[str, Any]) -> list[str]:
@@ -206,7 +211,6 @@ def _launch_torchrun(devices: int, corpus: Optional[list[Path]], output: Optiona
     """Prepare the data once here, then run `poetvae train` under torchrun with N processes."""
     import subprocess
 
-    from poetvae import checkpoint as ckpt
     from poetvae.data_files import default_corpus
     from poetvae.prep import is_prep_dir, prepare
 
@@ -214,8 +218,7 @@ def _launch_torchrun(devices: int, corpus: Optional[list[Path]], output: Optiona
         args = ["--resume", str(resume)]
     else:
         run_dir = output or Path("runs/default")
-        if ckpt.is_run_dir(run_dir) and not overwrite:
-            raise PoetVAEError(f"{run_dir} already holds a run: --resume {run_dir} continues it, --overwrite replaces it")
+        _refuse_existing_run(run_dir, overwrite)
         cfg = load_config(config, settings)
         if corpus and len(corpus) == 1 and is_prep_dir(corpus[0]):
             source = corpus[0]
@@ -232,7 +235,7 @@ def _launch_torchrun(devices: int, corpus: Optional[list[Path]], output: Optiona
 def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> Any:
     from poetvae.train import train as train_run
 
-    live = out.is_terminal and os.environ.get("RANK", "0") == "0"
+    live = out.is_terminal and env_rank() == 0
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=out, disable=not live)
     task = progress.add_task("training", total=None)
@@ -241,7 +244,7 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> An
         if r["kind"] == "step":
             progress.update(task, completed=r["step"], total=r["total_steps"],
                             description=f"rec {r['rec']:.1f}  KL {r['kl']:.2f}  β {r['beta']:.2f}")
-        if r["kind"] == "epoch" and r.get("valid_nelbo") is not None and os.environ.get("RANK", "0") == "0":
+        if r["kind"] == "epoch" and r.get("valid_nelbo") is not None and env_rank() == 0:
             line = (f"step {r['step']:>6}  epoch {r['epoch']:.1f}  valid rec {r['valid_rec']:.2f}  "
                     f"KL {r['valid_kl']:.2f}  -ELBO {r['valid_nelbo']:.2f}  ppl {r['valid_ppl']:.2f}  "
                     f"({r['seconds']:.0f}s)")

@@ -110,15 +110,15 @@ class ControlTables:
         # fixed characters: fixed_ok[p, t] = token t may start at position p
         fixed = c.fixed_chars()
         fixed_ok = torch.ones(POEM_CHARS + 1, v, dtype=torch.bool)
-        for p in range(POEM_CHARS):
+        width = int(chars.max())
+        # only start positions from which a token can reach a fixed character need a look
+        for p in sorted({q - k for q in fixed for k in range(width) if q - k >= 0}):
             for t, tok in enumerate(real):
                 if any(fixed.get(p + k, ch) != ch for k, ch in enumerate(tok)):
                     fixed_ok[p, t] = False
         # every fixed character must exist as a token of its own (always true of a character
         # vocabulary; a jieba vocabulary keeps every character above min_count too)
-        missing = [ch for p, ch in sorted(fixed.items()) if ch not in vocab.index]
-        if missing:
-            raise VocabError("not in the model's vocabulary: " + " ".join(dict.fromkeys(missing)))
+        vocab.require_known(["".join(ch for _, ch in sorted(fixed.items()))])
         self.fixed_ok = fixed_ok.to(device)
 
         # rhyme groups of each token's last character

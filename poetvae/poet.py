@@ -26,7 +26,7 @@ from poetvae.corpus import Poem, parse_poem
 from poetvae.controls import Controls, backoff_report
 from poetvae.decode import DecodeOptions, generate, latent_path
 from poetvae.prosody import prosody_score
-from poetvae.errors import CheckpointError, VocabError
+from poetvae.errors import CheckpointError
 from poetvae.model import PoetVAE
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.vocab import Vocab
@@ -91,10 +91,8 @@ class Poet:
         naming them, unless allow_unk maps them to <unk>."""
         lines = [self._lines(p) for p in poems]
         if not allow_unk:
-            missing = [c for ls in lines for c in self.vocab.unknown(ls)]
-            if missing:
-                raise VocabError("not in the model's vocabulary: " + " ".join(dict.fromkeys(missing))
-                                 + " (pass allow_unk / --allow-unk to read them as <unk>)")
+            self.vocab.require_known([line for ls in lines for line in ls],
+                                     "pass allow_unk / --allow-unk to read them as <unk>")
         return self.vocab.encode_batch(lines).to(self.device)
 
     def _generator(self, seed: int | None) -> torch.Generator:
@@ -142,9 +140,7 @@ class Poet:
         not a posterior the model was trained to give."""
         if not controls.prefix:
             raise ValueError("infer_z needs a prefix")
-        missing = [c for c in self.vocab.unknown(controls.prefix)]
-        if missing:
-            raise VocabError("not in the model's vocabulary: " + " ".join(missing))
+        self.vocab.require_known(controls.prefix)
         with torch.no_grad():
             return self.model.encode(self.vocab.encode_batch([controls.prefix]).to(self.device))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from poetvae import checkpoint as ckpt
 from poetvae.config import Config, TrainConfig
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.evaluate import elbo_terms
-from poetvae.distributed import Dist, global_mean, launched_by_torchrun, setup, teardown
+from poetvae.distributed import Dist, env_rank, global_mean, launched_by_torchrun, setup, teardown
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare
@@ -80,7 +79,7 @@ def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir
     if len(sources) == 1 and sources[0].is_dir():
         if not is_prep_dir(sources[0]):
             raise CheckpointError(f"{sources[0]} is a directory but not a prepared corpus; run `poetvae prep` on corpus files")
-        if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
+        if launched_by_torchrun() and env_rank() != 0:
             return load_prepared(sources[0])  # rank 0 alone copies it into the run
         if sources[0].resolve() != target.resolve():
             shutil.copytree(sources[0], target, dirs_exist_ok=True)

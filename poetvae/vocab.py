@@ -103,6 +103,12 @@ class Vocab:
         missing = [t for line in lines for t in self.tokenize_line(line) if t not in self.index]
         return list(dict.fromkeys(missing))
 
+    def require_known(self, lines: Sequence[str], hint: str = "") -> None:
+        """Raise VocabError naming every character of `lines` the vocabulary cannot spell."""
+        missing = self.unknown(lines)
+        if missing:
+            raise VocabError("not in the model's vocabulary: " + " ".join(missing) + (f" ({hint})" if hint else ""))
+
     def decode(self, ids: Sequence[int]) -> list[str]:
         """The 4 lines spelled by a row of ids (stops at <eos>; drops other special tokens)."""
         text = ""
