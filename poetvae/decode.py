@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from poetvae.controls import BACKOFF_NAMES, Controls, ControlTables
-from poetvae.model import PoetVAE
+from poetvae.model import PoetVAE, StepDecoder
 from poetvae.vocab import BOS, CHARS_PER_LINE, EOS, PAD, POEM_CHARS, SEQ_LEN, UNK, Vocab
 
 
@@ -80,11 +80,11 @@ class _Rows:
     """Everything per row that decoding carries from step to step, so that beam search can
     reorder it all with one index."""
 
-    def __init__(self, model: PoetVAE, z: Tensor, tables: ControlTables | None):
+    def __init__(self, step: StepDecoder, model: PoetVAE, z: Tensor, tables: ControlTables | None):
         b, device = z.size(0), z.device
-        self.z = z
+        self.z_gates = step.z_gates(z)
         self.hc = model.decoder.initial_state(z)
-        self.prev = torch.full((b, 1), BOS, dtype=torch.long, device=device)
+        self.prev = torch.full((b,), BOS, dtype=torch.long, device=device)
         self.written = torch.zeros(b, dtype=torch.long, device=device)  # characters out so far
         self.finished = torch.zeros(b, dtype=torch.bool, device=device)
         self.out = torch.full((b, SEQ_LEN), PAD, dtype=torch.long, device=device)
@@ -93,43 +93,130 @@ class _Rows:
             "backoff": torch.zeros(b, len(BACKOFF_NAMES), dtype=torch.bool, device=device)}
 
     def select(self, index: Tensor) -> None:
-        self.z, self.prev = self.z[index], self.prev[index]
+        self.z_gates, self.prev = self.z_gates[index], self.prev[index]
         self.hc = (self.hc[0][:, index], self.hc[1][:, index])
         self.written, self.finished = self.written[index], self.finished[index]
         self.out, self.logprob = self.out[index], self.logprob[index]
         self.ctl = {k: v[index] for k, v in self.ctl.items()}
 
 
-def _step(model: PoetVAE, rows: _Rows, room_table: Tensor, tables: ControlTables | None) -> tuple[Tensor, Tensor]:
-    """One decoder call for every row: (logits (B, V), allowed (B, V))."""
-    logits, rows.hc = model.decode(rows.z, rows.prev, rows.hc, rows.written[:, None])
-    room = torch.where(rows.written >= POEM_CHARS, 0, CHARS_PER_LINE - rows.written % CHARS_PER_LINE)
-    room = torch.where(rows.finished, CHARS_PER_LINE + 1, room)
-    allowed = room_table[room]
-    if tables is not None:
-        allowed = tables.mask(allowed, rows.written, rows.ctl)
-    return logits[:, -1].float(), allowed
+class _Mask:
+    """What may come next, in the cheapest form that says it: when every row is at the same
+    point of the form (always so for a character vocabulary without controls), one list of
+    forbidden columns for the whole batch; otherwise a (B, V) bool of allowed tokens."""
+
+    def __init__(self, allowed: Tensor | None = None, forbidden: Tensor | None = None, width: int = 0):
+        self.allowed, self.forbidden, self.width = allowed, forbidden, width
+
+    def fill_(self, x: Tensor, value: float) -> Tensor:
+        """Set the forbidden entries of x (B, V) to value, in place."""
+        if self.allowed is None:
+            return x.index_fill_(1, self.forbidden, value)
+        return x.masked_fill_(~self.allowed, value)
+
+    def dense(self, b: int) -> Tensor:
+        if self.allowed is not None:
+            return self.allowed
+        return torch.ones(b, self.width, dtype=torch.bool, device=self.forbidden.device).index_fill_(1, self.forbidden, False)
 
 
-def _advance(rows: _Rows, t: int, token: Tensor, step_logp: Tensor, token_chars: Tensor,
-             tables: ControlTables | None) -> None:
-    rows.logprob += torch.where(rows.finished, 0.0, step_logp)
-    if tables is not None:
-        tables.update(token, rows.written, rows.ctl)
-    rows.out[:, t] = token
-    rows.written += token_chars[token]
-    rows.finished |= token == EOS
-    rows.prev = token[:, None]
+class _FormTable:
+    """The format constraint per `room` (characters left in the line, see allowed_by_room),
+    as dense rows and as forbidden-column lists for a batch whose rows all have the same room."""
+
+    def __init__(self, token_chars: Tensor, device: torch.device):
+        self.table = allowed_by_room(token_chars).to(device)
+        self.forbidden = [(~row).nonzero().squeeze(1) for row in self.table]
+
+    def mask(self, rows: _Rows, tables: ControlTables | None) -> _Mask:
+        room = torch.where(rows.written >= POEM_CHARS, 0, CHARS_PER_LINE - rows.written % CHARS_PER_LINE)
+        room = torch.where(rows.finished, CHARS_PER_LINE + 1, room)
+        if tables is not None:
+            return _Mask(tables.mask(self.table[room], rows.written, rows.ctl))
+        lo, hi = torch.aminmax(room)
+        if lo == hi:  # one host sync per step, to skip a (B, V) mask
+            return _Mask(forbidden=self.forbidden[int(lo)], width=self.table.size(1))
+        return _Mask(self.table[room])
 
 
-def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One token per row from probs (B, V), by inverting the cumulative distribution with
-    one uniform number per row. torch.multinomial draws V exponentials per row instead,
-    which on the CPU took 70 % of the decoding time (145 ms per step at 1024 x 4578)."""
-    cdf = probs.cumsum(dim=-1)
-    u = torch.rand(probs.size(0), 1, device=probs.device, generator=generator) * cdf[:, -1:]
-    # right=True: the first token whose cumulative mass exceeds u, never a masked (p = 0) one
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.size(1) - 1)
+def _draw(weights: Tensor, u: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
+    """One token per row, with probability proportional to weights (B, V) >= 0, by inverting
+    the cumulative distribution at u (B, 1) uniform in [0, 1), in two levels: the block of
+    `block` tokens from the running sums of block totals, then the token inside it.
+    Returns the tokens and each row's total weight (a row of total 0 gets an arbitrary token).
+
+    torch.multinomial draws V exponentials per row instead (70 % of decoding time on the
+    CPU), and one running sum over all V is a slow sequential scan per row."""
+    b, v = weights.shape
+    whole = v // block * block
+    sums = weights[:, :whole].view(b, -1, block).sum(dim=2)
+    if whole < v:
+        sums = torch.cat([sums, weights[:, whole:].sum(dim=1, keepdim=True)], dim=1)
+    totals = sums.double().cumsum(dim=1)  # (B, blocks)
+    target = u * totals[:, -1:]  # below the row's total mass
+    # right=True: the first running sum above the target, which never ends an empty block
+    which = torch.searchsorted(totals, target, right=True).clamp_(max=totals.size(1) - 1)
+    before = torch.where(which > 0, totals.gather(1, (which - 1).clamp(min=0)), 0.0)
+    index = which * block + torch.arange(block, device=weights.device)  # (B, block)
+    inside = weights.gather(1, index.clamp(max=v - 1)).masked_fill_(index >= v, 0).double().cumsum(dim=1)
+    # the two sums round differently: keep the target inside the block, so that the first
+    # running sum above it is a token of nonzero weight
+    rest = torch.minimum((target - before).clamp(min=0), inside[:, -1:] * (1 - 1e-12))
+    offset = torch.searchsorted(inside, rest, right=True)
+    return (which * block + offset).squeeze(1).clamp_(max=v - 1), totals[:, -1]
+
+
+def _argmax(x: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
+    """Index and value of each row's largest entry (the first of equals), for x (B, V) >= 0.
+    In two levels like _draw: torch.argmax is a scalar loop on the CPU, six times slower
+    than the vectorised block maxima."""
+    b, v = x.shape
+    whole = v // block * block
+    maxima = x[:, :whole].view(b, -1, block).amax(dim=2)
+    if whole < v:
+        maxima = torch.cat([maxima, x[:, whole:].amax(dim=1, keepdim=True)], dim=1)
+    which = maxima.argmax(dim=1, keepdim=True)  # the first block holding the maximum
+    index = which * block + torch.arange(block, device=x.device)
+    inside = x.gather(1, index.clamp(max=v - 1)).masked_fill_(index >= v, -1.0)
+    return (which * block + inside.argmax(dim=1, keepdim=True)).squeeze(1), maxima.gather(1, which).squeeze(1)
+
+
+def _uniform(b: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(b, 1, device=device, generator=generator, dtype=torch.float64)
+
+
+def _choose(logits: Tensor, mask: _Mask, opts: DecodeOptions, u: Tensor | None,
+            generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """One token per row from the masked distribution at the options' temperature, and its
+    log-probability under the model itself (temperature 1, no masks).
+
+    At temperature 1 one softmax serves both. Every pass over (B, V) costs about the same
+    here (memory-bound on the CPU), so there are few: the softmax, a second one when T != 1,
+    and the block sums of the draw."""
+    probs = mask.fill_(torch.softmax(logits, dim=-1), 0.0)
+    if opts.greedy:
+        token, total = _argmax(probs)
+    else:
+        if opts.top_k > 0 or opts.top_p < 1.0:
+            weights = torch.softmax(_filter(mask.fill_(logits.clone(), -math.inf), opts), dim=-1)
+        elif opts.temperature != 1.0:
+            weights = mask.fill_(torch.softmax(logits * (1.0 / opts.temperature), dim=-1), 0.0)
+        else:
+            weights = probs
+        token, total = _draw(weights, u)
+    # rows whose every allowed token underflowed to 0 (a low temperature, or controls that
+    # force what the model finds very unlikely): again from the masked logits themselves
+    stuck = (total <= 0).nonzero().squeeze(1)
+    if stuck.numel():
+        allowed = mask.dense(logits.size(0))[stuck]
+        masked = logits[stuck].masked_fill(~allowed, -math.inf)
+        token[stuck] = masked.argmax(dim=-1) if opts.greedy else \
+            _draw(torch.softmax(_filter(masked, opts), dim=-1), _uniform(stuck.numel(), logits.device, generator))[0]
+    logp = probs.gather(1, token[:, None]).squeeze(1).log()
+    lost = (~torch.isfinite(logp)).nonzero().squeeze(1)  # probabilities below float range
+    if lost.numel():
+        logp[lost] = torch.log_softmax(logits[lost], dim=-1).gather(1, token[lost, None]).squeeze(1)
+    return token, logp
 
 
 @torch.no_grad()
@@ -141,41 +228,52 @@ def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = Deco
     Sampling (or greedy) by default; `beam` > 1 runs a beam search of that width per z
     (every hypothesis has the same 20 characters, so scores compare without length
     normalisation) and returns the best beam. `controls` adds rhyme, tones, acrostic and
-    prefix constraints (see poetvae.controls).
+    prefix constraints (see poetvae.controls). Decoding is always without dropout.
     """
     if beam < 1:
         raise ValueError("beam must be at least 1")
     device = z.device
     tables = ControlTables(controls, vocab, device) if controls is not None and controls.active else None
     token_chars = vocab.token_chars().to(device)
-    room_table = allowed_by_room(vocab.token_chars()).to(device)
+    form = _FormTable(vocab.token_chars(), device)
+    step = StepDecoder(model)
     b = z.size(0)
-    rows = _Rows(model, z.repeat_interleave(beam, dim=0), tables)
+    rows = _Rows(step, model, z.repeat_interleave(beam, dim=0), tables)
     # beam scores: (B, W); all beams start equal, so only the first is live at step 0
     scores = torch.full((b, beam), -math.inf, device=device)
     scores[:, 0] = 0.0
     for t in range(SEQ_LEN):
-        logits, allowed = _step(model, rows, room_table, tables)
-        logp = torch.log_softmax(logits, dim=-1)
+        hidden, rows.hc = step(rows.prev, rows.written, rows.z_gates, rows.hc)
+        mask = form.mask(rows, tables)
         if beam == 1:
-            masked = logits.masked_fill(~allowed, -math.inf)
-            if opts.greedy:
-                token = masked.argmax(dim=-1)
-            else:
-                token = _draw(torch.softmax(_filter(masked, opts), dim=-1), generator)
+            u = None if opts.greedy else _uniform(b, device, generator)  # greedy draws nothing
+            token, token_logp = _choose(step.logits(hidden), mask, opts, u, generator)
         else:
+            logp = torch.log_softmax(step.logits(hidden), dim=-1)
             v = logp.size(1)
             # a finished row extends only with <pad>, at no cost
-            step = torch.where(rows.finished[:, None], 0.0, logp).masked_fill(~allowed, -math.inf)
-            total = (scores.view(-1, 1) + step).view(b, beam * v)
+            step_logp = mask.fill_(torch.where(rows.finished[:, None], 0.0, logp), -math.inf)
+            total = (scores.view(-1, 1) + step_logp).view(b, beam * v)
             scores, flat = total.topk(beam, dim=1)  # sorted: beam 0 is the best
             parent = (torch.arange(b, device=device)[:, None] * beam + flat // v).view(-1)
             rows.select(parent)
             logp = logp[parent]
             token = (flat % v).view(-1)
-        _advance(rows, t, token, logp.gather(1, token[:, None]).squeeze(1), token_chars, tables)
+            token_logp = logp.gather(1, token[:, None]).squeeze(1)
+        _advance(rows, t, token, token_logp, token_chars, tables)
     best = torch.arange(b, device=device) * beam  # beam 0 of each z
     return Generation(rows.out[best], rows.logprob[best], rows.ctl["backoff"][best])
+
+
+def _advance(rows: _Rows, t: int, token: Tensor, step_logp: Tensor, token_chars: Tensor,
+             tables: ControlTables | None) -> None:
+    rows.logprob += torch.where(rows.finished, 0.0, step_logp)
+    if tables is not None:
+        tables.update(token, rows.written, rows.ctl)
+    rows.out[:, t] = token
+    rows.written += token_chars[token]
+    rows.finished |= token == EOS
+    rows.prev = token
 
 
 def latent_path(za: Tensor, zb: Tensor, steps: int, method: str = "linear") -> Tensor:

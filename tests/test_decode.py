@@ -116,7 +116,57 @@ def test_draw_follows_the_distribution_and_never_picks_a_masked_token():
     from poetvae.decode import _draw
 
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]).expand(40_000, 5)
-    tokens = _draw(probs, torch.Generator().manual_seed(0))
+    tokens, total = _draw(probs, torch.rand(40_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
     freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
     assert freq[1] == 0 and freq[4] == 0
     assert torch.allclose(freq, probs[0], atol=0.01)
+
+
+def test_draw_handles_a_vocabulary_that_is_not_a_whole_number_of_blocks():
+    from poetvae.decode import _draw
+
+    weights = torch.zeros(130)
+    weights[[0, 63, 64, 127, 128, 129]] = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0, 1.0])
+    u = torch.rand(60_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    tokens, total = _draw(weights.expand(60_000, 130), u, block=64)
+    freq = torch.bincount(tokens, minlength=130).float() / tokens.numel()
+    assert torch.allclose(total, torch.full_like(total, 10.0, dtype=torch.float64))
+    assert set(tokens.unique().tolist()) == {0, 63, 64, 127, 128, 129}
+    assert torch.allclose(freq, weights / 10, atol=0.01)
+
+
+def test_argmax_in_blocks_equals_torch_argmax_including_ties():
+    from poetvae.decode import _argmax
+
+    g = torch.Generator().manual_seed(0)
+    for v in (5, 64, 100, 4600):
+        x = torch.randint(0, 7, (50, v), generator=g).float()  # many ties: the first must win
+        index, value = _argmax(x)
+        assert index.equal(x.argmax(dim=1)) and value.equal(x.amax(dim=1))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_step_decoder_equals_the_model_decoder(layers):
+    from poetvae.model import StepDecoder
+
+    torch.manual_seed(0)
+    model = PoetVAE(ModelConfig(vocab_size=30, embed_dim=8, hidden_dim=6, latent_dim=3, decoder_layers=layers)).eval()
+    z = torch.randn(4, 3)
+    inputs = torch.cat([torch.full((4, 1), 2), torch.randint(4, 30, (4, 6))], dim=1)
+    want, _ = model.decode(z, inputs)
+    step = StepDecoder(model)
+    state, z_gates = model.decoder.initial_state(z), step.z_gates(z)
+    for t in range(inputs.size(1)):
+        hidden, state = step(inputs[:, t], torch.full((4,), t), z_gates, state)
+        assert torch.allclose(step.logits(hidden), want[:, t], atol=1e-5)
+
+
+def test_a_temperature_too_low_for_float_range_still_samples_allowed_tokens():
+    vocab = make_vocab([])
+    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3, dropout=0.0)).eval()
+    with torch.no_grad():
+        model.decoder.out.bias[:4] += 200.0  # the allowed tokens' probabilities underflow to 0
+    ids, logprob, _ = generate(model, torch.randn(6, 3), vocab, DecodeOptions(temperature=0.05),
+                               torch.Generator().manual_seed(0))
+    assert_well_formed(vocab, ids)
+    assert torch.isfinite(logprob).all() and (logprob < -1000).all()
