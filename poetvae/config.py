@@ -58,7 +58,9 @@ class TrainConfig:
     max_steps: int = _opt(0, "stop after this many optimizer steps (0: no limit)")
     max_minutes: float = _opt(0.0, "stop after this much training time (0: no limit)")
     batch_size: int = _opt(128, "poems per optimizer step")
-    lr: float = _opt(2e-3, "Adam learning rate")
+    lr: float = _opt(2e-3, "Adam learning rate (at batch size lr_batch, when that is set)")
+    lr_batch: int = _opt(0, "batch size lr was tuned for: another batch_size scales lr by "
+                            "sqrt(batch_size / lr_batch), the square-root rule for Adam (0: lr as given)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     grad_clip: float = _opt(5.0, "clip the global gradient norm to this (0: off)")
     kl_schedule: str = _opt("constant", "how beta (the KL weight) moves over training",
@@ -129,7 +131,8 @@ def _validate(cfg: Config) -> Config:
     for name, v in {"model.highway_layers": m.highway_layers, "model.bn_gamma": m.bn_gamma, "train.max_steps": t.max_steps,
                     "train.max_minutes": t.max_minutes, "train.free_bits": t.free_bits,
                     "train.kl_max": t.kl_max, "train.kl_warmup_steps": t.kl_warmup_steps,
-                    "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay}.items():
+                    "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay,
+                    "train.lr_batch": t.lr_batch}.items():
         if v < 0:
             raise ConfigError(f"{name} must not be negative, got {v}")
     if not (0 <= p.valid_fraction < 1 and 0 <= p.test_fraction < 1 and p.valid_fraction + p.test_fraction < 1):

@@ -149,7 +149,9 @@ class StepDecoder:
         """prev (B,) ids, written (B,) characters so far, z_gates (B, 4H), state (h, c) each
         (L, B, H) -> hidden (B, H) before the output layer, new state."""
         h0, c0 = state
-        x = self.token_gates[prev] + self.position_gates[written.clamp(max=POEM_CHARS)] + z_gates
+        x = self.token_gates[prev]
+        x += self.position_gates[written.clamp(max=POEM_CHARS)]
+        x += z_gates
         h, c = self._cell(torch.addmm(x, h0[0].to(x.dtype), self.w_hh_0), c0[0])
         hs, cs = [h], [c]
         for k in range(1, self.layers):

@@ -65,6 +65,20 @@ def kl_weight(step: int, total_steps: int, cfg: TrainConfig) -> float:
     raise ConfigError(f"unknown kl_schedule {s!r}")
 
 
+def learning_rate(cfg: TrainConfig) -> float:
+    """The Adam learning rate for cfg.batch_size (the global batch in multi-process runs).
+
+    With lr_batch set, lr is the rate tuned at that batch size and other sizes follow the
+    square-root rule (Malladi et al. 2022; Granziol et al. 2022): the noise of an Adam step
+    falls as 1/sqrt(batch), so the step can grow by sqrt(batch / lr_batch). The shipped
+    default, lr 2e-3 at batch 128, is what the CPU figures in README.md were trained with;
+    docs/performance.md has the batch-512 check of the rule.
+    """
+    if cfg.lr_batch <= 0:
+        return cfg.lr
+    return cfg.lr * math.sqrt(cfg.batch_size / cfg.lr_batch)
+
+
 def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir: Path, cfg: Config) -> PreparedData:
     """The run's data, kept in RUN_DIR/prep so a run is self-contained (evaluate reads its
     test split from there). `source`: a prep directory (copied), corpus files (prepared
@@ -163,7 +177,7 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
         raw.token_chars.copy_(data.vocab.token_chars())
     raw.embedding.weight.requires_grad_(not tc.freeze_embeddings)
     raw.to(device)
-    optimizer = torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad], lr=tc.lr,
+    optimizer = torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad], lr=learning_rate(tc),
                                   weight_decay=tc.weight_decay)
 
     train_tokens = data.tokens("train").to(device)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from poetvae import checkpoint as ckpt
-from poetvae.config import TrainConfig
+from poetvae.config import TrainConfig, load_config
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.poet import Poet
 from poetvae.train import kl_weight, train
@@ -117,3 +117,14 @@ def test_no_latent_baseline_trains(prepared, tmp_path):
     result = train(cfg, prepared, tmp_path / "lm")
     assert result.valid["kl"] == 0.0
     assert Poet.load(tmp_path / "lm").sample(2, seed=0)[0].lines
+
+
+def test_learning_rate_follows_the_square_root_rule_only_when_asked():
+    from poetvae.train import learning_rate
+
+    assert learning_rate(TrainConfig(lr=2e-3, batch_size=512)) == 2e-3  # lr_batch 0: as given
+    assert learning_rate(TrainConfig(lr=2e-3, batch_size=128, lr_batch=128)) == pytest.approx(2e-3)
+    assert learning_rate(TrainConfig(lr=2e-3, batch_size=512, lr_batch=128)) == pytest.approx(4e-3)
+    assert learning_rate(TrainConfig(lr=2e-3, batch_size=32, lr_batch=128)) == pytest.approx(1e-3)
+    with pytest.raises(ConfigError):
+        load_config(overrides={"lr_batch": -1})
