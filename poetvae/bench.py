@@ -6,7 +6,8 @@ machine's own limit.
 
 For each model size it measures, after warm-up, the median of several timed repeats of
 - training: poems/s and tokens/s through the real training step (train.train_step);
-- sampling: poems/s of the real constrained decoder (decode.generate), whole batch at once;
+- sampling: poems/s of the real constrained decoder (decode.generate), whole batch at once,
+  drawing at temperature 1 and greedy (argmax);
 and relates them to
 - the model FLOPs per poem, counted from the layer shapes (multiply-adds x 2; a training
   step counted as 3x the forward pass: forward, and backward for inputs and weights);
@@ -50,16 +51,23 @@ def _lstm_flops(size_in: int, hidden: int, layers: int, directions: int = 1) -> 
 
 
 def flops_per_poem(cfg: ModelConfig) -> dict[str, float]:
-    """Model FLOPs for one poem of SEQ_LEN = 21 positions, from the layer shapes."""
-    e, h, z, v, t = cfg.embed_dim, cfg.hidden_dim, cfg.latent_dim, cfg.vocab_size, SEQ_LEN
+    """Model FLOPs for one poem of SEQ_LEN = 21 positions, from the layer shapes.
+
+    "sample" counts what generation executes (model.StepDecoder): the first layer's input
+    product is a table lookup per token and position plus one product with z per poem, so
+    a step is the recurrent products and the output layer. The vocabulary-sized tables
+    are built once per batch and not counted per poem."""
+    e, h, z, v, t, layers = cfg.embed_dim, cfg.hidden_dim, cfg.latent_dim, cfg.vocab_size, SEQ_LEN, cfg.decoder_layers
     highway = cfg.highway_layers * 2 * (2 * e * e)  # transform and gate per token
-    decoder_step = highway + _lstm_flops(e + z, h, cfg.decoder_layers) + 2 * h * v
-    decoder = t * decoder_step + 2 * z * 2 * cfg.decoder_layers * h  # + initial state from z
+    initial_state = 2 * z * 2 * layers * h
+    decoder = t * (highway + _lstm_flops(e + z, h, layers) + 2 * h * v) + initial_state
     encoder = 0
     if cfg.use_latent:
         encoder = t * (highway + _lstm_flops(e, h, cfg.encoder_layers, directions=2)) + 2 * (2 * 2 * h * z)
     forward = encoder + decoder
-    return {"forward": float(forward), "train": 3.0 * forward, "sample": float(decoder)}
+    sample_step = _lstm_flops(e + z, h, layers) - 2 * 4 * h * (e + z) + 2 * h * v  # minus layer 1's input product
+    sample = t * sample_step + initial_state + 2 * 4 * h * z  # + z's share of layer 1's gates, once
+    return {"forward": float(forward), "train": 3.0 * forward, "sample": float(sample)}
 
 
 def _median_rate(fn: Callable[[], None], work: float, repeats: int, device: torch.device) -> float:
@@ -119,11 +127,14 @@ def bench_size(name: str, cfg: ModelConfig, device: torch.device, batch_size: in
     z = torch.randn(sample_batch, cfg.latent_dim, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def sample() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            generate(model, z, vocab, DecodeOptions(temperature=1.0), gen)
+    def sample(opts: DecodeOptions) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                generate(model, z, vocab, opts, gen)
+        return run
 
-    sample_rate = _median_rate(sample, sample_batch, repeats, device)
+    sample_rate = _median_rate(sample(DecodeOptions(temperature=1.0)), sample_batch, repeats, device)
+    greedy_rate = _median_rate(sample(DecodeOptions(greedy=True)), sample_batch, repeats, device)
     flops = flops_per_poem(cfg)
     memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -141,6 +152,7 @@ def bench_size(name: str, cfg: ModelConfig, device: torch.device, batch_size: in
         "sample_poems_per_s": sample_rate,
         "sample_flops_per_poem": flops["sample"],
         "sample_fraction_of_peak": sample_rate * flops["sample"] / peak,
+        "greedy_poems_per_s": greedy_rate,
         "peak_memory_bytes": memory,
     }
 

@@ -90,7 +90,7 @@ def _with_config_flags(sections: set[str], extra_fields: set[str] = frozenset())
     return wrap
 
 
-ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file with [prep], [model], [train] sections")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file with \\[prep], \\[model], \\[train] sections")]
 
 
 # ---- prep -------------------------------------------------------------------------------
@@ -535,13 +535,14 @@ def bench(
     m = report["machine"]
     table = Table(title=f"{m['device']}, {m['threads']} threads, torch {m['torch']}: "
                         f"matmul {m['matmul']} {m['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s", title_justify="left")
-    for col in ("size", "params", "train poems/s", "train GFLOP/s", "of peak", "sample poems/s", "of peak", "peak mem"):
+    for col in ("size", "params", "train poems/s", "train GFLOP/s", "of peak", "sample poems/s", "of peak",
+                "greedy poems/s", "peak mem"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in report["results"]:
         table.add_row(r["size"], f"{r['parameters'] / 1e6:.1f}M", f"{r['train_poems_per_s']:,.0f}",
                       f"{r['train_flops_per_s'] / 1e9:.1f}", f"{r['train_fraction_of_peak']:.0%}",
                       f"{r['sample_poems_per_s']:,.0f}", f"{r['sample_fraction_of_peak']:.0%}",
-                      f"{r['peak_memory_bytes'] / 2**30:.2f} GiB")
+                      f"{r['greedy_poems_per_s']:,.0f}", f"{r['peak_memory_bytes'] / 2**30:.2f} GiB")
     out.print(table)
 
 

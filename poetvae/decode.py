@@ -40,6 +40,11 @@ class DecodeOptions:
             raise ValueError("top_p must be in (0, 1]")
 
 
+# |logit| below which exp(logit) is a normal fp32 number and 4,600 of them still sum to
+# less than the fp32 maximum (e^88): exp can then skip the shift by the row maximum.
+EXP_SAFE = 75.0
+
+
 def allowed_by_room(token_chars: Tensor) -> Tensor:
     """(CHARS_PER_LINE + 2, V) bool: row r = tokens allowed when r characters are left in
     the current line (1..5); row 0 = the poem is complete (only <eos>); row 6 = finished
@@ -186,18 +191,30 @@ def _uniform(b: int, device: torch.device, generator: torch.Generator | None) ->
 
 
 def _choose(logits: Tensor, mask: _Mask, opts: DecodeOptions, u: Tensor | None,
-            generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+            generator: torch.Generator | None, exp_safe: bool = False) -> tuple[Tensor, Tensor]:
     """One token per row from the masked distribution at the options' temperature, and its
-    log-probability under the model itself (temperature 1, no masks).
+    log-probability under the model itself (temperature 1, no masks). May overwrite logits.
 
-    At temperature 1 one softmax serves both. Every pass over (B, V) costs about the same
-    here (memory-bound on the CPU), so there are few: the softmax, a second one when T != 1,
-    and the block sums of the draw."""
+    Every pass over (B, V) costs about the same here (memory-bound on the CPU), so there are
+    few: at temperature 1 one softmax serves both (a second one when T != 1), then the block
+    sums of the draw. `exp_safe` says that every logit is known to lie within +-EXP_SAFE
+    (model.StepDecoder.logit_bound), so that exp needs no shift by the row maximum: at
+    temperature 1 the draw then takes exp in place and no softmax at all."""
+    filtered = opts.top_k > 0 or opts.top_p < 1.0
+    if exp_safe and not (opts.greedy or filtered) and opts.temperature == 1.0:
+        weights = logits.exp_()  # within [e^-75, e^75]: neither overflows nor vanishes
+        if mask.allowed is None:
+            rest = weights.index_select(1, mask.forbidden).sum(dim=1, dtype=torch.float64)
+        else:
+            rest = weights.sum(dim=1, dtype=torch.float64)
+        token, allowed = _draw(mask.fill_(weights, 0.0), u)
+        total = allowed + rest if mask.allowed is None else rest
+        return token, (weights.gather(1, token[:, None]).squeeze(1).double().log() - total.log()).float()
     probs = mask.fill_(torch.softmax(logits, dim=-1), 0.0)
     if opts.greedy:
         token, total = _argmax(probs)
     else:
-        if opts.top_k > 0 or opts.top_p < 1.0:
+        if filtered:
             weights = torch.softmax(_filter(mask.fill_(logits.clone(), -math.inf), opts), dim=-1)
         elif opts.temperature != 1.0:
             weights = mask.fill_(torch.softmax(logits * (1.0 / opts.temperature), dim=-1), 0.0)
@@ -237,6 +254,7 @@ def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = Deco
     token_chars = vocab.token_chars().to(device)
     form = _FormTable(vocab.token_chars(), device)
     step = StepDecoder(model)
+    exp_safe = step.logit_bound <= EXP_SAFE
     b = z.size(0)
     rows = _Rows(step, model, z.repeat_interleave(beam, dim=0), tables)
     # beam scores: (B, W); all beams start equal, so only the first is live at step 0
@@ -247,7 +265,7 @@ def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = Deco
         mask = form.mask(rows, tables)
         if beam == 1:
             u = None if opts.greedy else _uniform(b, device, generator)  # greedy draws nothing
-            token, token_logp = _choose(step.logits(hidden), mask, opts, u, generator)
+            token, token_logp = _choose(step.logits(hidden), mask, opts, u, generator, exp_safe)
         else:
             logp = torch.log_softmax(step.logits(hidden), dim=-1)
             v = logp.size(1)

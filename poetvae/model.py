@@ -126,39 +126,52 @@ class StepDecoder:
         self.w_z = weight("weight_ih_l0")[:, e:]  # (4H, Z)
         self.bias_0 = weight("bias_ih_l0") + weight("bias_hh_l0")
         self.w_hh_0 = weight("weight_hh_l0").T.contiguous()
-        # layer l > 0 takes [h of layer l-1 ; its own h]: one product with both weights side by side
-        self.w_cat = [torch.cat([weight(f"weight_ih_l{k}"), weight(f"weight_hh_l{k}")], 1).T.contiguous()
-                      for k in range(1, self.layers)]
+        self.w_ih = [weight(f"weight_ih_l{k}").T.contiguous() for k in range(1, self.layers)]
+        self.w_hh = [weight(f"weight_hh_l{k}").T.contiguous() for k in range(1, self.layers)]
         self.bias = [weight(f"bias_ih_l{k}") + weight(f"bias_hh_l{k}") for k in range(1, self.layers)]
         self.out_w, self.out_b = model.decoder.out.weight.detach(), model.decoder.out.bias.detach()
+        # The LSTM's output lies in (-1, 1), so no logit can exceed this in size.
+        self.logit_bound = float((self.out_w.abs().sum(dim=1) + self.out_b.abs()).max())
 
     def z_gates(self, z: Tensor) -> Tensor:
         """(B, Z) -> (B, 4H): the part of the first layer's gates that z fixes for the poem."""
         return torch.addmm(self.bias_0, z, self.w_z.T)
 
     @staticmethod
-    def _cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        h = c.size(1)
-        gates = gates.float()
-        ifo = torch.sigmoid(gates[:, : 3 * h])
-        c = torch.addcmul(ifo[:, h : 2 * h] * c, ifo[:, :h], torch.tanh(gates[:, 3 * h :]))
-        return ifo[:, 2 * h :] * torch.tanh(c), c
+    def _add_product(x: Tensor, a: Tensor, w: Tensor) -> Tensor:
+        """x += a @ w in place: one GEMM accumulating into x (in fp32), or under autocast the
+        product in the autocast dtype, then added."""
+        if torch.is_autocast_enabled(x.device.type):
+            return x.add_(a @ w)
+        return x.addmm_(a, w)
 
+    @staticmethod
+    def _cell(gates: Tensor, c: Tensor, h_out: Tensor, c_out: Tensor) -> None:
+        """The LSTM cell on fp32 gates (B, 4H) as i, f, o, g, overwritten; writes h_out, c_out."""
+        h = c.size(1)
+        ifo = gates[:, : 3 * h].sigmoid_()
+        g = gates[:, 3 * h :].tanh_()
+        torch.mul(ifo[:, h : 2 * h], c, out=c_out)
+        c_out.addcmul_(ifo[:, :h], g)
+        torch.tanh(c_out, out=h_out).mul_(ifo[:, 2 * h :])
+
+    @torch.no_grad()
     def __call__(self, prev: Tensor, written: Tensor, z_gates: Tensor,
                  state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """prev (B,) ids, written (B,) characters so far, z_gates (B, 4H), state (h, c) each
-        (L, B, H) -> hidden (B, H) before the output layer, new state."""
+        (L, B, H) -> hidden (B, H) before the output layer, new state. Every (B, 4H) pass
+        is memory-bound on the CPU, so the gates are built and used in place."""
         h0, c0 = state
-        x = self.token_gates[prev]
+        h1, c1 = torch.empty_like(h0, dtype=torch.float), torch.empty_like(c0, dtype=torch.float)
+        x = self.token_gates.index_select(0, prev)
         x += self.position_gates[written.clamp(max=POEM_CHARS)]
         x += z_gates
-        h, c = self._cell(torch.addmm(x, h0[0].to(x.dtype), self.w_hh_0), c0[0])
-        hs, cs = [h], [c]
+        self._cell(self._add_product(x, h0[0].to(x.dtype), self.w_hh_0), c0[0], h1[0], c1[0])
         for k in range(1, self.layers):
-            h, c = self._cell(torch.addmm(self.bias[k - 1], torch.cat([h, h0[k].to(h.dtype)], 1), self.w_cat[k - 1]), c0[k])
-            hs.append(h)
-            cs.append(c)
-        return h, (torch.stack(hs), torch.stack(cs))
+            gates = self._add_product(torch.addmm(self.bias[k - 1], h1[k - 1], self.w_ih[k - 1]).float(),
+                                      h0[k].to(h1.dtype), self.w_hh[k - 1])
+            self._cell(gates, c0[k], h1[k], c1[k])
+        return h1[-1], (h1, c1)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(B, H) -> (B, V) in fp32, the output layer."""
