@@ -191,25 +191,19 @@ def _uniform(b: int, device: torch.device, generator: torch.Generator | None) ->
 
 
 def _choose(logits: Tensor, mask: _Mask, opts: DecodeOptions, u: Tensor | None,
-            generator: torch.Generator | None, exp_safe: bool = False) -> tuple[Tensor, Tensor]:
+            generator: torch.Generator | None, logit_bound: float = math.inf) -> tuple[Tensor, Tensor]:
     """One token per row from the masked distribution at the options' temperature, and its
     log-probability under the model itself (temperature 1, no masks). May overwrite logits.
 
     Every pass over (B, V) costs about the same here (memory-bound on the CPU), so there are
-    few: at temperature 1 one softmax serves both (a second one when T != 1), then the block
-    sums of the draw. `exp_safe` says that every logit is known to lie within +-EXP_SAFE
-    (model.StepDecoder.logit_bound), so that exp needs no shift by the row maximum: at
-    temperature 1 the draw then takes exp in place and no softmax at all."""
+    few: one softmax serves both at temperature 1 (a second one when T != 1), then the block
+    sums of the draw. When every logit is known to lie within +-logit_bound
+    (model.StepDecoder.logit_bound) and that, divided by the temperature, is at most
+    EXP_SAFE, exp needs no shift by the row maximum and there is no softmax at all."""
     filtered = opts.top_k > 0 or opts.top_p < 1.0
-    if exp_safe and not (opts.greedy or filtered) and opts.temperature == 1.0:
-        weights = logits.exp_()  # within [e^-75, e^75]: neither overflows nor vanishes
-        if mask.allowed is None:
-            rest = weights.index_select(1, mask.forbidden).sum(dim=1, dtype=torch.float64)
-        else:
-            rest = weights.sum(dim=1, dtype=torch.float64)
-        token, allowed = _draw(mask.fill_(weights, 0.0), u)
-        total = allowed + rest if mask.allowed is None else rest
-        return token, (weights.gather(1, token[:, None]).squeeze(1).double().log() - total.log()).float()
+    scale = 1.0 if opts.greedy or filtered else 1.0 / opts.temperature
+    if not filtered and logit_bound * max(scale, 1.0) <= EXP_SAFE:
+        return _choose_unshifted(logits, mask, opts.greedy, u, scale)
     probs = mask.fill_(torch.softmax(logits, dim=-1), 0.0)
     if opts.greedy:
         token, total = _argmax(probs)
@@ -236,6 +230,32 @@ def _choose(logits: Tensor, mask: _Mask, opts: DecodeOptions, u: Tensor | None,
     return token, logp
 
 
+def _choose_unshifted(logits: Tensor, mask: _Mask, greedy: bool, u: Tensor | None,
+                      scale: float) -> tuple[Tensor, Tensor]:
+    """_choose for logits whose exp, at temperature 1 and at 1 / scale, is a normal fp32
+    number whatever the row (see EXP_SAFE): weights exp(scale * logits) in place, and the
+    model's normaliser sum(exp(logits)) from the same pass at temperature 1."""
+    uniform = mask.allowed is None
+    if scale == 1.0:
+        weights = logits.exp_()
+        if uniform and not greedy:  # the forbidden mass; the draw sums the allowed rest
+            norm = weights.index_select(1, mask.forbidden).sum(dim=1, dtype=torch.float64)
+        else:
+            norm = weights.sum(dim=1, dtype=torch.float64)
+    else:
+        norm = torch.exp(logits).sum(dim=1, dtype=torch.float64)
+        weights = logits.mul_(scale).exp_()
+    mask.fill_(weights, 0.0)
+    if greedy:
+        token = _argmax(weights)[0]
+    else:
+        token, allowed = _draw(weights, u)
+        if scale == 1.0 and uniform:
+            norm = norm + allowed
+    logp = weights.gather(1, token[:, None]).squeeze(1).double().log() / scale - norm.log()
+    return token, logp.float()
+
+
 @torch.no_grad()
 def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = DecodeOptions(),
              generator: torch.Generator | None = None, controls: Controls | None = None,
@@ -254,7 +274,6 @@ def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = Deco
     token_chars = vocab.token_chars().to(device)
     form = _FormTable(vocab.token_chars(), device)
     step = StepDecoder(model)
-    exp_safe = step.logit_bound <= EXP_SAFE
     b = z.size(0)
     rows = _Rows(step, model, z.repeat_interleave(beam, dim=0), tables)
     # beam scores: (B, W); all beams start equal, so only the first is live at step 0
@@ -265,7 +284,7 @@ def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = Deco
         mask = form.mask(rows, tables)
         if beam == 1:
             u = None if opts.greedy else _uniform(b, device, generator)  # greedy draws nothing
-            token, token_logp = _choose(step.logits(hidden), mask, opts, u, generator, exp_safe)
+            token, token_logp = _choose(step.logits(hidden), mask, opts, u, generator, step.logit_bound)
         else:
             logp = torch.log_softmax(step.logits(hidden), dim=-1)
             v = logp.size(1)

@@ -1,3 +1,4 @@
+import math
 
 import pytest
 import torch
@@ -170,3 +171,29 @@ def test_a_temperature_too_low_for_float_range_still_samples_allowed_tokens():
                                torch.Generator().manual_seed(0))
     assert_well_formed(vocab, ids)
     assert torch.isfinite(logprob).all() and (logprob < -1000).all()
+
+
+@pytest.mark.parametrize("opts", [DecodeOptions(), DecodeOptions(temperature=0.7), DecodeOptions(temperature=1.6),
+                                  DecodeOptions(greedy=True)])
+@pytest.mark.parametrize("uniform", [True, False])
+def test_exp_without_max_shift_picks_like_the_softmax_and_gives_exact_logprobs(opts, uniform):
+    """_choose's two ways, the softmax and (for logits known to be small) exp without the
+    row-maximum shift, pick the same tokens for the same uniforms, and both return the
+    model's own log-probability of each (temperature 1, no mask)."""
+    from poetvae.decode import _choose, _Mask
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, 300, generator=g) * 3
+    if uniform:
+        mask = _Mask(forbidden=torch.tensor([0, 1, 2, 3, 150]), width=300)
+    else:
+        mask = _Mask(torch.rand(400, 300, generator=g) < 0.7)
+    u = torch.rand(400, 1, dtype=torch.float64, generator=g)
+    want = torch.log_softmax(logits, dim=-1)
+    picked = []
+    for bound in (float(logits.abs().max()), math.inf):  # the fast way, then the softmax
+        token, logp = _choose(logits.clone(), mask, opts, u, None, bound)
+        assert mask.dense(400).gather(1, token[:, None]).all()
+        assert torch.allclose(logp, want.gather(1, token[:, None]).squeeze(1), atol=1e-4)
+        picked.append(token)
+    assert (picked[0] == picked[1]).float().mean() > 0.99
