@@ -236,14 +236,15 @@ def _choose_unshifted(logits: Tensor, mask: _Mask, greedy: bool, u: Tensor | Non
     number whatever the row (see EXP_SAFE): weights exp(scale * logits) in place, and the
     model's normaliser sum(exp(logits)) from the same pass at temperature 1."""
     uniform = mask.allowed is None
+    # fp32 sums (a float64 accumulator is a slow, unvectorised path), in float64 after
     if scale == 1.0:
         weights = logits.exp_()
         if uniform and not greedy:  # the forbidden mass; the draw sums the allowed rest
-            norm = weights.index_select(1, mask.forbidden).sum(dim=1, dtype=torch.float64)
+            norm = weights.index_select(1, mask.forbidden).sum(dim=1).double()
         else:
-            norm = weights.sum(dim=1, dtype=torch.float64)
+            norm = weights.sum(dim=1).double()
     else:
-        norm = torch.exp(logits).sum(dim=1, dtype=torch.float64)
+        norm = torch.exp(logits).sum(dim=1).double()
         weights = logits.mul_(scale).exp_()
     mask.fill_(weights, 0.0)
     if greedy:
