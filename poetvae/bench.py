@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from poetvae.config import Config, ModelConfig, TrainConfig
-from poetvae.decode import DecodeOptions, generate
+from poetvae.decode import DecodeOptions, DecodeTables, generate
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.vocab import SEQ_LEN, SPECIALS, Vocab
@@ -127,10 +127,12 @@ def bench_size(name: str, cfg: ModelConfig, device: torch.device, batch_size: in
     z = torch.randn(sample_batch, cfg.latent_dim, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
 
+    prepared = DecodeTables(model, vocab, device)  # once per loaded model, as poetvae.Poet does
+
     def sample(opts: DecodeOptions) -> Callable[[], None]:
         def run() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                generate(model, z, vocab, opts, gen)
+                generate(model, z, vocab, opts, gen, prepared=prepared)
         return run
 
     sample_rate = _median_rate(sample(DecodeOptions(temperature=1.0)), sample_batch, repeats, device)

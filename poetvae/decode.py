@@ -257,24 +257,46 @@ def _choose_unshifted(logits: Tensor, mask: _Mask, greedy: bool, u: Tensor | Non
     return token, logp.float()
 
 
+class DecodeTables:
+    """What decoding needs that depends only on the weights and the vocabulary: the
+    StepDecoder's tables, the form masks, and the control tables of each Controls used.
+    Built once per loaded model (Poet keeps one), so that a call for one poem does not
+    rebuild vocabulary-sized tables; build a new one after changing the weights."""
+
+    @torch.no_grad()
+    def __init__(self, model: PoetVAE, vocab: Vocab, device: torch.device | str):
+        self.vocab, self.device = vocab, torch.device(device)
+        self.step = StepDecoder(model)
+        self.form = _FormTable(vocab.token_chars(), self.device)
+        self.token_chars = vocab.token_chars().to(self.device)
+        self._controls: dict[Controls, ControlTables] = {}
+
+    def controls(self, controls: Controls | None) -> ControlTables | None:
+        if controls is None or not controls.active:
+            return None
+        if controls not in self._controls:
+            self._controls[controls] = ControlTables(controls, self.vocab, self.device)
+        return self._controls[controls]
+
+
 @torch.no_grad()
 def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = DecodeOptions(),
              generator: torch.Generator | None = None, controls: Controls | None = None,
-             beam: int = 1) -> Generation:
+             beam: int = 1, prepared: DecodeTables | None = None) -> Generation:
     """Decode a batch of latent codes z (B, Z) into well-formed poems.
 
     Sampling (or greedy) by default; `beam` > 1 runs a beam search of that width per z
     (every hypothesis has the same 20 characters, so scores compare without length
     normalisation) and returns the best beam. `controls` adds rhyme, tones, acrostic and
     prefix constraints (see poetvae.controls). Decoding is always without dropout.
+    `prepared`: DecodeTables(model, vocab, z.device), to reuse across calls.
     """
     if beam < 1:
         raise ValueError("beam must be at least 1")
     device = z.device
-    tables = ControlTables(controls, vocab, device) if controls is not None and controls.active else None
-    token_chars = vocab.token_chars().to(device)
-    form = _FormTable(vocab.token_chars(), device)
-    step = StepDecoder(model)
+    prepared = prepared or DecodeTables(model, vocab, device)
+    tables = prepared.controls(controls)
+    token_chars, form, step = prepared.token_chars, prepared.form, prepared.step
     b = z.size(0)
     rows = _Rows(step, model, z.repeat_interleave(beam, dim=0), tables)
     # beam scores: (B, W); all beams start equal, so only the first is live at step 0

@@ -24,7 +24,7 @@ from poetvae import checkpoint as ckpt
 from poetvae.config import Config
 from poetvae.corpus import Poem, parse_poem
 from poetvae.controls import Controls, backoff_report
-from poetvae.decode import DecodeOptions, generate, latent_path
+from poetvae.decode import DecodeOptions, DecodeTables, generate, latent_path
 from poetvae.prosody import prosody_score
 from poetvae.errors import CheckpointError
 from poetvae.model import PoetVAE
@@ -53,6 +53,7 @@ class Sample:
 class Poet:
     def __init__(self, model: PoetVAE, vocab: Vocab, config: Config, device: torch.device):
         self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, device
+        self._decode_tables: DecodeTables | None = None  # built at the first decode, then reused
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", weights: str = "best") -> Poet:
@@ -109,7 +110,10 @@ class Poet:
         """Decode z; with rerank > 1, decode that many candidates per z and keep the one
         with the best log-probability + prosody_weight * prosody_score."""
         candidates = z.repeat_interleave(rerank, dim=0) if rerank > 1 else z
-        ids, logprob, backoff = generate(self.model, candidates, self.vocab, opts, generator, controls, beam)
+        if self._decode_tables is None:
+            self._decode_tables = DecodeTables(self.model, self.vocab, self.device)
+        ids, logprob, backoff = generate(self.model, candidates, self.vocab, opts, generator, controls, beam,
+                                         self._decode_tables)
         lines = [self.vocab.decode(row) for row in ids.tolist()]
         keep = list(range(z.size(0)))
         if rerank > 1:
