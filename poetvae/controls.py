@@ -159,6 +159,33 @@ class ControlTables:
         self.pattern_pos = pattern_pos.to(device)
         self.same_as_s = same_as_s.to(device)
 
+        # Per start position, what each token would be checked against: most steps of a
+        # poem check nothing, and there the decoder keeps its cheap mask (see `active_at`).
+        starts = torch.arange(POEM_CHARS + 1)[:, None]
+        real_end = (starts + chars[None, :] - 1).masked_fill(chars[None, :] == 0, -1)  # (21, V); -1: ends nothing
+        rhyme_end = (real_end == _RHYME_ENDS[0]) | (real_end == _RHYME_ENDS[1]) | (
+            (real_end == _FIRST_END) & (self.end_tone.cpu() == PING)[None, :])
+        self.rhyme_check = rhyme_end.to(device) if c.wants_rhyme else None  # (21, V)
+        self.end_groups_t = self.end_groups.float().T.contiguous()  # (G, V), for one product per step
+        # tone_allowed[k][r, t]: token t may cover offset k of a position that requires tone r
+        self.tone_allowed = []
+        for k in range(self.max_chars):
+            d = definite[:, k]
+            ok = torch.stack([torch.ones(v, dtype=torch.bool), (d == NONE) | (d == PING), (d == NONE) | (d == ZE)])
+            self.tone_allowed.append((ok | (chars <= k)[None, :]).to(device))
+        # a word covering both the 2nd and 4th character of a line with one tone (2 start columns)
+        self.clash = [((chars > 3 - start) & (definite[:, 1 - start] != NONE)
+                       & (definite[:, 1 - start] == definite[:, 3 - start])).to(device) for start in (0, 1)]
+        active = ~fixed_ok.all(dim=1)
+        if c.wants_rhyme:
+            active |= rhyme_end.any(dim=1)
+        if c.tones:
+            for p in range(POEM_CHARS + 1):
+                covered = range(p, min(p + self.max_chars, POEM_CHARS + 1))
+                active[p] |= bool((req[:, list(covered)] != NONE).any())
+                active[p] |= self.max_chars > 2 and p % CHARS_PER_LINE in (0, 1) and bool(self.clash[p % CHARS_PER_LINE].any())
+        self.active_at = active.to(device)  # (21,): some token starting here is constrained
+
     # ---- per-row state -------------------------------------------------------------------
     def initial_state(self, batch: int) -> dict[str, Tensor]:
         device = self.fixed_ok.device
@@ -174,31 +201,23 @@ class ControlTables:
         c = self.controls
         p = written.clamp(max=POEM_CHARS)
         hard = base & self.fixed_ok[p]
-        ends = p[:, None] + self.token_chars[None, :] - 1  # (B, V) position each token would end at
-        rhyme_ok = torch.ones_like(hard)
-        if c.wants_rhyme:
-            in_group = (self.end_groups.float() @ state["groups"].float().T).T > 0  # (B, V)
-            real = (self.token_chars > 0)[None, :]  # <eos>/<pad> end nothing
-            at_end = ((ends == _RHYME_ENDS[0]) | (ends == _RHYME_ENDS[1])) & real
-            first_end = (ends == _FIRST_END) & (self.end_tone == PING)[None, :] & real
-            rhyme_ok = ~(at_end | first_end) | in_group
-        tone_ok = torch.ones_like(hard)
+        allowed = hard
+        if c.wants_rhyme and bool(self.rhyme_check[p].any()):
+            in_group = (state["groups"].float() @ self.end_groups_t) > 0  # (B, V): ends in an open group
+            allowed = allowed & (~self.rhyme_check[p] | in_group)
+        with_rhyme = allowed
         if c.tones:
             req = self.required[state["s"]]  # (B, 21)
             for k in range(self.max_chars):
-                q = (p + k).clamp(max=POEM_CHARS)
-                r = req.gather(1, q[:, None])  # (B, 1)
-                d = self.definite[:, k][None, :]  # (1, V)
-                covered = (self.token_chars > k)[None, :]
-                tone_ok &= ~covered | (r == NONE) | (d == NONE) | (d == r)
-            if self.max_chars > 2:  # a word covering both the 2nd and 4th char of a line
+                r = req.gather(1, (p + k).clamp(max=POEM_CHARS)[:, None]).squeeze(1)  # (B,)
+                allowed = allowed & self.tone_allowed[k][r]
+            if self.max_chars > 2:
                 col = p % CHARS_PER_LINE
                 for start in (0, 1):
-                    a, b = self.definite[:, 1 - start], self.definite[:, 3 - start]
-                    clash = (self.token_chars > 3 - start) & (a != NONE) & (a == b)
-                    tone_ok &= ~((col == start)[:, None] & clash[None, :])
-        allowed = hard & rhyme_ok & tone_ok
-        for i, relaxed in enumerate((hard & rhyme_ok, hard)):  # tones first, then rhyme
+                    allowed = allowed & ~((col == start)[:, None] & self.clash[start][None, :])
+        for i, relaxed in enumerate((with_rhyme, hard)):  # tones first, then rhyme
+            if relaxed is allowed:  # nothing stricter was applied at this level
+                continue
             stuck = ~allowed.any(dim=1)
             if not stuck.any():
                 break

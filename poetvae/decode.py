@@ -136,7 +136,7 @@ class _FormTable:
     def mask(self, rows: _Rows, tables: ControlTables | None) -> _Mask:
         room = torch.where(rows.written >= POEM_CHARS, 0, CHARS_PER_LINE - rows.written % CHARS_PER_LINE)
         room = torch.where(rows.finished, CHARS_PER_LINE + 1, room)
-        if tables is not None:
+        if tables is not None and bool(tables.active_at[rows.written.clamp(max=POEM_CHARS)].any()):
             return _Mask(tables.mask(self.table[room], rows.written, rows.ctl))
         lo, hi = torch.aminmax(room)
         if lo == hi:  # one host sync per step, to skip a (B, V) mask
