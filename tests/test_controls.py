@@ -136,3 +136,21 @@ def test_controls_reach_the_cli_and_json_reports_backoff(trained_run):
             assert prosody.rhyme_ok(r["lines"])
     bad = CliRunner().invoke(app, ["sample", "-m", str(trained_run), "--acrostic", "春夏"])
     assert bad.exit_code == 1 and "acrostic" in bad.output
+
+
+def test_controls_are_checked_only_where_they_can_bite():
+    """The decoder skips the control masks at positions where no token is constrained:
+    for single characters, rhyme bites at the line ends that rhyme (4 only if 平, 9, 19),
+    an acrostic at line starts, tones at the 2nd/4th characters and the fixed line ends."""
+    vocab = make_vocab(words=False)
+
+    def active(c: Controls) -> set[int]:
+        return set(ControlTables(c, vocab).active_at.nonzero().squeeze(1).tolist())
+
+    assert active(Controls(rhyme=True)) == {4, 9, 19}
+    assert active(Controls(acrostic="春夏秋冬")) == {0, 5, 10, 15}
+    assert active(Controls(tones=True)) == {1, 3, 6, 8, 9, 11, 13, 14, 16, 18, 19}
+    assert active(Controls(prefix=("白日依山尽",))) == {0, 1, 2, 3, 4}
+    # a word can reach a rhyme position from earlier starts
+    words = ControlTables(Controls(rhyme=True), make_vocab(words=True)).active_at
+    assert words[8] and words[17] and not words[0]
