@@ -104,8 +104,8 @@ class StepDecoder:
       token_gates[prev] + position_gates[p] + z_gates(row),
     three tables: (V, 4H) for the whole vocabulary, (21, 4H), and (B, 4H) per z. A step is
     then one lookup and the recurrent matrix products, instead of the highway, the
-    embedding and the input product for every row; the cell itself is the LSTM's
-    (gates i, f, g, o as in torch.nn.LSTM).
+    embedding and the input product for every row; the cell itself is torch.nn.LSTM's,
+    with its gates reordered.
     """
 
     @torch.no_grad()
@@ -121,8 +121,9 @@ class StepDecoder:
 
         w_x = weight("weight_ih_l0")[:, :e]
         tokens = torch.arange(model.cfg.vocab_size, device=w_x.device)
-        self.token_gates = model.highway(model.embedding(tokens)) @ w_x.T  # (V, 4H)
-        self.position_gates = model.position.weight @ w_x.T  # (21, 4H)
+        with torch.autocast(w_x.device.type, enabled=False):  # tables in fp32, whoever calls
+            self.token_gates = model.highway(model.embedding(tokens)) @ w_x.T  # (V, 4H)
+            self.position_gates = model.position.weight @ w_x.T  # (21, 4H)
         self.w_z = weight("weight_ih_l0")[:, e:]  # (4H, Z)
         self.bias_0 = weight("bias_ih_l0") + weight("bias_hh_l0")
         self.w_hh_0 = weight("weight_hh_l0").T.contiguous()

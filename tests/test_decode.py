@@ -197,3 +197,16 @@ def test_exp_without_max_shift_picks_like_the_softmax_and_gives_exact_logprobs(o
         assert torch.allclose(logp, want.gather(1, token[:, None]).squeeze(1), atol=1e-4)
         picked.append(token)
     assert (picked[0] == picked[1]).float().mean() > 0.99
+
+
+def test_generation_under_bf16_autocast_is_well_formed():
+    """The GPU path decodes under bf16 autocast (bench); the CPU's autocast takes the same
+    code: mixed dtypes in the step decoder's in-place updates must still give poems."""
+    vocab = make_vocab([])
+    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3,
+                                decoder_layers=2)).eval()
+    z = torch.randn(6, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ids, logprob, _ = generate(model, z, vocab, DecodeOptions(temperature=0.8), torch.Generator().manual_seed(0))
+    assert_well_formed(vocab, ids)
+    assert torch.isfinite(logprob).all()
