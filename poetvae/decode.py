@@ -40,8 +40,9 @@ class DecodeOptions:
             raise ValueError("top_p must be in (0, 1]")
 
 
-# |logit| below which exp(logit) is a normal fp32 number and 4,600 of them still sum to
-# less than the fp32 maximum (e^88): exp can then skip the shift by the row maximum.
+# |logit| below which exp(logit) is a normal fp32 number (e^-87 .. e^88) and a vocabulary of
+# up to ~900,000 such terms still sums below the fp32 maximum: exp can then skip the shift
+# by the row maximum that softmax makes.
 EXP_SAFE = 75.0
 
 
