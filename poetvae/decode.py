@@ -111,8 +111,8 @@ class _Mask:
     point of the form (always so for a character vocabulary without controls), one list of
     forbidden columns for the whole batch; otherwise a (B, V) bool of allowed tokens."""
 
-    def __init__(self, allowed: Tensor | None = None, forbidden: Tensor | None = None, width: int = 0):
-        self.allowed, self.forbidden, self.width = allowed, forbidden, width
+    def __init__(self, allowed: Tensor | None = None, forbidden: Tensor | None = None):
+        self.allowed, self.forbidden = allowed, forbidden
 
     def fill_(self, x: Tensor, value: float) -> Tensor:
         """Set the forbidden entries of x (B, V) to value, in place."""
@@ -120,10 +120,11 @@ class _Mask:
             return x.index_fill_(1, self.forbidden, value)
         return x.masked_fill_(~self.allowed, value)
 
-    def dense(self, b: int) -> Tensor:
+    def dense(self, like: Tensor) -> Tensor:
+        """The allowed tokens as a (B, V) bool, for scores `like` (B, V)."""
         if self.allowed is not None:
             return self.allowed
-        return torch.ones(b, self.width, dtype=torch.bool, device=self.forbidden.device).index_fill_(1, self.forbidden, False)
+        return torch.ones_like(like, dtype=torch.bool).index_fill_(1, self.forbidden, False)
 
 
 class _FormTable:
@@ -141,8 +142,25 @@ class _FormTable:
             return _Mask(tables.mask(self.table[room], rows.written, rows.ctl))
         lo, hi = torch.aminmax(room)
         if lo == hi:  # one host sync per step, to skip a (B, V) mask
-            return _Mask(forbidden=self.forbidden[int(lo)], width=self.table.size(1))
+            return _Mask(forbidden=self.forbidden[int(lo)])
         return _Mask(self.table[room])
+
+
+def _by_block(x: Tensor, block: int, reduce: str) -> Tensor:
+    """(B, V) -> (B, ceil(V / block)): `reduce` ("sum" or "amax") over each run of `block`
+    columns, the last run possibly shorter."""
+    b, v = x.shape
+    whole = v // block * block
+    parts = getattr(x[:, :whole].view(b, -1, block), reduce)(dim=2)
+    if whole < v:
+        parts = torch.cat([parts, getattr(x[:, whole:], reduce)(dim=1, keepdim=True)], dim=1)
+    return parts
+
+
+def _block_of(x: Tensor, which: Tensor, block: int, pad: float) -> Tensor:
+    """(B, block): the entries of block `which` (B, 1) of each row, `pad` past the end."""
+    index = which * block + torch.arange(block, device=x.device)
+    return x.gather(1, index.clamp(max=x.size(1) - 1)).masked_fill_(index >= x.size(1), pad)
 
 
 def _draw(weights: Tensor, u: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
@@ -153,37 +171,26 @@ def _draw(weights: Tensor, u: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
 
     torch.multinomial draws V exponentials per row instead (70 % of decoding time on the
     CPU), and one running sum over all V is a slow sequential scan per row."""
-    b, v = weights.shape
-    whole = v // block * block
-    sums = weights[:, :whole].view(b, -1, block).sum(dim=2)
-    if whole < v:
-        sums = torch.cat([sums, weights[:, whole:].sum(dim=1, keepdim=True)], dim=1)
-    totals = sums.double().cumsum(dim=1)  # (B, blocks)
+    totals = _by_block(weights, block, "sum").double().cumsum(dim=1)  # (B, blocks)
     target = u * totals[:, -1:]  # below the row's total mass
     # right=True: the first running sum above the target, which never ends an empty block
     which = torch.searchsorted(totals, target, right=True).clamp_(max=totals.size(1) - 1)
     before = torch.where(which > 0, totals.gather(1, (which - 1).clamp(min=0)), 0.0)
-    index = which * block + torch.arange(block, device=weights.device)  # (B, block)
-    inside = weights.gather(1, index.clamp(max=v - 1)).masked_fill_(index >= v, 0).double().cumsum(dim=1)
+    inside = _block_of(weights, which, block, 0.0).double().cumsum(dim=1)
     # the two sums round differently: keep the target inside the block, so that the first
     # running sum above it is a token of nonzero weight
     rest = torch.minimum((target - before).clamp(min=0), inside[:, -1:] * (1 - 1e-12))
     offset = torch.searchsorted(inside, rest, right=True)
-    return (which * block + offset).squeeze(1).clamp_(max=v - 1), totals[:, -1]
+    return (which * block + offset).squeeze(1).clamp_(max=weights.size(1) - 1), totals[:, -1]
 
 
 def _argmax(x: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
     """Index and value of each row's largest entry (the first of equals), for x (B, V) >= 0.
     In two levels like _draw: torch.argmax is a scalar loop on the CPU, six times slower
     than the vectorised block maxima."""
-    b, v = x.shape
-    whole = v // block * block
-    maxima = x[:, :whole].view(b, -1, block).amax(dim=2)
-    if whole < v:
-        maxima = torch.cat([maxima, x[:, whole:].amax(dim=1, keepdim=True)], dim=1)
+    maxima = _by_block(x, block, "amax")
     which = maxima.argmax(dim=1, keepdim=True)  # the first block holding the maximum
-    index = which * block + torch.arange(block, device=x.device)
-    inside = x.gather(1, index.clamp(max=v - 1)).masked_fill_(index >= v, -1.0)
+    inside = _block_of(x, which, block, -1.0)
     return (which * block + inside.argmax(dim=1, keepdim=True)).squeeze(1), maxima.gather(1, which).squeeze(1)
 
 
@@ -220,7 +227,7 @@ def _choose(logits: Tensor, mask: _Mask, opts: DecodeOptions, u: Tensor | None,
     # force what the model finds very unlikely): again from the masked logits themselves
     stuck = (total <= 0).nonzero().squeeze(1)
     if stuck.numel():
-        allowed = mask.dense(logits.size(0))[stuck]
+        allowed = mask.dense(logits)[stuck]
         masked = logits[stuck].masked_fill(~allowed, -math.inf)
         token[stuck] = masked.argmax(dim=-1) if opts.greedy else \
             _draw(torch.softmax(_filter(masked, opts), dim=-1), _uniform(stuck.numel(), logits.device, generator))[0]
@@ -268,8 +275,9 @@ class DecodeTables:
     def __init__(self, model: PoetVAE, vocab: Vocab, device: torch.device | str):
         self.vocab, self.device = vocab, torch.device(device)
         self.step = StepDecoder(model)
-        self.form = _FormTable(vocab.token_chars(), self.device)
-        self.token_chars = vocab.token_chars().to(self.device)
+        chars = vocab.token_chars()
+        self.form = _FormTable(chars, self.device)
+        self.token_chars = chars.to(self.device)
         self._controls: dict[Controls, ControlTables] = {}
 
     def controls(self, controls: Controls | None) -> ControlTables | None:

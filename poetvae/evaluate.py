@@ -25,29 +25,35 @@ import torch
 from torch import Tensor
 
 from poetvae.corpus import Poem, parse_poem
-from poetvae.decode import DecodeOptions, generate
-from poetvae.errors import ConfigError, CorpusError
+from poetvae.decode import DecodeOptions, DecodeTables, generate
+from poetvae.errors import CorpusError
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet
-from poetvae.prosody import SCHEMES, rhyme_ok, tone_24_ok
-from poetvae.vocab import BOS, POEM_CHARS, SEQ_LEN, Vocab
+from poetvae.prosody import check_scheme, rhyme_ok, tone_24_ok
+from poetvae.vocab import CHARS_PER_LINE, LINES, POEM_CHARS, SEQ_LEN, Vocab
 
 
 @torch.no_grad()
-def elbo_terms(model: PoetVAE, tokens: Tensor, batch_size: int = 1024) -> dict[str, float]:
+def elbo_terms(model: PoetVAE, tokens: Tensor, batch_size: int = 1024, seed: int | None = None) -> dict[str, float]:
     """Mean per-poem reconstruction, KL and negative ELBO (beta = 1, no free bits, z sampled
     once from q(z|x)), and perplexity per token position (20 characters + <eos> = 21 per
-    poem whatever the tokenizer, so char and word models compare)."""
-    was_training = model.training
-    model.eval()
+    poem whatever the tokenizer, so char and word models compare).
+
+    z comes from torch's global RNG; with `seed`, from a forked copy seeded with it, so that
+    the result is fixed by the seed and the caller's random state is left as it was."""
+    if seed is not None:
+        device = _device(model)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return elbo_terms(model, tokens, batch_size)
     rec_sum = kl_sum = 0.0
     n = tokens.size(0)
-    for i in range(0, n, batch_size):
-        batch = tokens[i : i + batch_size]
-        terms = model.loss(batch, model(batch))
-        rec_sum += terms["rec"].sum().item()
-        kl_sum += terms["kl"].sum().item()
-    model.train(was_training)
+    with _eval_mode(model):
+        for i in range(0, n, batch_size):
+            batch = tokens[i : i + batch_size]
+            terms = model.loss(batch, model(batch))
+            rec_sum += terms["rec"].sum().item()
+            kl_sum += terms["kl"].sum().item()
     if n == 0:
         return {}
     rec, kl = rec_sum / n, kl_sum / n
@@ -77,23 +83,18 @@ def _device(model: PoetVAE) -> torch.device:
     return next(model.parameters()).device
 
 
-def _generator(generator: torch.Generator | None, seed: int = 0) -> torch.Generator:
-    """The caller's generator, or a fresh CPU one seeded with `seed`: metrics are
+def _generator(generator: torch.Generator | None) -> torch.Generator:
+    """The caller's generator, or a fresh CPU one seeded with 0: metrics are
     deterministic by default. Noise is always drawn on the generator's own device and then
     moved, so a CPU generator gives the same draws whatever device the model is on."""
     if generator is not None:
         return generator
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(0)
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
     eps = torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype)
     return eps.to(like.device)
-
-
-def _teacher_inputs(tokens: Tensor) -> Tensor:
-    """<bos> followed by the poem shifted right: the decoder inputs of `PoetVAE.forward`."""
-    return torch.cat([tokens.new_full((tokens.size(0), 1), BOS), tokens[:, :-1]], dim=1)
 
 
 def _rec(model: PoetVAE, tokens: Tensor, z: Tensor) -> Tensor:
@@ -102,7 +103,7 @@ def _rec(model: PoetVAE, tokens: Tensor, z: Tensor) -> Tensor:
     Computed by `model.loss` itself (its "rec" depends only on logits and tokens), so the
     likelihood here is by construction the same term that training minimises.
     """
-    logits, _ = model.decode(z, _teacher_inputs(tokens))
+    logits, _ = model.decode(z, PoetVAE.teacher_inputs(tokens))
     return model.loss(tokens, {"logits": logits, "mu": z, "logvar": torch.zeros_like(z)})["rec"]
 
 
@@ -237,7 +238,8 @@ def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | 
 
 
 @torch.no_grad()
-def reconstruction_accuracy(model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_size: int = 1024) -> float:
+def reconstruction_accuracy(model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_size: int = 1024,
+                            mu: Tensor | None = None) -> float:
     """Share of the 20 characters that survive x -> mu(x) -> greedy decode, position by
     position:
 
@@ -246,6 +248,7 @@ def reconstruction_accuracy(model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_
     The decoder is `decode.generate`, greedy and format-constrained (always 20 characters).
     Characters are compared, not token ids, so word (jieba) vocabularies are measured the
     same way; an input <unk> never matches, since the decoder never writes one.
+    `mu` (N, Z): the posterior means of `tokens`, when the caller has them already.
     """
     device = _device(model)
     tokens = tokens.to(device)
@@ -254,12 +257,11 @@ def reconstruction_accuracy(model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_
         return 0.0
     matches = 0
     with _eval_mode(model):
+        tables = DecodeTables(model, vocab, device)  # once, not per batch
         for i in range(0, n, batch_size):
             batch = tokens[i : i + batch_size]
-            mu, _ = model.encode(batch)
-            # [0]: the token rows, first field whether generate returns a plain tuple or
-            # its Generation named tuple (ids, logprob, ...)
-            ids = generate(model, mu, vocab, DecodeOptions(greedy=True))[0]
+            means = model.encode(batch)[0] if mu is None else mu[i : i + batch_size].to(device)
+            ids = generate(model, means, vocab, DecodeOptions(greedy=True), prepared=tables)[0]  # the token rows
             for got, want in zip(ids.tolist(), batch.tolist()):
                 a, b = "".join(vocab.decode(got)), "".join(vocab.decode(want))
                 matches += sum(x == y for x, y in zip(a[:POEM_CHARS], b[:POEM_CHARS]))
@@ -315,7 +317,7 @@ def rhyme_rate(poems: Sequence[PoemLines], scheme: str = "pingshui") -> float:
     """Share of poems whose lines 2 and 4 end in rhyming characters (prosody.rhyme_ok: a
     shared rhyme group, 平 or 仄). A poem with fewer than 4 lines or an empty line 2 or 4
     counts as not rhyming. 0.0 for an empty list."""
-    _check_scheme(scheme)
+    check_scheme(scheme)
     ok = 0
     for p in poems:
         lines = _as_lines(p)
@@ -329,7 +331,7 @@ def tone_rate(poems: Sequence[PoemLines], scheme: str = "pingshui") -> float:
     (prosody.tone_24_ok), among the lines where that is decidable (both characters of a
     single known tone class; lines shorter than 4 characters are skipped too). 0.0 when no
     line is decidable."""
-    _check_scheme(scheme)
+    check_scheme(scheme)
     ok = decided = 0
     for p in poems:
         for line in _as_lines(p):
@@ -343,7 +345,7 @@ def tone_rate(poems: Sequence[PoemLines], scheme: str = "pingshui") -> float:
 
 
 def _well_formed(lines: tuple[str, ...]) -> bool:
-    if len(lines) != 4 or any(len(line) != 5 for line in lines):
+    if len(lines) != LINES or any(len(line) != CHARS_PER_LINE for line in lines):
         return False
     try:
         parse_poem("，".join(lines))  # the corpus's own rule for what a Han character is
@@ -386,11 +388,6 @@ def sample_stats(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines],
         "tone_rate": tone_rate(poems, scheme),
         "well_formed": well_formed_rate(poems),
     }
-
-
-def _check_scheme(scheme: str) -> None:
-    if scheme not in SCHEMES:
-        raise ConfigError(f"unknown prosody scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -436,7 +433,7 @@ def evaluate_run(poet: Poet, heldout: list[Poem], train: list[Poem], samples: in
         seconds      wall-clock time of the evaluation
     """
     start = time.perf_counter()
-    _check_scheme(scheme)
+    check_scheme(scheme)
     if not heldout:
         raise ValueError("evaluate_run needs at least one held-out poem")
     model, device = poet.model, poet.device
@@ -445,11 +442,7 @@ def evaluate_run(poet: Poet, heldout: list[Poem], train: list[Poem], samples: in
 
     nll = iw_nll(model, tokens, k=iw_samples, generator=torch.Generator().manual_seed(seed))
     iw = float(nll.mean())
-    # elbo_terms samples z from the global RNG: fork it so the report is deterministic for
-    # the seed without disturbing the caller's random state.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        elbo = elbo_terms(model, tokens)
+    elbo = elbo_terms(model, tokens, seed=seed)
 
     mu, logvar = _posteriors(model, tokens)
     au, _ = active_units(mu)
@@ -458,7 +451,7 @@ def evaluate_run(poet: Poet, heldout: list[Poem], train: list[Poem], samples: in
         "latent_dim": 0 if no_latent else model.cfg.latent_dim,
         "active_units": 0 if no_latent else au,
         "mutual_information": mutual_information(mu, logvar, torch.Generator().manual_seed(seed)),
-        "reconstruction_accuracy": reconstruction_accuracy(model, tokens, poet.vocab),
+        "reconstruction_accuracy": reconstruction_accuracy(model, tokens, poet.vocab, mu=mu),
     }
 
     drawn = poet.sample(samples, temperature=temperature, seed=seed) if samples > 0 else []

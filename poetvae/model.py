@@ -126,9 +126,9 @@ class StepDecoder:
             self.position_gates = model.position.weight @ w_x.T  # (21, 4H)
         self.w_z = weight("weight_ih_l0")[:, e:]  # (4H, Z)
         self.bias_0 = weight("bias_ih_l0") + weight("bias_hh_l0")
-        self.w_hh_0 = weight("weight_hh_l0").T.contiguous()
+        self.w_hh = [weight(f"weight_hh_l{k}").T.contiguous() for k in range(self.layers)]
+        # layers above the first: input products and biases (index k - 1 for layer k)
         self.w_ih = [weight(f"weight_ih_l{k}").T.contiguous() for k in range(1, self.layers)]
-        self.w_hh = [weight(f"weight_hh_l{k}").T.contiguous() for k in range(1, self.layers)]
         self.bias = [weight(f"bias_ih_l{k}") + weight(f"bias_hh_l{k}") for k in range(1, self.layers)]
         self.out_w, self.out_b = model.decoder.out.weight.detach(), model.decoder.out.bias.detach()
         # The LSTM's output lies in (-1, 1), so no logit can exceed this in size.
@@ -167,10 +167,10 @@ class StepDecoder:
         x = self.token_gates.index_select(0, prev)
         x += self.position_gates[written.clamp(max=POEM_CHARS)]
         x += z_gates
-        self._cell(self._add_product(x, h0[0].to(x.dtype), self.w_hh_0), c0[0], h1[0], c1[0])
+        self._cell(self._add_product(x, h0[0].to(x.dtype), self.w_hh[0]), c0[0], h1[0], c1[0])
         for k in range(1, self.layers):
             gates = self._add_product(torch.addmm(self.bias[k - 1], h1[k - 1], self.w_ih[k - 1]).float(),
-                                      h0[k].to(h1.dtype), self.w_hh[k - 1])
+                                      h0[k].to(h1.dtype), self.w_hh[k])
             self._cell(gates, c0[k], h1[k], c1[k])
         return h1[-1], (h1, c1)
 
@@ -214,10 +214,13 @@ class PoetVAE(nn.Module):
             return zeros, zeros
         return self.encoder(self.embed(tokens))
 
-    def reparameterize(self, mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def reparameterize(self, mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None,
+                       eps: Tensor | None = None) -> Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I) drawn here unless given."""
         if self.encoder is None:
             return mu
-        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        if eps is None:
+            eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: Tensor, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None,
@@ -233,6 +236,11 @@ class PoetVAE(nn.Module):
         x = self.embed(inputs) + self.position(positions.clamp(max=POEM_CHARS))
         return self.decoder(x, z, state)
 
+    @staticmethod
+    def teacher_inputs(tokens: Tensor) -> Tensor:
+        """<bos> followed by the poem shifted right: what the decoder reads while writing `tokens`."""
+        return torch.cat([tokens.new_full((tokens.size(0), 1), BOS), tokens[:, :-1]], dim=1)
+
     def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
         """z ~ N(0, I): (n, Z)."""
         return torch.randn(n, self.cfg.latent_dim, device=device, generator=generator)
@@ -245,11 +253,8 @@ class PoetVAE(nn.Module):
         and of word dropout (multi-process training draws them for the whole global batch).
         """
         mu, logvar = self.encode(tokens)
-        if eps is None:
-            z = self.reparameterize(mu, logvar)
-        else:
-            z = mu if self.encoder is None else mu + torch.exp(0.5 * logvar) * eps
-        inputs = torch.cat([tokens.new_full((tokens.size(0), 1), BOS), tokens[:, :-1]], dim=1)
+        z = self.reparameterize(mu, logvar, eps=eps)
+        inputs = self.teacher_inputs(tokens)
         if self.training and (word_dropout > 0 or drop is not None):
             # Word dropout (Bowman et al. 2016): hide some previous tokens from the decoder
             # so that it has to lean on z; <bos> and padding are never replaced.

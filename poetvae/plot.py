@@ -50,14 +50,14 @@ class PlotError(PoetVAEError):
 
 
 # ---- shared helpers -------------------------------------------------------------------------
-def _new_figure(figsize: tuple[float, float] = FIGSIZE):
+def _new_figure():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise PlotError("charts need matplotlib: pip install matplotlib") from None
 
-    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -393,5 +393,5 @@ def plot_latent_of_run(run_dir: Path, poems: Sequence[Any], out_dir: Path | None
             sorted(prosody.rhyme_groups(p.lines[1][-1], "pingshui"))
         labels.append(groups[0] if groups else "?")
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
-    return plot_latent(mu.cpu().numpy(), labels, out_dir / "latent.png",
+    return plot_latent(mu, labels, out_dir / "latent.png",
                        title="Posterior means of the held-out poems (PCA), by rhyme group of line 2")

@@ -139,9 +139,10 @@ class _CharInfo:
 _EMPTY = _CharInfo(Tone.UNKNOWN, frozenset(), ())
 
 
-def _check_scheme(scheme: str) -> None:
+def check_scheme(scheme: str) -> None:
+    """A ConfigError unless `scheme` is one of SCHEMES."""
     if scheme not in SCHEMES:
-        raise ConfigError(f"unknown prosody scheme {scheme!r}; expected one of {SCHEMES}")
+        raise ConfigError(f"unknown prosody scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
 
 
 def _check_filter_tone(tone: Tone | None) -> None:
@@ -304,14 +305,14 @@ def _xinyun_members() -> dict[tuple[str, Tone | None], frozenset[str]]:
 
 
 def _char_info(ch: str, scheme: str) -> _CharInfo:
-    _check_scheme(scheme)
+    check_scheme(scheme)
     if scheme == "pingshui":
         return _pingshui().chars.get(ch, _EMPTY)
     return _xinyun_char(ch)
 
 
 def _resolve(name: str, scheme: str) -> str:
-    _check_scheme(scheme)
+    check_scheme(scheme)
     if scheme == "pingshui":
         try:
             return _pingshui().aliases[name]
@@ -351,7 +352,7 @@ def group_names(scheme: str = "pingshui", tone: Tone | None = None) -> list[str]
     For pingshui, ``tone`` keeps only the 30 平 groups or the 76 仄 groups. xinyun groups
     hold both tones, so all 14 are returned whatever the filter.
     """
-    _check_scheme(scheme)
+    check_scheme(scheme)
     _check_filter_tone(tone)
     if scheme == "pingshui":
         return [g.name for g in _pingshui().groups if tone is None or g.tone == tone]
@@ -389,7 +390,7 @@ def token_rhyme_groups(
     """token -> rhyme groups of its LAST character, the one that ends a line when the
     token ends it. Empty tokens and tokens ending in a non-Han character, such as
     ``<pad>``, map to an empty set."""
-    _check_scheme(scheme)
+    check_scheme(scheme)
     _check_filter_tone(tone)
     return {
         t: (_char_info(t[-1], scheme).groups_for(tone) if t else frozenset()) for t in tokens
@@ -418,7 +419,7 @@ def rhyme_mask(
 def token_tones(tokens: Iterable[str], scheme: str = "pingshui") -> list[tuple[Tone, ...]]:
     """Per-character tone classes of each token (a multi-character token gets a tuple
     with one entry per character)."""
-    _check_scheme(scheme)
+    check_scheme(scheme)
     return [tuple(_char_info(c, scheme).tone for c in t) for t in tokens]
 
 

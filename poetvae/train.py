@@ -15,6 +15,7 @@ is saved in every resume point.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -138,7 +139,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens:
     eps, drop = noise
     with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=use_amp):
         out = model(tokens, cfg.train.word_dropout, eps=eps, drop=drop)
-    batch_mean = (lambda t: global_mean(t, ctx, differentiable=True)) if ctx.active else None
+    batch_mean = functools.partial(global_mean, ctx=ctx, differentiable=True) if ctx.active else None
     terms = raw.loss(tokens, out, beta, cfg.train.free_bits, batch_mean)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -225,10 +226,10 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
             epoch, first = divmod(step, steps_per_epoch)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch)).to(device)
             for i in range(first, steps_per_epoch):
-                tokens = train_tokens[order[i * batch : (i + 1) * batch]]
-                eps, drop = draw_noise(batch, cfg, device)
+                tokens = train_tokens[order[i * batch : (i + 1) * batch][share]]  # this process's share
+                eps, drop = draw_noise(batch, cfg, device)  # for the whole batch: every process draws the same
                 beta = kl_weight(step, total_steps, tc)
-                terms = train_step(model, optimizer, tokens[share], beta, cfg,
+                terms = train_step(model, optimizer, tokens, beta, cfg,
                                    (eps[share], drop[share] if drop is not None else None), use_amp, ctx)
                 step += 1
                 sums += torch.stack([terms["rec"].mean(), terms["kl"].mean(), terms["loss"]])
@@ -248,9 +249,7 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
             if valid_tokens.size(0) and ctx.is_main:
                 # Validation draws its own z: on a forked, fixed RNG, so that it neither
                 # shifts the training noise nor differs between ranks (which skip it).
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(tc.seed)
-                    valid = elbo_terms(raw, valid_tokens)
+                valid = elbo_terms(raw, valid_tokens, seed=tc.seed)
             score = valid.get("nelbo", -step)  # with no validation split, the newest is the best
             if score < best:
                 best = score

@@ -216,7 +216,7 @@ def test_reconstruction_accuracy_with_a_perfect_and_an_imperfect_decoder(monkeyp
     tokens = poet.tokens([JINGYESI, DENGLOU, JIANGXUE], allow_unk=True)
     seen = []
 
-    def perfect(model, z, vocab, opts=DecodeOptions(), generator=None):
+    def perfect(model, z, vocab, opts=DecodeOptions(), generator=None, **_):
         seen.append(opts)
         return tokens.clone(), torch.zeros(z.size(0))
 
@@ -226,7 +226,7 @@ def test_reconstruction_accuracy_with_a_perfect_and_an_imperfect_decoder(monkeyp
 
     off_by_one = tokens.clone()
     off_by_one[:, 0] = torch.where(tokens[:, 0] == 5, 6, 5)  # first character always wrong
-    monkeypatch.setattr(ev, "generate", lambda m, z, v, o=None, g=None: (off_by_one, torch.zeros(3)))
+    monkeypatch.setattr(ev, "generate", lambda m, z, v, o=None, g=None, **_: (off_by_one, torch.zeros(3)))
     clean = poet.tokens([p for p in (JINGYESI, DENGLOU, JIANGXUE) if not poet.vocab.unknown(p)])
     if clean.size(0) == 3:
         assert ev.reconstruction_accuracy(poet.model, clean, poet.vocab) == pytest.approx(19 / 20)
