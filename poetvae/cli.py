@@ -51,16 +51,22 @@ def user_errors() -> Iterator[None]:
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
+def _flag(name: str) -> str:
+    """The CLI flag of a setting: latent_dim -> --latent-dim."""
+    return "--" + name.replace("_", "-")
+
+
 def _config_params(sections: set[str], extra_fields: set[str] = frozenset()) -> list[inspect.Parameter]:
     params = []
     for section, f in user_fields():
         if section not in sections and f.name not in extra_fields:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         typ = _TYPES[f.type] if isinstance(f.type, str) else f.type
         decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
         choices = f.metadata.get("choices")
-        help_text = f.metadata["help"] + (f" [{'|'.join(choices)}]" if choices else "") + f" (default: {f.default})"
+        # escaped: rich would read "[char|jieba]" as markup and print nothing
+        help_text = f.metadata["help"] + (escape(f" [{'|'.join(choices)}]") if choices else "") + f" (default: {f.default})"
         option = typer.Option(*decls, help=help_text, rich_help_panel=f"{section} settings", show_default=False)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[Optional[typ], option]))
@@ -160,7 +166,7 @@ def train(
 
     Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
     """
-    from poetvae.train import load_training_data, load_prepared, run_config
+    from poetvae.train import PREP_SUBDIR, load_training_data, load_prepared, run_config
 
     settings = dict(settings or {})
     if no_latent:
@@ -174,7 +180,7 @@ def train(
                 raise typer.BadParameter("--resume takes the run's own data and config; give no corpus or settings")
             run_dir = resume
             cfg = run_config(run_dir)
-            data = load_prepared(run_dir / "prep")
+            data = load_prepared(run_dir / PREP_SUBDIR)
         else:
             run_dir = output or Path("runs/default")
             _refuse_existing_run(run_dir, overwrite)
@@ -202,7 +208,7 @@ def _flags(settings: dict[str, Any]) -> list[str]:
     """Command-line flags that reproduce `settings` (the inverse of the config flags)."""
     out_flags = []
     for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
+        flag = _flag(key)
         out_flags += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
     return out_flags
 
@@ -212,20 +218,15 @@ def _launch_torchrun(devices: int, corpus: Optional[list[Path]], output: Optiona
     """Prepare the data once here, then run `poetvae train` under torchrun with N processes."""
     import subprocess
 
-    from poetvae.data_files import default_corpus
-    from poetvae.prep import is_prep_dir, prepare
+    from poetvae.train import prepare_run_data
 
     if resume is not None:
         args = ["--resume", str(resume)]
     else:
         run_dir = output or Path("runs/default")
         _refuse_existing_run(run_dir, overwrite)
-        cfg = load_config(config, settings)
-        if corpus and len(corpus) == 1 and is_prep_dir(corpus[0]):
-            source = corpus[0]
-        else:  # prepare once here rather than in every process
-            source = run_dir / "prep"
-            prepare(corpus or [default_corpus()], source, cfg.prep, cfg.model.embed_dim)
+        # into RUN_DIR/prep once here, which every process then reads
+        source = prepare_run_data(corpus or None, run_dir, load_config(config, settings))
         args = [str(source), "-o", str(run_dir), *(["-c", str(config)] if config else []),
                 *(["--overwrite"] if overwrite else []), *_flags(settings)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
@@ -245,7 +246,7 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> An
         if r["kind"] == "step":
             progress.update(task, completed=r["step"], total=r["total_steps"],
                             description=f"rec {r['rec']:.1f}  KL {r['kl']:.2f}  β {r['beta']:.2f}")
-        if r["kind"] == "epoch" and r.get("valid_nelbo") is not None and env_rank() == 0:
+        if r["kind"] == "epoch" and r.get("valid_nelbo") is not None:  # on_log runs on rank 0 only
             line = (f"step {r['step']:>6}  epoch {r['epoch']:.1f}  valid rec {r['valid_rec']:.2f}  "
                     f"KL {r['valid_kl']:.2f}  -ELBO {r['valid_nelbo']:.2f}  ppl {r['valid_ppl']:.2f}  "
                     f"({r['seconds']:.0f}s)")
@@ -412,23 +413,32 @@ def interpolate(
 
 
 # ---- evaluate -----------------------------------------------------------------------------
-def _heldout(run_dir: Path, corpus: Optional[list[Path]]) -> tuple[list[Any], list[Any], str]:
-    """(held-out poems, training poems, where the held-out poems came from)."""
+def _run_prep_dir(run_dir: Path) -> Path:
+    """RUN_DIR/prep, checked: a clear error if this is not a run with its training split."""
     from poetvae.checkpoint import read_run_header
+    from poetvae.errors import CheckpointError
+    from poetvae.train import PREP_SUBDIR
+
+    read_run_header(run_dir)
+    prep_dir = run_dir / PREP_SUBDIR
+    if not (prep_dir / "train.txt").is_file():
+        raise CheckpointError(f"{run_dir} has no prep/ directory with its training split")
+    return prep_dir
+
+
+def _heldout(run_dir: Path, corpus: Optional[list[Path]]) -> tuple[list[Any], str]:
+    """(held-out poems, where they came from): the corpus given, else the run's test split
+    (or its validation split when the test split is empty)."""
     from poetvae.corpus import load_poems, read_corpus
     from poetvae.errors import CheckpointError
 
-    read_run_header(run_dir)  # a clear error if this is not a run
-    prep_dir = run_dir / "prep"
-    if not (prep_dir / "train.txt").is_file():
-        raise CheckpointError(f"{run_dir} has no prep/ directory with its training split")
-    train = load_poems(prep_dir / "train.txt")
+    prep_dir = _run_prep_dir(run_dir)
     if corpus:
-        return read_corpus(corpus)[0], train, ", ".join(map(str, corpus))
+        return read_corpus(corpus)[0], ", ".join(map(str, corpus))
     for split in ("test", "valid"):
         poems = load_poems(prep_dir / f"{split}.txt")
         if poems:
-            return poems, train, f"the run's {split} split"
+            return poems, f"the run's {split} split"
     raise CheckpointError(f"{run_dir} has no held-out poems; pass a corpus to evaluate on")
 
 
@@ -475,11 +485,13 @@ def evaluate(
 
     Example: [bold]poetvae evaluate -m runs/default --iw 500 --json[/]
     """
+    from poetvae.corpus import load_poems
     from poetvae.evaluate import evaluate_run
     from poetvae.poet import Poet
 
     with user_errors():
-        heldout, train_poems, source = _heldout(model, corpus)
+        heldout, source = _heldout(model, corpus)
+        train_poems = load_poems(_run_prep_dir(model) / "train.txt")
         poet = Poet.load(model, device=device)
         report = evaluate_run(poet, heldout, train_poems, samples, iw, temp, seed, scheme)
     if as_json:
@@ -503,7 +515,7 @@ def plot(
 
     with user_errors():
         paths = plot_training(model, output)
-        heldout, _, _ = _heldout(model, None)
+        heldout, _ = _heldout(model, None)
         paths.append(plot_latent_of_run(model, heldout, output, device))
     for path in paths:
         out.print(f"wrote {path}")
@@ -529,7 +541,7 @@ def bench(
         if s not in SIZES:
             raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}")
     with user_errors():
-        report = run_bench(size, device, batch_size, sample_batch, None, repeats)
+        report = run_bench(size, device, batch_size, sample_batch, repeats=repeats)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return

@@ -110,9 +110,8 @@ class ControlTables:
         # fixed characters: fixed_ok[p, t] = token t may start at position p
         fixed = c.fixed_chars()
         fixed_ok = torch.ones(POEM_CHARS + 1, v, dtype=torch.bool)
-        width = int(chars.max())
         # only start positions from which a token can reach a fixed character need a look
-        for p in sorted({q - k for q in fixed for k in range(width) if q - k >= 0}):
+        for p in sorted({q - k for q in fixed for k in range(self.max_chars) if q - k >= 0}):
             for t, tok in enumerate(real):
                 if any(fixed.get(p + k, ch) != ch for k, ch in enumerate(tok)):
                     fixed_ok[p, t] = False
@@ -123,7 +122,6 @@ class ControlTables:
 
         # rhyme groups of each token's last character
         names, rows = prosody.rhyme_mask(real, c.scheme)  # specials are "" -> no group
-        self.group_names = names
         self.end_groups = torch.tensor(rows, dtype=torch.bool).view(v, len(names)).to(device)
         if c.rhyme_group is not None:
             wanted = {prosody.group_info(c.rhyme_group, c.scheme).name}
@@ -165,7 +163,8 @@ class ControlTables:
         real_end = (starts + chars[None, :] - 1).masked_fill(chars[None, :] == 0, -1)  # (21, V); -1: ends nothing
         rhyme_end = (real_end == _RHYME_ENDS[0]) | (real_end == _RHYME_ENDS[1]) | (
             (real_end == _FIRST_END) & (self.end_tone.cpu() == PING)[None, :])
-        self.rhyme_check = rhyme_end.to(device) if c.wants_rhyme else None  # (21, V)
+        self.rhyme_check = rhyme_end.to(device)  # (21, V): a token starting here ends on a rhyme
+        self.rhyme_at = rhyme_end.any(dim=1).to(device)  # (21,)
         self.end_groups_t = self.end_groups.float().T.contiguous()  # (G, V), for one product per step
         # tone_allowed[k][r, t]: token t may cover offset k of a position that requires tone r
         self.tone_allowed = []
@@ -173,9 +172,13 @@ class ControlTables:
             d = definite[:, k]
             ok = torch.stack([torch.ones(v, dtype=torch.bool), (d == NONE) | (d == PING), (d == NONE) | (d == ZE)])
             self.tone_allowed.append((ok | (chars <= k)[None, :]).to(device))
-        # a word covering both the 2nd and 4th character of a line with one tone (2 start columns)
-        self.clash = [((chars > 3 - start) & (definite[:, 1 - start] != NONE)
-                       & (definite[:, 1 - start] == definite[:, 3 - start])).to(device) for start in (0, 1)]
+        # clash[col, t]: token t, starting at column col of a line, covers both the 2nd and the
+        # 4th character with one tone (possible only from columns 0 and 1)
+        clash = torch.zeros(CHARS_PER_LINE, v, dtype=torch.bool)
+        for start in (0, 1):
+            a, b = definite[:, 1 - start], definite[:, 3 - start]
+            clash[start] = (chars > 3 - start) & (a != NONE) & (a == b)
+        self.clash = clash.to(device)
         active = ~fixed_ok.all(dim=1)
         if c.wants_rhyme:
             active |= rhyme_end.any(dim=1)
@@ -183,7 +186,7 @@ class ControlTables:
             for p in range(POEM_CHARS + 1):
                 covered = range(p, min(p + self.max_chars, POEM_CHARS + 1))
                 active[p] |= bool((req[:, list(covered)] != NONE).any())
-                active[p] |= self.max_chars > 2 and p % CHARS_PER_LINE in (0, 1) and bool(self.clash[p % CHARS_PER_LINE].any())
+                active[p] |= self.max_chars > 2 and bool(clash[p % CHARS_PER_LINE].any())
         self.active_at = active.to(device)  # (21,): some token starting here is constrained
 
     # ---- per-row state -------------------------------------------------------------------
@@ -202,7 +205,7 @@ class ControlTables:
         p = written.clamp(max=POEM_CHARS)
         hard = base & self.fixed_ok[p]
         allowed = hard
-        if c.wants_rhyme and bool(self.rhyme_check[p].any()):
+        if c.wants_rhyme and bool(self.rhyme_at[p].any()):
             in_group = (state["groups"].float() @ self.end_groups_t) > 0  # (B, V): ends in an open group
             allowed = allowed & (~self.rhyme_check[p] | in_group)
         with_rhyme = allowed
@@ -212,9 +215,7 @@ class ControlTables:
                 r = req.gather(1, (p + k).clamp(max=POEM_CHARS)[:, None]).squeeze(1)  # (B,)
                 allowed = allowed & self.tone_allowed[k][r]
             if self.max_chars > 2:
-                col = p % CHARS_PER_LINE
-                for start in (0, 1):
-                    allowed = allowed & ~((col == start)[:, None] & self.clash[start][None, :])
+                allowed = allowed & ~self.clash[p % CHARS_PER_LINE]
         for i, relaxed in enumerate((with_rhyme, hard)):  # tones first, then rhyme
             if relaxed is allowed:  # nothing stricter was applied at this level
                 continue
@@ -237,10 +238,8 @@ class ControlTables:
                 s = torch.where(self.same_as_s[q], d, PING + ZE - d)
                 state["s"] = torch.where(decide, s, state["s"])
         if c.wants_rhyme:
-            end = written + n - 1
             g = self.end_groups[token]  # (B, G)
-            sets_group = (end == _RHYME_ENDS[0]) | (end == _RHYME_ENDS[1]) | (
-                (end == _FIRST_END) & (self.end_tone[token] == PING))
+            sets_group = self.rhyme_check[written.clamp(max=POEM_CHARS), token]
             narrowed = state["groups"] & g
             # after a back-off the chosen ending may share no open group: start from it
             narrowed = torch.where(narrowed.any(dim=1, keepdim=True), narrowed, g & self.start_groups)

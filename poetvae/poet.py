@@ -13,6 +13,7 @@ model.safetensors): no flag has to be repeated at load time.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -53,7 +54,12 @@ class Sample:
 class Poet:
     def __init__(self, model: PoetVAE, vocab: Vocab, config: Config, device: torch.device):
         self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, device
-        self._decode_tables: DecodeTables | None = None  # built at the first decode, then reused
+
+    @functools.cached_property
+    def decode_tables(self) -> DecodeTables:
+        """The decoder's vocabulary-sized tables, built at the first decode and then reused
+        (the weights of a Poet do not change)."""
+        return DecodeTables(self.model, self.vocab, self.device)
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", weights: str = "best") -> Poet:
@@ -109,22 +115,19 @@ class Poet:
                  prosody_weight: float = 0.0) -> list[Sample]:
         """Decode z; with rerank > 1, decode that many candidates per z and keep the one
         with the best log-probability + prosody_weight * prosody_score."""
-        candidates = z.repeat_interleave(rerank, dim=0) if rerank > 1 else z
-        if self._decode_tables is None:
-            self._decode_tables = DecodeTables(self.model, self.vocab, self.device)
-        ids, logprob, backoff = generate(self.model, candidates, self.vocab, opts, generator, controls, beam,
-                                         self._decode_tables)
-        lines = [self.vocab.decode(row) for row in ids.tolist()]
-        keep = list(range(z.size(0)))
-        if rerank > 1:
-            score = logprob.clone()
+        ids, logprob, backoff = generate(self.model, z.repeat_interleave(rerank, dim=0), self.vocab, opts,
+                                         generator, controls, beam, self.decode_tables)
+        if rerank > 1:  # keep the best candidate of each z
+            score = logprob
             if prosody_weight:
                 scheme = controls.scheme if controls else "pingshui"
-                score += prosody_weight * torch.tensor([prosody_score(x, scheme) for x in lines], device=score.device)
-            keep = (score.view(-1, rerank).argmax(dim=1) + torch.arange(0, len(lines), rerank, device=score.device)).tolist()
+                prosody = [prosody_score(self.vocab.decode(row), scheme) for row in ids.tolist()]
+                score = score + prosody_weight * torch.tensor(prosody, device=score.device)
+            keep = score.view(-1, rerank).argmax(dim=1) + torch.arange(0, ids.size(0), rerank, device=score.device)
+            ids, logprob, backoff = ids[keep], logprob[keep], backoff[keep]
         zs = z.tolist() if with_z else [None] * z.size(0)
-        lp, bo = logprob.tolist(), backoff_report(backoff)
-        return [Sample(lines[k], lp[k], zz, bo[k]) for k, zz in zip(keep, zs)]
+        return [Sample(self.vocab.decode(row), lp, zz, bo)
+                for row, lp, zz, bo in zip(ids.tolist(), logprob.tolist(), zs, backoff_report(backoff))]
 
     # ---- the operations ----------------------------------------------------------------
     @torch.no_grad()
@@ -155,13 +158,14 @@ class Poet:
         """n poems, a batch at a time (for streaming large n). z ~ N(0, I), or with infer_z
         z ~ q(z | the controls' prefix)."""
         g = self._generator(seed)
-        posterior = self.prefix_posterior(controls) if infer_z and controls is not None else None
+        if infer_z and controls is not None:
+            mu, logvar = self.prefix_posterior(controls)
+            std = torch.exp(0.5 * logvar)
         for start in range(0, n, batch_size):
             size = min(batch_size, n - start)
             z = self.model.sample(size, self.device, g)
-            if posterior is not None:
-                mu, logvar = posterior
-                z = mu + torch.exp(0.5 * logvar) * z
+            if infer_z and controls is not None:
+                z = mu + std * z
             yield self._samples(z, opts, g, with_z, controls, beam, rerank, prosody_weight)
 
     def sample(self, n: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

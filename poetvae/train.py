@@ -84,6 +84,12 @@ def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir
     """The run's data, kept in RUN_DIR/prep so a run is self-contained (evaluate reads its
     test split from there). `source`: a prep directory (copied), corpus files (prepared
     into it), or None for the corpus shipped in data/."""
+    return load_prepared(prepare_run_data(source, run_dir, cfg))
+
+
+def prepare_run_data(source: str | Path | Sequence[str | Path] | None, run_dir: Path, cfg: Config) -> Path:
+    """load_training_data's first half: the prep directory the run reads (RUN_DIR/prep, or
+    under torchrun on ranks other than 0 the given prep directory itself)."""
     from poetvae.data_files import default_corpus
 
     target = Path(run_dir) / PREP_SUBDIR
@@ -95,7 +101,7 @@ def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir
         if not is_prep_dir(sources[0]):
             raise CheckpointError(f"{sources[0]} is a directory but not a prepared corpus; run `poetvae prep` on corpus files")
         if launched_by_torchrun() and env_rank() != 0:
-            return load_prepared(sources[0])  # rank 0 alone copies it into the run
+            return sources[0]  # rank 0 alone copies it into the run
         if sources[0].resolve() != target.resolve():
             shutil.copytree(sources[0], target, dirs_exist_ok=True)
     elif launched_by_torchrun():
@@ -103,7 +109,7 @@ def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir
                           "or use `poetvae train --devices N`, which does")
     else:
         prepare(sources, target, cfg.prep, cfg.model.embed_dim)
-    return load_prepared(target)
+    return target
 
 
 @dataclass
