@@ -57,13 +57,18 @@ def main() -> None:
         seconds = min(seconds)
         scheme = kw["controls"].scheme if "controls" in kw else "pingshui"
         stats = sample_stats([s.lines for s in samples], train, scheme)
-        stats.update(poems_per_s=args.n / seconds, backoffs=sum(bool(s.backoff) for s in samples),
-                     examples=[s.oneline() for s in samples[:5]])
+        stats.update(
+            poems_per_s=args.n / seconds,
+            backoffs=sum(bool(s.backoff) for s in samples),
+            examples=[s.oneline() for s in samples[:5]],
+        )
         rows[name] = stats
-        print(f"{name:24s} {stats['poems_per_s']:8.0f}/s  distinct {stats['distinct']:5d}  "
-              f"rhyme {stats['rhyme_rate']:.1%}  二四异 {stats['tone_rate']:.1%}  "
-              f"copied {stats['copied_poems']:.1%}/{stats['copied_lines']:.1%}  backoffs {stats['backoffs']}",
-              flush=True)
+        print(
+            f"{name:24s} {stats['poems_per_s']:8.0f}/s  distinct {stats['distinct']:5d}  "
+            f"rhyme {stats['rhyme_rate']:.1%}  二四异 {stats['tone_rate']:.1%}  "
+            f"copied {stats['copied_poems']:.1%}/{stats['copied_lines']:.1%}  backoffs {stats['backoffs']}",
+            flush=True,
+        )
         for e in stats["examples"]:
             print("    " + e)
     if args.json:

@@ -1,6 +1,6 @@
 """Markdown table of the recipe comparison: one row per RUN/<recipe>.eval.json.
 
-    python bench/experiments_table.py runs/experiments
+python bench/experiments_table.py runs/experiments
 """
 
 from __future__ import annotations
@@ -11,17 +11,42 @@ from pathlib import Path
 
 from poetvae.checkpoint import read_log
 
-COLUMNS = ("recipe", "IW-NLL", "rec", "KL", "AU", "MI", "recon acc", "distinct", "dist-2",
-           "copied poems", "copied lines", "rhyme", "二四异", "train s")
+COLUMNS = (
+    "recipe",
+    "IW-NLL",
+    "rec",
+    "KL",
+    "AU",
+    "MI",
+    "recon acc",
+    "distinct",
+    "dist-2",
+    "copied poems",
+    "copied lines",
+    "rhyme",
+    "二四异",
+    "train s",
+)
 
 
 def row(name: str, report: dict, seconds: float) -> list[str]:
     lk, lt, s = report["likelihood"], report["latent"], report["samples"]
-    return [name, f"{lk['iw_nll']:.2f}", f"{lk['rec']:.2f}", f"{lk['kl']:.2f}",
-            f"{lt['active_units']}/{lt['latent_dim']}", f"{lt['mutual_information']:.2f}",
-            f"{lt['reconstruction_accuracy']:.1%}", f"{s['distinct']}", f"{s['distinct_2']:.3f}",
-            f"{s['copied_poems']:.1%}", f"{s['copied_lines']:.1%}", f"{s['rhyme_rate']:.1%}",
-            f"{s['tone_rate']:.1%}", f"{seconds:.0f}"]
+    return [
+        name,
+        f"{lk['iw_nll']:.2f}",
+        f"{lk['rec']:.2f}",
+        f"{lk['kl']:.2f}",
+        f"{lt['active_units']}/{lt['latent_dim']}",
+        f"{lt['mutual_information']:.2f}",
+        f"{lt['reconstruction_accuracy']:.1%}",
+        f"{s['distinct']}",
+        f"{s['distinct_2']:.3f}",
+        f"{s['copied_poems']:.1%}",
+        f"{s['copied_lines']:.1%}",
+        f"{s['rhyme_rate']:.1%}",
+        f"{s['tone_rate']:.1%}",
+        f"{seconds:.0f}",
+    ]
 
 
 def main(out: Path) -> None:

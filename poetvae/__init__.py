@@ -12,8 +12,19 @@ from poetvae.errors import CheckpointError, ConfigError, CorpusError, PoetVAEErr
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ModelConfig", "PrepConfig", "TrainConfig", "load_config", "Poet", "PoetVAEError",
-           "CorpusError", "ConfigError", "CheckpointError", "VocabError"]
+__all__ = [
+    "Config",
+    "ModelConfig",
+    "PrepConfig",
+    "TrainConfig",
+    "load_config",
+    "Poet",
+    "PoetVAEError",
+    "CorpusError",
+    "ConfigError",
+    "CheckpointError",
+    "VocabError",
+]
 
 
 def __getattr__(name: str):  # Poet pulls in torch: import it only when asked for

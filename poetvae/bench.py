@@ -23,7 +23,8 @@ import platform
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -103,8 +104,16 @@ def _random_vocab(size: int) -> Vocab:
     return Vocab(list(SPECIALS) + tokens, [0] * len(SPECIALS) + [1] * len(tokens))
 
 
-def bench_size(name: str, cfg: ModelConfig, device: torch.device, batch_size: int, sample_batch: int,
-               steps: int, repeats: int, peak: float) -> dict[str, Any]:
+def bench_size(
+    name: str,
+    cfg: ModelConfig,
+    device: torch.device,
+    batch_size: int,
+    sample_batch: int,
+    steps: int,
+    repeats: int,
+    peak: float,
+) -> dict[str, Any]:
     from poetvae.train import draw_noise, train_step
 
     torch.manual_seed(0)
@@ -133,13 +142,17 @@ def bench_size(name: str, cfg: ModelConfig, device: torch.device, batch_size: in
         def run() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 generate(model, z, vocab, opts, gen, prepared=prepared)
+
         return run
 
     sample_rate = _median_rate(sample(DecodeOptions(temperature=1.0)), sample_batch, repeats, device)
     greedy_rate = _median_rate(sample(DecodeOptions(greedy=True)), sample_batch, repeats, device)
     flops = flops_per_poem(cfg)
-    memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    memory = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
         "size": name,
         "config": dataclasses.asdict(cfg),
@@ -159,8 +172,14 @@ def bench_size(name: str, cfg: ModelConfig, device: torch.device, batch_size: in
     }
 
 
-def run_bench(sizes: list[str] | None = None, device: str = "auto", batch_size: int | None = None,
-              sample_batch: int | None = None, steps: int | None = None, repeats: int = 3) -> dict[str, Any]:
+def run_bench(
+    sizes: list[str] | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    sample_batch: int | None = None,
+    steps: int | None = None,
+    repeats: int = 3,
+) -> dict[str, Any]:
     """The whole benchmark as a JSON-ready dict: {"machine": {...}, "results": [per size]}."""
     dev = resolve_device(device)
     if dev.type == "cpu":
@@ -177,6 +196,8 @@ def run_bench(sizes: list[str] | None = None, device: str = "auto", batch_size: 
         "matmul_flops_per_s": peak["flops"],
         "matmul": f"{peak['n']}x{peak['n']} {peak['dtype']}",
     }
-    results = [bench_size(name, SIZES[name], dev, batch_size, sample_batch, steps, repeats, peak["flops"])
-               for name in (sizes or list(SIZES))]
+    results = [
+        bench_size(name, SIZES[name], dev, batch_size, sample_batch, steps, repeats, peak["flops"])
+        for name in (sizes or list(SIZES))
+    ]
     return {"machine": machine, "results": results}

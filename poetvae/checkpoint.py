@@ -73,7 +73,9 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 # ---- optimizer and RNG state as flat tensors + JSON -------------------------------------
-def flatten_train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def flatten_train_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
@@ -90,8 +92,9 @@ def flatten_train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     return tensors, {"param_groups": opt["param_groups"], "scalars": scalars}
 
 
-def restore_train_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def restore_train_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
@@ -122,7 +125,9 @@ def read_run_header(run_dir: Path) -> tuple[Config, Vocab]:
     if not run_dir.is_dir():
         raise CheckpointError(f"no such run directory: {run_dir}")
     if not is_run_dir(run_dir):
-        raise CheckpointError(f"{run_dir} is not a poetvae run (no {CONFIG} and {VOCAB}); train one with `poetvae train`")
+        raise CheckpointError(
+            f"{run_dir} is not a poetvae run (no {CONFIG} and {VOCAB}); train one with `poetvae train`"
+        )
     try:
         cfg = config_from_json((run_dir / CONFIG).read_text(encoding="utf-8"))
     except ConfigError as e:

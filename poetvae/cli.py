@@ -11,8 +11,9 @@ import contextlib
 import inspect
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -66,10 +67,15 @@ def _config_params(sections: set[str], extra_fields: set[str] = frozenset()) -> 
         decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
         choices = f.metadata.get("choices")
         # escaped: rich would read "[char|jieba]" as markup and print nothing
-        help_text = f.metadata["help"] + (escape(f" [{'|'.join(choices)}]") if choices else "") + f" (default: {f.default})"
+        help_text = (
+            f.metadata["help"] + (escape(f" [{'|'.join(choices)}]") if choices else "") + f" (default: {f.default})"
+        )
         option = typer.Option(*decls, help=help_text, rich_help_panel=f"{section} settings", show_default=False)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[Optional[typ], option]))
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[typ | None, option]
+            )
+        )
     return params
 
 
@@ -97,7 +103,9 @@ def _with_config_flags(sections: set[str], extra_fields: set[str] = frozenset())
     return wrap
 
 
-ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file with \\[prep], \\[model], \\[train] sections")]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML file with \\[prep], \\[model], \\[train] sections")
+]
 
 
 # ---- prep -------------------------------------------------------------------------------
@@ -152,21 +160,27 @@ def _config_table(cfg: Any) -> Table:
 @app.command()
 @_with_config_flags({"prep", "model", "train"})
 def train(
-    corpus: Annotated[Optional[list[Path]], typer.Argument(
-        help="corpus files or a prep directory (default: the corpus shipped in data/)")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="run directory (default: runs/default)")] = None,
+    corpus: Annotated[
+        list[Path] | None,
+        typer.Argument(help="corpus files or a prep directory (default: the corpus shipped in data/)"),
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="run directory (default: runs/default)")] = None,
     config: ConfigFile = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the run in this directory")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in the output directory")] = False,
+    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a run already in the output directory")
+    ] = False,
     no_latent: Annotated[bool, typer.Option("--no-latent", help="train the decoder alone as a language model")] = False,
-    devices: Annotated[int, typer.Option("--devices", min=1, help="processes (GPUs) for DDP training; >1 launches torchrun")] = 1,
+    devices: Annotated[
+        int, typer.Option("--devices", min=1, help="processes (GPUs) for DDP training; >1 launches torchrun")
+    ] = 1,
     settings: dict[str, Any] | None = None,
 ) -> None:
     """Train the VAE; writes config, vocabulary, checkpoints and log.jsonl to the run directory.
 
     Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
     """
-    from poetvae.train import PREP_SUBDIR, load_training_data, load_prepared, run_config
+    from poetvae.train import PREP_SUBDIR, load_prepared, load_training_data, run_config
 
     settings = dict(settings or {})
     if no_latent:
@@ -213,8 +227,15 @@ def _flags(settings: dict[str, Any]) -> list[str]:
     return out_flags
 
 
-def _launch_torchrun(devices: int, corpus: Optional[list[Path]], output: Optional[Path], config: Optional[Path],
-                     resume: Optional[Path], overwrite: bool, settings: dict[str, Any]) -> int:
+def _launch_torchrun(
+    devices: int,
+    corpus: list[Path] | None,
+    output: Path | None,
+    config: Path | None,
+    resume: Path | None,
+    overwrite: bool,
+    settings: dict[str, Any],
+) -> int:
     """Prepare the data once here, then run `poetvae train` under torchrun with N processes."""
     import subprocess
 
@@ -227,10 +248,25 @@ def _launch_torchrun(devices: int, corpus: Optional[list[Path]], output: Optiona
         _refuse_existing_run(run_dir, overwrite)
         # into RUN_DIR/prep once here, which every process then reads
         source = prepare_run_data(corpus or None, run_dir, load_config(config, settings))
-        args = [str(source), "-o", str(run_dir), *(["-c", str(config)] if config else []),
-                *(["--overwrite"] if overwrite else []), *_flags(settings)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
-           "-m", "poetvae", "train", *args]
+        args = [
+            str(source),
+            "-o",
+            str(run_dir),
+            *(["-c", str(config)] if config else []),
+            *(["--overwrite"] if overwrite else []),
+            *_flags(settings),
+        ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={devices}",
+        "-m",
+        "poetvae",
+        "train",
+        *args,
+    ]
     return subprocess.call(cmd)
 
 
@@ -238,18 +274,31 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> An
     from poetvae.train import train as train_run
 
     live = out.is_terminal and env_rank() == 0
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=out, disable=not live)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=out,
+        disable=not live,
+    )
     task = progress.add_task("training", total=None)
 
     def on_log(r: dict[str, Any]) -> None:
         if r["kind"] == "step":
-            progress.update(task, completed=r["step"], total=r["total_steps"],
-                            description=f"rec {r['rec']:.1f}  KL {r['kl']:.2f}  β {r['beta']:.2f}")
+            progress.update(
+                task,
+                completed=r["step"],
+                total=r["total_steps"],
+                description=f"rec {r['rec']:.1f}  KL {r['kl']:.2f}  β {r['beta']:.2f}",
+            )
         if r["kind"] == "epoch" and r.get("valid_nelbo") is not None:  # on_log runs on rank 0 only
-            line = (f"step {r['step']:>6}  epoch {r['epoch']:.1f}  valid rec {r['valid_rec']:.2f}  "
-                    f"KL {r['valid_kl']:.2f}  -ELBO {r['valid_nelbo']:.2f}  ppl {r['valid_ppl']:.2f}  "
-                    f"({r['seconds']:.0f}s)")
+            line = (
+                f"step {r['step']:>6}  epoch {r['epoch']:.1f}  valid rec {r['valid_rec']:.2f}  "
+                f"KL {r['valid_kl']:.2f}  -ELBO {r['valid_nelbo']:.2f}  ppl {r['valid_ppl']:.2f}  "
+                f"({r['seconds']:.0f}s)"
+            )
             progress.console.print(line) if live else out.print(line)
 
     with progress:
@@ -261,26 +310,35 @@ def _print_train_result(result: Any) -> None:
     table.add_row("steps", f"{result.steps:,} ({result.epochs} epochs, {result.seconds:.0f} s)")
     for name, values in (("last validation", result.valid), ("best validation", result.best_valid)):
         if values:
-            table.add_row(name, "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in values.items()))
+            table.add_row(
+                name, "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+            )
     out.print(table)
 
 
 # ---- sample -------------------------------------------------------------------------------
 RunDir = Annotated[Path, typer.Option("--model", "-m", help="run directory written by `poetvae train`")]
-Rhyme = Annotated[bool, typer.Option("--rhyme", help="lines 2 and 4 (and a 平 line 1) share a rhyme group",
-                                     rich_help_panel="controls")]
-RhymeGroup = Annotated[Optional[str], typer.Option("--rhyme-group", help="rhyme in this group, e.g. 七阳 (implies --rhyme)",
-                                                   rich_help_panel="controls")]
-Scheme = Annotated[str, typer.Option("--scheme", help="pingshui (平水韵) or xinyun (中华新韵)", rich_help_panel="controls")]
-Tones = Annotated[bool, typer.Option("--tones", help="二四异 and the 粘对 pattern of the regular 五绝",
-                                     rich_help_panel="controls")]
+Rhyme = Annotated[
+    bool,
+    typer.Option("--rhyme", help="lines 2 and 4 (and a 平 line 1) share a rhyme group", rich_help_panel="controls"),
+]
+RhymeGroup = Annotated[
+    str | None,
+    typer.Option("--rhyme-group", help="rhyme in this group, e.g. 七阳 (implies --rhyme)", rich_help_panel="controls"),
+]
+Scheme = Annotated[
+    str, typer.Option("--scheme", help="pingshui (平水韵) or xinyun (中华新韵)", rich_help_panel="controls")
+]
+Tones = Annotated[
+    bool, typer.Option("--tones", help="二四异 and the 粘对 pattern of the regular 五绝", rich_help_panel="controls")
+]
 Beam = Annotated[int, typer.Option("--beam", min=1, help="beam-search width (1: sample)", rich_help_panel="controls")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N")]
 
 
-def _controls(rhyme: bool, rhyme_group: Optional[str], scheme: str, tones: bool, acrostic: Optional[str],
-              prefix: Optional[str]) -> Any:
+def _controls(
+    rhyme: bool, rhyme_group: str | None, scheme: str, tones: bool, acrostic: str | None, prefix: str | None
+) -> Any:
     """The decoding controls from the flags (a given prefix is parsed into its lines)."""
     from poetvae.controls import Controls
     from poetvae.corpus import split_verse
@@ -308,7 +366,7 @@ def sample(
     model: RunDir,
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="how many poems")] = 10,
     temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="sampling temperature")] = 0.8,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="fixes z and the draws")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="fixes z and the draws")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=0, help="sample from the k likeliest tokens (0: all)")] = 0,
     top_p: Annotated[float, typer.Option("--top-p", min=1e-6, max=1.0, help="nucleus sampling mass")] = 1.0,
     greedy: Annotated[bool, typer.Option("--greedy", help="most likely token at every step")] = False,
@@ -320,19 +378,33 @@ def sample(
     rhyme_group: RhymeGroup = None,
     scheme: Scheme = "pingshui",
     tones: Tones = False,
-    acrostic: Annotated[Optional[str], typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines",
-                                                    rich_help_panel="controls")] = None,
-    first_line: Annotated[Optional[str], typer.Option("--first-line", help="a given first line of 5 characters",
-                                                      rich_help_panel="controls")] = None,
-    prefix: Annotated[Optional[str], typer.Option("--prefix", help="1 to 3 given lines, e.g. 白日依山尽，黄河入海流",
-                                                  rich_help_panel="controls")] = None,
-    infer_z: Annotated[bool, typer.Option("--infer-z", help="z from the encoder applied to the prefix, not the prior",
-                                          rich_help_panel="controls")] = False,
+    acrostic: Annotated[
+        str | None,
+        typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines", rich_help_panel="controls"),
+    ] = None,
+    first_line: Annotated[
+        str | None, typer.Option("--first-line", help="a given first line of 5 characters", rich_help_panel="controls")
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option("--prefix", help="1 to 3 given lines, e.g. 白日依山尽，黄河入海流", rich_help_panel="controls"),
+    ] = None,
+    infer_z: Annotated[
+        bool,
+        typer.Option(
+            "--infer-z", help="z from the encoder applied to the prefix, not the prior", rich_help_panel="controls"
+        ),
+    ] = False,
     beam: Beam = 1,
-    rerank: Annotated[int, typer.Option("--rerank", min=1, help="candidates per z; keep the most likely",
-                                        rich_help_panel="controls")] = 1,
-    prosody_weight: Annotated[float, typer.Option("--prosody-weight", help="with --rerank: weight of the rhyme/tone score",
-                                                  rich_help_panel="controls")] = 0.0,
+    rerank: Annotated[
+        int, typer.Option("--rerank", min=1, help="candidates per z; keep the most likely", rich_help_panel="controls")
+    ] = 1,
+    prosody_weight: Annotated[
+        float,
+        typer.Option(
+            "--prosody-weight", help="with --rerank: weight of the rhyme/tone score", rich_help_panel="controls"
+        ),
+    ] = 0.0,
 ) -> None:
     """Draw z ~ N(0, I) and decode well-formed quatrains, streaming them as they are made.
 
@@ -351,8 +423,18 @@ def sample(
             raise typer.BadParameter("--infer-z needs --first-line or --prefix")
         poet = Poet.load(model, device=device)
         opts = DecodeOptions(temp, top_k, top_p, greedy)
-        for batch in poet.iter_sample(n, opts, seed, batch_size, with_z=with_z, controls=controls, beam=beam,
-                                      rerank=rerank, prosody_weight=prosody_weight, infer_z=infer_z):
+        for batch in poet.iter_sample(
+            n,
+            opts,
+            seed,
+            batch_size,
+            with_z=with_z,
+            controls=controls,
+            beam=beam,
+            rerank=rerank,
+            prosody_weight=prosody_weight,
+            infer_z=infer_z,
+        ):
             _emit(batch, fmt, with_z)
 
 
@@ -366,7 +448,7 @@ def interpolate(
     method: Annotated[str, typer.Option("--method", help="linear | slerp")] = "linear",
     sample_: Annotated[bool, typer.Option("--sample", help="sample at each point instead of greedy decoding")] = False,
     temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="temperature with --sample")] = 0.8,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
     allow_unk: Annotated[bool, typer.Option("--allow-unk", help="read unknown characters as <unk>")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
     device: Device = "auto",
@@ -378,7 +460,8 @@ def interpolate(
 ) -> None:
     """Walk the latent space from poem A to poem B (posterior means), decoding each point.
 
-    Example: [bold]poetvae interpolate -m runs/default 床前明月光，疑是地上霜。举头望明月，低头思故乡。 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。[/]
+    Example: [bold]poetvae interpolate -m runs/default
+    床前明月光，疑是地上霜。举头望明月，低头思故乡。 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。[/]
     """
     from poetvae.corpus import parse_poem
     from poetvae.decode import DecodeOptions
@@ -397,9 +480,19 @@ def interpolate(
     if fmt == "json":
         for i, s in enumerate(path):
             t = i / (len(path) - 1)
-            sys.stdout.write(json.dumps({"t": round(t, 4), "lines": s.lines, "text": s.oneline(),
-                                         "logprob": round(s.logprob, 4), "backoff": s.backoff},
-                                        ensure_ascii=False) + "\n")
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "t": round(t, 4),
+                        "lines": s.lines,
+                        "text": s.oneline(),
+                        "logprob": round(s.logprob, 4),
+                        "backoff": s.backoff,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         return
     table = Table(title=f"{method} path, {steps} steps", title_justify="left")
     table.add_column("t", justify="right")
@@ -426,7 +519,7 @@ def _run_prep_dir(run_dir: Path) -> Path:
     return prep_dir
 
 
-def _heldout(run_dir: Path, corpus: Optional[list[Path]]) -> tuple[list[Any], str]:
+def _heldout(run_dir: Path, corpus: list[Path] | None) -> tuple[list[Any], str]:
     """(held-out poems, where they came from): the corpus given, else the run's test split
     (or its validation split when the test split is empty)."""
     from poetvae.corpus import load_poems, read_corpus
@@ -460,10 +553,17 @@ def _print_report(report: dict[str, Any], source: str) -> None:
     stats.add_column("samples", justify="right")
     stats.add_column("held-out (human)", justify="right")
     s, r = report["samples"], report["reference"]
-    rows = [("poems", "poems", "{:,}"), ("distinct poems", "distinct", "{:,}"), ("distinct-1", "distinct_1", "{:.3f}"),
-            ("distinct-2", "distinct_2", "{:.3f}"), ("copied poems", "copied_poems", "{:.1%}"),
-            ("copied lines", "copied_lines", "{:.1%}"), (f"rhyme rate ({meta['scheme']})", "rhyme_rate", "{:.1%}"),
-            ("二四异 rate", "tone_rate", "{:.1%}"), ("well formed", "well_formed", "{:.1%}")]
+    rows = [
+        ("poems", "poems", "{:,}"),
+        ("distinct poems", "distinct", "{:,}"),
+        ("distinct-1", "distinct_1", "{:.3f}"),
+        ("distinct-2", "distinct_2", "{:.3f}"),
+        ("copied poems", "copied_poems", "{:.1%}"),
+        ("copied lines", "copied_lines", "{:.1%}"),
+        (f"rhyme rate ({meta['scheme']})", "rhyme_rate", "{:.1%}"),
+        ("二四异 rate", "tone_rate", "{:.1%}"),
+        ("well formed", "well_formed", "{:.1%}"),
+    ]
     for label, key, fmt in rows:
         stats.add_row(label, fmt.format(s[key]) if s.get("poems") else "-", fmt.format(r[key]))
     out.print(stats)
@@ -472,13 +572,15 @@ def _print_report(report: dict[str, Any], source: str) -> None:
 @app.command()
 def evaluate(
     model: RunDir,
-    corpus: Annotated[Optional[list[Path]], typer.Argument(help="held-out corpus (default: the run's test split)")] = None,
+    corpus: Annotated[list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)")] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="poems drawn from the prior")] = 1000,
     iw: Annotated[int, typer.Option("--iw", min=1, help="importance samples K for the IW-NLL")] = 100,
     temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="sampling temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     scheme: Scheme = "pingshui",
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON (keys: poetvae.evaluate.evaluate_run)")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the report as JSON (keys: poetvae.evaluate.evaluate_run)")
+    ] = False,
     device: Device = "auto",
 ) -> None:
     """Measure a run: likelihood, latent use, and the statistics of its samples next to human verse.
@@ -504,7 +606,9 @@ def evaluate(
 @app.command()
 def plot(
     model: Annotated[Path, typer.Argument(help="run directory")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="where to write the PNGs (default RUN/plots)")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="where to write the PNGs (default RUN/plots)")
+    ] = None,
     device: Device = "auto",
 ) -> None:
     """Charts of a run: training curves, and a 2-D PCA of the test poems' posterior means.
@@ -524,10 +628,14 @@ def plot(
 # ---- bench ---------------------------------------------------------------------------------
 @app.command()
 def bench(
-    size: Annotated[Optional[list[str]], typer.Option("--size", help="default | reference (repeatable; default both)")] = None,
+    size: Annotated[
+        list[str] | None, typer.Option("--size", help="default | reference (repeatable; default both)")
+    ] = None,
     device: Device = "auto",
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="training batch (CPU 128, GPU 1024)")] = None,
-    sample_batch: Annotated[Optional[int], typer.Option("--sample-batch", min=1, help="poems decoded together")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="training batch (CPU 128, GPU 1024)")
+    ] = None,
+    sample_batch: Annotated[int | None, typer.Option("--sample-batch", min=1, help="poems decoded together")] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="timed repeats; the median is reported")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (keys: poetvae.bench.run_bench)")] = False,
 ) -> None:
@@ -547,16 +655,27 @@ def bench(
         return
     m = report["machine"]
     # short columns and no vertical rules: the table fits 80 columns (a pipe or a log file)
-    table = Table(title=f"{m['device']}, {m['threads']} threads, torch {m['torch']}: "
-                        f"matmul {m['matmul']} {m['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s", title_justify="left",
-                  box=box.SIMPLE_HEAD, caption="poems/s; % of the matmul rate; peak memory", caption_justify="left")
+    table = Table(
+        title=f"{m['device']}, {m['threads']} threads, torch {m['torch']}: "
+        f"matmul {m['matmul']} {m['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption="poems/s; % of the matmul rate; peak memory",
+        caption_justify="left",
+    )
     for col in ("size", "params", "train", "%", "sample", "%", "greedy", "memory"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in report["results"]:
-        table.add_row(r["size"], f"{r['parameters'] / 1e6:.1f}M", f"{r['train_poems_per_s']:,.0f}",
-                      f"{r['train_fraction_of_peak']:.0%}", f"{r['sample_poems_per_s']:,.0f}",
-                      f"{r['sample_fraction_of_peak']:.0%}", f"{r['greedy_poems_per_s']:,.0f}",
-                      f"{r['peak_memory_bytes'] / 2**30:.2f} GiB")
+        table.add_row(
+            r["size"],
+            f"{r['parameters'] / 1e6:.1f}M",
+            f"{r['train_poems_per_s']:,.0f}",
+            f"{r['train_fraction_of_peak']:.0%}",
+            f"{r['sample_poems_per_s']:,.0f}",
+            f"{r['sample_fraction_of_peak']:.0%}",
+            f"{r['greedy_poems_per_s']:,.0f}",
+            f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
+        )
     out.print(table)
 
 

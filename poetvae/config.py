@@ -31,8 +31,9 @@ class PrepConfig:
     valid_fraction: float = _opt(0.05, "share of poems held out for validation")
     test_fraction: float = _opt(0.05, "share of poems held out for the final test")
     split_seed: int = _opt(0, "seed of the train/valid/test shuffle")
-    t2s: str = _opt("auto", "traditional->simplified: auto = only the chinese-poetry JSON format",
-                    ("auto", "always", "never"))
+    t2s: str = _opt(
+        "auto", "traditional->simplified: auto = only the chinese-poetry JSON format", ("auto", "always", "never")
+    )
     w2v_epochs: int = _opt(10, "word2vec passes over the training split")
     w2v_window: int = _opt(5, "word2vec context window, in tokens")
 
@@ -59,12 +60,16 @@ class TrainConfig:
     max_minutes: float = _opt(0.0, "stop after this much training time (0: no limit)")
     batch_size: int = _opt(128, "poems per optimizer step")
     lr: float = _opt(2e-3, "Adam learning rate (at batch size lr_batch, when that is set)")
-    lr_batch: int = _opt(0, "batch size lr was tuned for: another batch_size scales lr by "
-                            "sqrt(batch_size / lr_batch), the square-root rule for Adam (0: lr as given)")
+    lr_batch: int = _opt(
+        0,
+        "batch size lr was tuned for: another batch_size scales lr by "
+        "sqrt(batch_size / lr_batch), the square-root rule for Adam (0: lr as given)",
+    )
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     grad_clip: float = _opt(5.0, "clip the global gradient norm to this (0: off)")
-    kl_schedule: str = _opt("constant", "how beta (the KL weight) moves over training",
-                            ("constant", "linear", "sigmoid", "cyclical"))
+    kl_schedule: str = _opt(
+        "constant", "how beta (the KL weight) moves over training", ("constant", "linear", "sigmoid", "cyclical")
+    )
     kl_max: float = _opt(1.0, "the largest beta")
     kl_warmup_steps: int = _opt(2000, "linear/sigmoid: steps to reach kl_max")
     kl_cycles: int = _opt(4, "cyclical: number of cycles over the whole run (Fu et al. 2019)")
@@ -100,8 +105,10 @@ def user_fields() -> list[tuple[str, dataclasses.Field]]:
 def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
     want = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     ok = (
-        isinstance(value, bool) if want is bool
-        else isinstance(value, (int, float)) and not isinstance(value, bool) if want is float
+        isinstance(value, bool)
+        if want is bool
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if want is float
         else isinstance(value, want) and not isinstance(value, bool)
     )
     if not ok:
@@ -115,24 +122,43 @@ def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
 
 def _validate(cfg: Config) -> Config:
     m, t, p = cfg.model, cfg.train, cfg.prep
-    positive = {"model.embed_dim": m.embed_dim, "model.hidden_dim": m.hidden_dim,
-                "model.latent_dim": m.latent_dim, "model.encoder_layers": m.encoder_layers,
-                "model.decoder_layers": m.decoder_layers, "train.batch_size": t.batch_size,
-                "train.epochs": t.epochs, "train.lr": t.lr, "train.log_every": t.log_every,
-                "train.kl_cycles": t.kl_cycles, "prep.min_count": p.min_count,
-                "prep.w2v_epochs": p.w2v_epochs, "prep.w2v_window": p.w2v_window}
+    positive = {
+        "model.embed_dim": m.embed_dim,
+        "model.hidden_dim": m.hidden_dim,
+        "model.latent_dim": m.latent_dim,
+        "model.encoder_layers": m.encoder_layers,
+        "model.decoder_layers": m.decoder_layers,
+        "train.batch_size": t.batch_size,
+        "train.epochs": t.epochs,
+        "train.lr": t.lr,
+        "train.log_every": t.log_every,
+        "train.kl_cycles": t.kl_cycles,
+        "prep.min_count": p.min_count,
+        "prep.w2v_epochs": p.w2v_epochs,
+        "prep.w2v_window": p.w2v_window,
+    }
     for name, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{name} must be positive, got {v}")
-    for name, v in {"model.dropout": m.dropout, "train.word_dropout": t.word_dropout,
-                    "train.kl_ratio": t.kl_ratio}.items():
+    for name, v in {
+        "model.dropout": m.dropout,
+        "train.word_dropout": t.word_dropout,
+        "train.kl_ratio": t.kl_ratio,
+    }.items():
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{name} must be between 0 and 1, got {v}")
-    for name, v in {"model.highway_layers": m.highway_layers, "model.bn_gamma": m.bn_gamma, "train.max_steps": t.max_steps,
-                    "train.max_minutes": t.max_minutes, "train.free_bits": t.free_bits,
-                    "train.kl_max": t.kl_max, "train.kl_warmup_steps": t.kl_warmup_steps,
-                    "train.grad_clip": t.grad_clip, "train.weight_decay": t.weight_decay,
-                    "train.lr_batch": t.lr_batch}.items():
+    for name, v in {
+        "model.highway_layers": m.highway_layers,
+        "model.bn_gamma": m.bn_gamma,
+        "train.max_steps": t.max_steps,
+        "train.max_minutes": t.max_minutes,
+        "train.free_bits": t.free_bits,
+        "train.kl_max": t.kl_max,
+        "train.kl_warmup_steps": t.kl_warmup_steps,
+        "train.grad_clip": t.grad_clip,
+        "train.weight_decay": t.weight_decay,
+        "train.lr_batch": t.lr_batch,
+    }.items():
         if v < 0:
             raise ConfigError(f"{name} must not be negative, got {v}")
     if not (0 <= p.valid_fraction < 1 and 0 <= p.test_fraction < 1 and p.valid_fraction + p.test_fraction < 1):

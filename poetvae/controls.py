@@ -40,16 +40,25 @@ BACKOFF_NAMES = ("tones", "rhyme")  # the order in which constraints are relaxed
 # 粘对: the tone required at the 2nd (c=1) and 4th (c=3) character of each line, as
 # "same as s" (True) or "opposite of s" (False), where s is the tone of line 1's 2nd char.
 # 平起: 平平平仄仄 / 仄仄仄平平 / 仄仄平平仄 / 平平仄仄平 -> lines 1 and 4 follow s at c=1.
-_SAME_AS_S = {(0, 1): True, (0, 3): False, (1, 1): False, (1, 3): True,
-              (2, 1): False, (2, 3): True, (3, 1): True, (3, 3): False}
+_SAME_AS_S = {
+    (0, 1): True,
+    (0, 3): False,
+    (1, 1): False,
+    (1, 3): True,
+    (2, 1): False,
+    (2, 3): True,
+    (3, 1): True,
+    (3, 3): False,
+}
 _ENDINGS = {1: PING, 2: ZE, 3: PING}  # line index -> tone of its last character
 _RHYME_ENDS = (2 * CHARS_PER_LINE - 1, 4 * CHARS_PER_LINE - 1)  # positions 9 and 19
 _FIRST_END = CHARS_PER_LINE - 1  # position 4: rhymes only when 平
 
 
 def _han(ch: str) -> bool:
-    return len(ch) == 1 and ("\u3400" <= ch <= "\u9fff" or "\U00020000" <= ch <= "\U0003134f"
-                             or "\uf900" <= ch <= "\ufaff")
+    return len(ch) == 1 and (
+        "\u3400" <= ch <= "\u9fff" or "\U00020000" <= ch <= "\U0003134f" or "\uf900" <= ch <= "\ufaff"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,9 @@ class Controls:
             if len(line) != CHARS_PER_LINE or not all(map(_han, line)):
                 raise ConfigError(f"prefix line {i} {line!r} is not 5 Han characters")
             if self.acrostic and line[0] != self.acrostic[i - 1]:
-                raise ConfigError(f"prefix line {i} {line!r} does not start with acrostic character {self.acrostic[i - 1]}")
+                raise ConfigError(
+                    f"prefix line {i} {line!r} does not start with acrostic character {self.acrostic[i - 1]}"
+                )
         if self.rhyme_group is not None:
             try:
                 prosody.group_info(self.rhyme_group, self.scheme)
@@ -161,8 +172,11 @@ class ControlTables:
         # poem check nothing, and there the decoder keeps its cheap mask (see `active_at`).
         starts = torch.arange(POEM_CHARS + 1)[:, None]
         real_end = (starts + chars[None, :] - 1).masked_fill(chars[None, :] == 0, -1)  # (21, V); -1: ends nothing
-        rhyme_end = (real_end == _RHYME_ENDS[0]) | (real_end == _RHYME_ENDS[1]) | (
-            (real_end == _FIRST_END) & (self.end_tone.cpu() == PING)[None, :])
+        rhyme_end = (
+            (real_end == _RHYME_ENDS[0])
+            | (real_end == _RHYME_ENDS[1])
+            | ((real_end == _FIRST_END) & (self.end_tone.cpu() == PING)[None, :])
+        )
         self.rhyme_check = rhyme_end.to(device)  # (21, V): a token starting here ends on a rhyme
         self.rhyme_at = rhyme_end.any(dim=1).to(device)  # (21,)
         self.end_groups_t = self.end_groups.float().T.contiguous()  # (G, V), for one product per step

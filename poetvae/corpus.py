@@ -52,9 +52,10 @@ import re
 import tempfile
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from poetvae.errors import CorpusError
 
@@ -91,9 +92,7 @@ _EXAMPLE_CHARS = 26
 _SEP_RE = re.compile(r"[,.!?;:，。！？；、：．｡､\s]+")
 # Anything that is not a Han ideograph in the README's sense. Compatibility ideographs
 # U+2F800-2FA1F lie inside the U+20000-3134F range already.
-_NON_HAN_RE = re.compile(
-    "[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
-)
+_NON_HAN_RE = re.compile("[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 # A plain-text line this long (separators excluded) is a whole poem, not a verse.
 _POEM_LIKE = 16
 
@@ -113,12 +112,8 @@ class Poem:
         # Accept any sequence but store a tuple so Poem stays hashable; check the shape
         # here because text/oneline/layout and every model downstream rely on it.
         lines = tuple(self.lines)
-        if len(lines) != N_LINES or any(
-            not isinstance(s, str) or len(s) != LINE_LEN for s in lines
-        ):
-            raise CorpusError(
-                f"a poem needs {N_LINES} lines of {LINE_LEN} characters, got {list(lines)!r}"
-            )
+        if len(lines) != N_LINES or any(not isinstance(s, str) or len(s) != LINE_LEN for s in lines):
+            raise CorpusError(f"a poem needs {N_LINES} lines of {LINE_LEN} characters, got {list(lines)!r}")
         object.__setattr__(self, "lines", lines)
 
     @property
@@ -203,19 +198,13 @@ def _check(text: str) -> tuple[list[str] | None, str, str]:
         m = _NON_HAN_RE.search(piece)
         if m:
             ch = m.group()
-            return None, NON_HAN, (
-                f"{ch!r} is not a Han character (U+{ord(ch):04X} in {piece!r})"
-            )
+            return None, NON_HAN, (f"{ch!r} is not a Han character (U+{ord(ch):04X} in {piece!r})")
     if len(pieces) != N_LINES:
         s = "" if len(pieces) == 1 else "s"
-        return None, WRONG_LINES, (
-            f"expected {N_LINES} lines of {LINE_LEN} characters, got {len(pieces)} line{s}"
-        )
+        return None, WRONG_LINES, (f"expected {N_LINES} lines of {LINE_LEN} characters, got {len(pieces)} line{s}")
     for i, piece in enumerate(pieces, 1):
         if len(piece) != LINE_LEN:
-            return None, WRONG_LENGTH, (
-                f"line {i} {piece!r} has {len(piece)} characters, expected {LINE_LEN}"
-            )
+            return None, WRONG_LENGTH, (f"line {i} {piece!r} has {len(piece)} characters, expected {LINE_LEN}")
     return pieces, "", ""
 
 
@@ -244,9 +233,7 @@ def _t2s_converter() -> Any:
         try:
             import opencc
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise CorpusError(
-                "traditional-to-simplified conversion needs OpenCC: pip install opencc"
-            ) from e
+            raise CorpusError("traditional-to-simplified conversion needs OpenCC: pip install opencc") from e
         _T2S = opencc.OpenCC("t2s")
     return _T2S
 
@@ -279,9 +266,7 @@ def _read_text(path: Path) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CorpusError(
-            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
-        ) from e
+        raise CorpusError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from e
     if text.startswith("\ufeff"):
         text = text[1:]
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -312,11 +297,8 @@ def _parse_jsonl(text: str, path: Path) -> Iterator[_Candidate]:
         elif isinstance(body, str):
             body_text = body
         else:
-            raise CorpusError(
-                f"{path} line {lineno}: 'body' must be a string or a list of strings"
-            )
-        yield _Candidate(f"{name}:{lineno}", body_text,
-                         _str_field(obj, "title"), _str_field(obj, "author"))
+            raise CorpusError(f"{path} line {lineno}: 'body' must be a string or a list of strings")
+        yield _Candidate(f"{name}:{lineno}", body_text, _str_field(obj, "title"), _str_field(obj, "author"))
 
 
 def _parse_chinese_poetry(text: str, path: Path) -> Iterator[_Candidate]:
@@ -324,26 +306,19 @@ def _parse_chinese_poetry(text: str, path: Path) -> Iterator[_Candidate]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CorpusError(
-            f"{path} line {e.lineno} column {e.colno}: invalid JSON: {e.msg}"
-        ) from e
+        raise CorpusError(f"{path} line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from e
     if not isinstance(data, list):
         raise CorpusError(f"{path}: expected a JSON list of poems")
     for i, obj in enumerate(data):
         paragraphs = obj.get("paragraphs") if isinstance(obj, dict) else None
         if isinstance(paragraphs, str):
             paragraphs = [paragraphs]
-        if not isinstance(paragraphs, list) or not all(
-            isinstance(s, str) for s in paragraphs
-        ):
-            raise CorpusError(
-                f"{path} entry {i}: expected an object with a 'paragraphs' list of strings"
-            )
+        if not isinstance(paragraphs, list) or not all(isinstance(s, str) for s in paragraphs):
+            raise CorpusError(f"{path} entry {i}: expected an object with a 'paragraphs' list of strings")
         # README rule 1: join the paragraphs, each stripped. Joined with no separator,
         # exactly as the README does, so a paragraph break alone never splits a line.
         body_text = "".join(s.strip() for s in paragraphs)
-        yield _Candidate(f"{name}#{i}", body_text,
-                         _str_field(obj, "title"), _str_field(obj, "author"))
+        yield _Candidate(f"{name}#{i}", body_text, _str_field(obj, "title"), _str_field(obj, "author"))
 
 
 def _plain_format(lines: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
@@ -376,9 +351,7 @@ def _plain_format(lines: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
     for size in (LINE_LEN, 2 * LINE_LEN):
         per_poem = N_LINES * LINE_LEN // size
         if all(s == size for s in sizes) and len(block) % per_poem == 0:
-            return "stanzas", [
-                (start + i, block[i : i + per_poem]) for i in range(0, len(block), per_poem)
-            ]
+            return "stanzas", [(start + i, block[i : i + per_poem]) for i in range(0, len(block), per_poem)]
     if len(block) <= N_LINES:
         return "stanzas", blocks
     return "lines", as_lines
@@ -405,9 +378,7 @@ def _example(cand: _Candidate, detail: str) -> str:
     return f"{cand.where}: {raw} ({detail})"
 
 
-def read_corpus(
-    paths: Sequence[str | Path], t2s: str = "auto"
-) -> tuple[list[Poem], ReadReport]:
+def read_corpus(paths: Sequence[str | Path], t2s: str = "auto") -> tuple[list[Poem], ReadReport]:
     """Read corpus files in any supported format; return the valid unique poems.
 
     ``t2s``: ``"auto"`` converts traditional to simplified for the chinese-poetry
@@ -445,8 +416,7 @@ def read_corpus(
                 # Line by line, as the README does: OpenCC matches phrases, so
                 # converting the joined text could differ at line boundaries.
                 simple = [cc.convert(s) for s in lines]
-                bad = next((s for s in simple if len(s) != LINE_LEN
-                            or _NON_HAN_RE.search(s)), None)
+                bad = next((s for s in simple if len(s) != LINE_LEN or _NON_HAN_RE.search(s)), None)
                 if bad is not None:
                     report._skip(T2S_LENGTH, _example(cand, f"converted to {bad!r}"))
                     continue
@@ -489,15 +459,11 @@ def split_corpus(
         if not 0.0 <= f < 1.0:
             raise CorpusError(f"{label} fraction must be in [0, 1), got {f}")
     if valid_fraction + test_fraction >= 1.0:
-        raise CorpusError(
-            f"valid + test fractions must be below 1, got {valid_fraction + test_fraction}"
-        )
+        raise CorpusError(f"valid + test fractions must be below 1, got {valid_fraction + test_fraction}")
     n = len(poems)
     need = 1 + (valid_fraction > 0) + (test_fraction > 0)
     if n < need:
-        raise CorpusError(
-            f"corpus too small to split: {n} poem{'s' if n != 1 else ''}, need at least {need}"
-        )
+        raise CorpusError(f"corpus too small to split: {n} poem{'s' if n != 1 else ''}, need at least {need}")
     n_valid = max(round(n * valid_fraction), 1 if valid_fraction > 0 else 0)
     n_test = max(round(n * test_fraction), 1 if test_fraction > 0 else 0)
     # Rounding up both held-out splits can leave train empty on tiny corpora: give

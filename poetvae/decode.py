@@ -95,8 +95,11 @@ class _Rows:
         self.finished = torch.zeros(b, dtype=torch.bool, device=device)
         self.out = torch.full((b, SEQ_LEN), PAD, dtype=torch.long, device=device)
         self.logprob = torch.zeros(b, device=device)
-        self.ctl = tables.initial_state(b) if tables else {
-            "backoff": torch.zeros(b, len(BACKOFF_NAMES), dtype=torch.bool, device=device)}
+        self.ctl = (
+            tables.initial_state(b)
+            if tables
+            else {"backoff": torch.zeros(b, len(BACKOFF_NAMES), dtype=torch.bool, device=device)}
+        )
 
     def select(self, index: Tensor) -> None:
         self.z_gates, self.prev = self.z_gates[index], self.prev[index]
@@ -198,8 +201,14 @@ def _uniform(b: int, device: torch.device, generator: torch.Generator | None) ->
     return torch.rand(b, 1, device=device, generator=generator, dtype=torch.float64)
 
 
-def _choose(logits: Tensor, mask: _Mask, opts: DecodeOptions, u: Tensor | None,
-            generator: torch.Generator | None, logit_bound: float = math.inf) -> tuple[Tensor, Tensor]:
+def _choose(
+    logits: Tensor,
+    mask: _Mask,
+    opts: DecodeOptions,
+    u: Tensor | None,
+    generator: torch.Generator | None,
+    logit_bound: float = math.inf,
+) -> tuple[Tensor, Tensor]:
     """One token per row from the masked distribution at the options' temperature, and its
     log-probability under the model itself (temperature 1, no masks). May overwrite logits.
 
@@ -229,8 +238,13 @@ def _choose(logits: Tensor, mask: _Mask, opts: DecodeOptions, u: Tensor | None,
     if stuck.numel():
         allowed = mask.dense(logits)[stuck]
         masked = logits[stuck].masked_fill(~allowed, -math.inf)
-        token[stuck] = masked.argmax(dim=-1) if opts.greedy else \
-            _draw(torch.softmax(_filter(masked, opts), dim=-1), _uniform(stuck.numel(), logits.device, generator))[0]
+        token[stuck] = (
+            masked.argmax(dim=-1)
+            if opts.greedy
+            else _draw(torch.softmax(_filter(masked, opts), dim=-1), _uniform(stuck.numel(), logits.device, generator))[
+                0
+            ]
+        )
     logp = probs.gather(1, token[:, None]).squeeze(1).log()
     lost = (~torch.isfinite(logp)).nonzero().squeeze(1)  # probabilities below float range
     if lost.numel():
@@ -238,8 +252,9 @@ def _choose(logits: Tensor, mask: _Mask, opts: DecodeOptions, u: Tensor | None,
     return token, logp
 
 
-def _choose_unshifted(logits: Tensor, mask: _Mask, greedy: bool, u: Tensor | None,
-                      scale: float) -> tuple[Tensor, Tensor]:
+def _choose_unshifted(
+    logits: Tensor, mask: _Mask, greedy: bool, u: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
     """_choose for logits whose exp, at temperature 1 and at 1 / scale, is a normal fp32
     number whatever the row (see EXP_SAFE): weights exp(scale * logits) in place, and the
     model's normaliser sum(exp(logits)) from the same pass at temperature 1."""
@@ -289,9 +304,16 @@ class DecodeTables:
 
 
 @torch.no_grad()
-def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = DecodeOptions(),
-             generator: torch.Generator | None = None, controls: Controls | None = None,
-             beam: int = 1, prepared: DecodeTables | None = None) -> Generation:
+def generate(
+    model: PoetVAE,
+    z: Tensor,
+    vocab: Vocab,
+    opts: DecodeOptions = DecodeOptions(),
+    generator: torch.Generator | None = None,
+    controls: Controls | None = None,
+    beam: int = 1,
+    prepared: DecodeTables | None = None,
+) -> Generation:
     """Decode a batch of latent codes z (B, Z) into well-formed poems.
 
     Sampling (or greedy) by default; `beam` > 1 runs a beam search of that width per z
@@ -334,8 +356,9 @@ def generate(model: PoetVAE, z: Tensor, vocab: Vocab, opts: DecodeOptions = Deco
     return Generation(rows.out[best], rows.logprob[best], rows.ctl["backoff"][best])
 
 
-def _advance(rows: _Rows, t: int, token: Tensor, step_logp: Tensor, token_chars: Tensor,
-             tables: ControlTables | None) -> None:
+def _advance(
+    rows: _Rows, t: int, token: Tensor, step_logp: Tensor, token_chars: Tensor, tables: ControlTables | None
+) -> None:
     rows.logprob += torch.where(rows.finished, 0.0, step_logp)
     if tables is not None:
         tables.update(token, rows.written, rows.ctl)

@@ -7,8 +7,8 @@ from co-occurrence give the encoder a head start over a random table.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,8 +16,15 @@ import torch
 from poetvae.vocab import PAD, SPECIALS, Vocab
 
 
-def train_word2vec(sentences: Sequence[Sequence[str]], vocab: Vocab, dim: int, epochs: int = 10,
-                   window: int = 5, seed: int = 0, save_to: Path | None = None) -> torch.Tensor:
+def train_word2vec(
+    sentences: Sequence[Sequence[str]],
+    vocab: Vocab,
+    dim: int,
+    epochs: int = 10,
+    window: int = 5,
+    seed: int = 0,
+    save_to: Path | None = None,
+) -> torch.Tensor:
     """Skip-gram word2vec over token sentences -> (V, dim) float32 matrix aligned to `vocab`.
 
     One worker thread: gensim is only reproducible for a fixed seed with a single worker.
@@ -28,8 +35,16 @@ def train_word2vec(sentences: Sequence[Sequence[str]], vocab: Vocab, dim: int, e
     """
     from gensim.models import Word2Vec  # heavy import, needed only here
 
-    model = Word2Vec(sentences=[list(s) for s in sentences], vector_size=dim, window=window,
-                     min_count=1, sg=1, workers=1, seed=seed, epochs=epochs)
+    model = Word2Vec(
+        sentences=[list(s) for s in sentences],
+        vector_size=dim,
+        window=window,
+        min_count=1,
+        sg=1,
+        workers=1,
+        seed=seed,
+        epochs=epochs,
+    )
     rng = np.random.default_rng(seed)
     matrix = rng.normal(0.0, 0.1, size=(len(vocab), dim)).astype(np.float32)
     for i, token in enumerate(vocab.tokens):

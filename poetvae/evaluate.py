@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -122,9 +123,11 @@ def _posteriors(model: PoetVAE, tokens: Tensor, batch_size: int = 1024) -> tuple
 # Likelihood
 # ---------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def iw_nll(model: PoetVAE, tokens: Tensor, k: int = 100, batch_size: int = 2048,
-           generator: torch.Generator | None = None) -> Tensor:
+def iw_nll(
+    model: PoetVAE, tokens: Tensor, k: int = 100, batch_size: int = 2048, generator: torch.Generator | None = None
+) -> Tensor:
     """Importance-weighted negative log-likelihood per poem, (N,) nats (Burda et al. 2016,
     "Importance Weighted Autoencoders", eq. 8):
 
@@ -182,6 +185,7 @@ def iw_nll(model: PoetVAE, tokens: Tensor, k: int = 100, batch_size: int = 2048,
 # The latent space
 # ---------------------------------------------------------------------------------------
 
+
 def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
     """Active units (Burda et al. 2016, section 5.2): a dim u is active when
 
@@ -199,8 +203,9 @@ def active_units(mu: Tensor, threshold: float = 0.01) -> tuple[int, Tensor]:
     return int((var > threshold).sum().item()), var.float().cpu()
 
 
-def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None,
-                       chunk: int = 1024) -> float:
+def mutual_information(
+    mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None, chunk: int = 1024
+) -> float:
     """I(x; z) under q, in nats, with the estimator of He et al. 2019 ("Lagging Inference
     Networks and Posterior Collapse in Variational Autoencoders", calc_mi):
 
@@ -238,8 +243,9 @@ def mutual_information(mu: Tensor, logvar: Tensor, generator: torch.Generator | 
 
 
 @torch.no_grad()
-def reconstruction_accuracy(model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_size: int = 1024,
-                            mu: Tensor | None = None) -> float:
+def reconstruction_accuracy(
+    model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_size: int = 1024, mu: Tensor | None = None
+) -> float:
     """Share of the 20 characters that survive x -> mu(x) -> greedy decode, position by
     position:
 
@@ -271,6 +277,7 @@ def reconstruction_accuracy(model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_
 # ---------------------------------------------------------------------------------------
 # Statistics of a list of poems (samples or the human reference); plain Python
 # ---------------------------------------------------------------------------------------
+
 
 def _as_lines(poem: Any) -> tuple[str, ...]:
     """A poem's lines, whether given as a sequence of strings or an object with .lines
@@ -359,8 +366,9 @@ def well_formed_rate(poems: Sequence[PoemLines]) -> float:
     return sum(_well_formed(_as_lines(p)) for p in poems) / len(poems) if poems else 0.0
 
 
-def sample_stats(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines],
-                 scheme: str = "pingshui") -> dict[str, float | int]:
+def sample_stats(
+    poems: Sequence[PoemLines], train_poems: Sequence[PoemLines], scheme: str = "pingshui"
+) -> dict[str, float | int]:
     """All statistics of a list of poems, with the keys of the "samples" and "reference"
     sections of `evaluate_run`:
 
@@ -394,9 +402,17 @@ def sample_stats(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines],
 # The whole report
 # ---------------------------------------------------------------------------------------
 
-def evaluate_run(poet: Poet, heldout: list[Poem], train: list[Poem], samples: int = 1000,
-                 iw_samples: int = 100, temperature: float = 1.0, seed: int = 0,
-                 scheme: str = "pingshui") -> dict[str, dict[str, Any]]:
+
+def evaluate_run(
+    poet: Poet,
+    heldout: list[Poem],
+    train: list[Poem],
+    samples: int = 1000,
+    iw_samples: int = 100,
+    temperature: float = 1.0,
+    seed: int = 0,
+    scheme: str = "pingshui",
+) -> dict[str, dict[str, Any]]:
     """Evaluate a trained model on held-out poems; a JSON-ready dict (`poetvae evaluate
     --json`). All nats are natural-log units; "per poem" means averaged over the held-out
     poems. Deterministic for a seed (on a given device).

@@ -12,7 +12,7 @@ from poetvae.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when there is one, else cpu; otherwise the named device, checked."""
+    """ "auto" -> cuda when there is one, else cpu; otherwise the named device, checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -12,7 +12,7 @@ The interface follows PyTorch-VAE: encode / reparameterize / decode / loss / sam
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,7 @@ class StepDecoder:
     """
 
     @torch.no_grad()
-    def __init__(self, model: "PoetVAE"):
+    def __init__(self, model: PoetVAE):
         lstm, e, h = model.decoder.lstm, model.cfg.embed_dim, model.cfg.hidden_dim
         self.layers = lstm.num_layers
         # torch.nn.LSTM stacks its gates as i, f, g, o; as i, f, o, g the three sigmoids are
@@ -157,8 +157,9 @@ class StepDecoder:
         torch.tanh(c_out, out=h_out).mul_(ifo[:, 2 * h :])
 
     @torch.no_grad()
-    def __call__(self, prev: Tensor, written: Tensor, z_gates: Tensor,
-                 state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def __call__(
+        self, prev: Tensor, written: Tensor, z_gates: Tensor, state: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """prev (B,) ids, written (B,) characters so far, z_gates (B, 4H), state (h, c) each
         (L, B, H) -> hidden (B, H) before the output layer, new state. Every (B, 4H) pass
         is memory-bound on the CPU, so the gates are built and used in place."""
@@ -169,8 +170,9 @@ class StepDecoder:
         x += z_gates
         self._cell(self._add_product(x, h0[0].to(x.dtype), self.w_hh[0]), c0[0], h1[0], c1[0])
         for k in range(1, self.layers):
-            gates = self._add_product(torch.addmm(self.bias[k - 1], h1[k - 1], self.w_ih[k - 1]).float(),
-                                      h0[k].to(h1.dtype), self.w_hh[k])
+            gates = self._add_product(
+                torch.addmm(self.bias[k - 1], h1[k - 1], self.w_ih[k - 1]).float(), h0[k].to(h1.dtype), self.w_hh[k]
+            )
             self._cell(gates, c0[k], h1[k], c1[k])
         return h1[-1], (h1, c1)
 
@@ -214,8 +216,9 @@ class PoetVAE(nn.Module):
             return zeros, zeros
         return self.encoder(self.embed(tokens))
 
-    def reparameterize(self, mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None,
-                       eps: Tensor | None = None) -> Tensor:
+    def reparameterize(
+        self, mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None, eps: Tensor | None = None
+    ) -> Tensor:
         """z = mu + sigma * eps, eps ~ N(0, I) drawn here unless given."""
         if self.encoder is None:
             return mu
@@ -223,8 +226,9 @@ class PoetVAE(nn.Module):
             eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: Tensor, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None,
-               positions: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def decode(
+        self, z: Tensor, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None, positions: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Teacher-forced or stepwise decoding. inputs: (B, T) ids of the previous tokens,
         starting with <bos> unless `state` continues a decode. positions (B, T): characters
         written before each step; computed from `inputs` when they start at <bos>, and
@@ -245,8 +249,9 @@ class PoetVAE(nn.Module):
         """z ~ N(0, I): (n, Z)."""
         return torch.randn(n, self.cfg.latent_dim, device=device, generator=generator)
 
-    def forward(self, tokens: Tensor, word_dropout: float = 0.0, eps: Tensor | None = None,
-                drop: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, tokens: Tensor, word_dropout: float = 0.0, eps: Tensor | None = None, drop: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """tokens (B, T) rows of `Vocab.encode_batch`: the poem, <eos>, <pad>.
 
         eps (B, Z) and drop (B, T) bool may be given to fix the noise of z = mu + sigma*eps
@@ -266,8 +271,14 @@ class PoetVAE(nn.Module):
         logits, _ = self.decode(z, inputs)
         return {"logits": logits, "mu": mu, "logvar": logvar, "z": z}
 
-    def loss(self, tokens: Tensor, out: dict[str, Tensor], beta: float = 1.0, free_bits: float = 0.0,
-             batch_mean: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    def loss(
+        self,
+        tokens: Tensor,
+        out: dict[str, Tensor],
+        beta: float = 1.0,
+        free_bits: float = 0.0,
+        batch_mean: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """Per-poem terms and the scalar objective.
 
         rec (B): cross-entropy summed over the poem's tokens and <eos> (nats).
@@ -279,7 +290,9 @@ class PoetVAE(nn.Module):
         """
         logits, mu, logvar = out["logits"], out["mu"], out["logvar"]
         b, t, v = logits.shape
-        ce = F.cross_entropy(logits.reshape(b * t, v).float(), tokens.reshape(b * t), ignore_index=PAD, reduction="none")
+        ce = F.cross_entropy(
+            logits.reshape(b * t, v).float(), tokens.reshape(b * t), ignore_index=PAD, reduction="none"
+        )
         rec = ce.view(b, t).sum(dim=1)
         kl_dims = 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float())  # (B, Z)
         kl = kl_dims.sum(dim=1)

@@ -39,9 +39,26 @@ _OTHER_COLOR = "0.72"
 
 # Font family names likely to carry CJK glyphs, tried before the rest of the installed fonts.
 _CJK_HINTS = (
-    "noto sans cjk", "noto serif cjk", "noto sans sc", "noto sans tc", "source han",
-    "wenquanyi", "wqy", "droid sans fallback", "ar pl", "simhei", "simsun", "microsoft yahei",
-    "pingfang", "heiti", "songti", "hiragino", "sarasa", "arial unicode", "unifont", "cjk",
+    "noto sans cjk",
+    "noto serif cjk",
+    "noto sans sc",
+    "noto sans tc",
+    "source han",
+    "wenquanyi",
+    "wqy",
+    "droid sans fallback",
+    "ar pl",
+    "simhei",
+    "simsun",
+    "microsoft yahei",
+    "pingfang",
+    "heiti",
+    "songti",
+    "hiragino",
+    "sarasa",
+    "arial unicode",
+    "unifont",
+    "cjk",
 )
 
 
@@ -123,16 +140,22 @@ def _style(ax, title: str, ylabel: str) -> None:
         ax.legend(loc="best", fontsize="small")
 
 
-def _train_vs_valid(ax, steps: list, epochs: list, train_key: str, valid_key: str,
-                    title: str, ylabel: str, train_label: str = "train (per logged step)") -> None:
+def _train_vs_valid(
+    ax,
+    steps: list,
+    epochs: list,
+    train_key: str,
+    valid_key: str,
+    title: str,
+    ylabel: str,
+    train_label: str = "train (per logged step)",
+) -> None:
     tx, ty = _series(steps, train_key)
     vx, vy = _series(epochs, valid_key)
     if tx:
-        ax.plot(tx, ty, color=_TRAIN_COLOR, lw=1.2, label=train_label,
-                marker="." if len(tx) < 30 else None)
+        ax.plot(tx, ty, color=_TRAIN_COLOR, lw=1.2, label=train_label, marker="." if len(tx) < 30 else None)
     if vx:
-        ax.plot(vx, vy, color=_VALID_COLOR, lw=1.0, ls="--", marker="o", ms=6,
-                label="validation (per epoch)")
+        ax.plot(vx, vy, color=_VALID_COLOR, lw=1.0, ls="--", marker="o", ms=6, label="validation (per epoch)")
     if not tx and not vx:
         _no_data(ax, "not logged")
     _style(ax, title, ylabel)
@@ -151,16 +174,15 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     steps, epochs = _by_step(records, "step"), _by_step(records, "epoch")
     if not steps and not epochs:
         raise CheckpointError(
-            f"{run_dir} has no training log ({LOG} is missing or empty); train with `poetvae train` first")
+            f"{run_dir} has no training log ({LOG} is missing or empty); train with `poetvae train` first"
+        )
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
 
     fig = _new_figure()
     (ax_rec, ax_kl), (ax_beta, ax_nelbo) = fig.subplots(2, 2, sharex=True)
 
-    _train_vs_valid(ax_rec, steps, epochs, "rec", "valid_rec",
-                    "Reconstruction (cross-entropy)", "nats per poem")
-    _train_vs_valid(ax_kl, steps, epochs, "kl", "valid_kl",
-                    "KL divergence  KL(q(z|x) ‖ p(z))", "nats per poem")
+    _train_vs_valid(ax_rec, steps, epochs, "rec", "valid_rec", "Reconstruction (cross-entropy)", "nats per poem")
+    _train_vs_valid(ax_kl, steps, epochs, "kl", "valid_kl", "KL divergence  KL(q(z|x) ‖ p(z))", "nats per poem")
 
     bx, by = _series(steps, "beta")
     if bx:
@@ -172,8 +194,11 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     _style(ax_beta, "KL weight β (annealing schedule)", "β (dimensionless)")
 
     # Training negative ELBO (rec + KL at β = 1) as a faint reference for the validation one.
-    train_nelbo = [dict(r, _nelbo=r["rec"] + r["kl"]) for r in steps
-                   if _num(r.get("rec")) is not None and _num(r.get("kl")) is not None]
+    train_nelbo = [
+        dict(r, _nelbo=r["rec"] + r["kl"])
+        for r in steps
+        if _num(r.get("rec")) is not None and _num(r.get("kl")) is not None
+    ]
     nx, ny = _series(train_nelbo, "_nelbo")
     vx, vy = _series(epochs, "valid_nelbo")
     if nx:
@@ -181,8 +206,15 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     if vx:
         ax_nelbo.plot(vx, vy, color=_VALID_COLOR, lw=1.5, marker="o", ms=6, label="validation")
         i = int(np.argmin(vy))
-        ax_nelbo.plot([vx[i]], [vy[i]], marker="*", ms=15, color="tab:red", ls="none",
-                      label=f"best: {vy[i]:.2f} at step {vx[i]:g}")
+        ax_nelbo.plot(
+            [vx[i]],
+            [vy[i]],
+            marker="*",
+            ms=15,
+            color="tab:red",
+            ls="none",
+            label=f"best: {vy[i]:.2f} at step {vx[i]:g}",
+        )
         if nx:  # keep the validation points in view when early training values are far above
             lo, hi = min(vy + ny), max(vy)
             span = max(hi - lo, 1e-6)
@@ -211,7 +243,7 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
 
 
 # ---- fonts for Chinese labels ------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _charmap(path: str) -> frozenset[int]:
     from matplotlib.ft2font import FT2Font
 
@@ -236,8 +268,11 @@ def _find_font(needed: frozenset[int]) -> tuple[str | None, frozenset[int]]:
     from matplotlib import font_manager
 
     # matplotlib's own "Last Resort" font maps every code point to a placeholder box: no use.
-    fonts = [f for f in font_manager.fontManager.ttflist
-             if f.fname.lower().endswith((".ttf", ".otf", ".ttc")) and "last resort" not in f.name.lower()]
+    fonts = [
+        f
+        for f in font_manager.fontManager.ttflist
+        if f.fname.lower().endswith((".ttf", ".otf", ".ttc")) and "last resort" not in f.name.lower()
+    ]
     hinted = [f for f in fonts if any(h in f.name.lower() for h in _CJK_HINTS)]
     others = [f for f in fonts if f not in hinted]
     best, best_cover = None, frozenset()
@@ -302,9 +337,13 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, ratios
 
 
-def plot_latent(mu: np.ndarray, labels: Sequence[str], out_path: Path,
-                title: str = "Posterior means μ of the latent code (PCA)",
-                max_labels: int = MAX_LABELS) -> Path:
+def plot_latent(
+    mu: np.ndarray,
+    labels: Sequence[str],
+    out_path: Path,
+    title: str = "Posterior means μ of the latent code (PCA)",
+    max_labels: int = MAX_LABELS,
+) -> Path:
     """Scatter the 2-D PCA of posterior means `mu` (N, Z), coloured by `labels` (N strings).
 
     The `max_labels` most frequent labels get a colour and a legend entry (with counts);
@@ -332,7 +371,7 @@ def plot_latent(mu: np.ndarray, labels: Sequence[str], out_path: Path,
 
     coords, ratios = _pca2(x)
     counts = Counter(labels)
-    top = [lab for lab, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max(0, max_labels)]]
+    top = [lab for lab, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(0, max_labels)]]
     others = n - sum(counts[lab] for lab in top)
     shown, family = _display_texts(top + [title])
     shown_labels, shown_title = shown[:-1], shown[-1]
@@ -348,16 +387,32 @@ def plot_latent(mu: np.ndarray, labels: Sequence[str], out_path: Path,
     size, alpha = (6, 0.5) if small else (18, 0.75)
     if others:
         mask = ~np.isin(lab_arr, np.array(top, dtype=object))
-        ax.scatter(coords[mask, 0], coords[mask, 1], s=size, c=_OTHER_COLOR, alpha=0.5,
-                   linewidths=0, label=f"other ({others})", zorder=1)
+        ax.scatter(
+            coords[mask, 0],
+            coords[mask, 1],
+            s=size,
+            c=_OTHER_COLOR,
+            alpha=0.5,
+            linewidths=0,
+            label=f"other ({others})",
+            zorder=1,
+        )
     from matplotlib import colormaps
 
     palette = colormaps["tab10" if len(top) <= 10 else "tab20"]
     # Draw the largest group first so smaller groups stay visible on top of it.
     for i, (lab, disp) in enumerate(zip(top, shown_labels)):
         mask = lab_arr == lab
-        ax.scatter(coords[mask, 0], coords[mask, 1], s=size, color=palette(i % palette.N),
-                   alpha=alpha, linewidths=0, label=f"{disp} ({counts[lab]})", zorder=2 + i)
+        ax.scatter(
+            coords[mask, 0],
+            coords[mask, 1],
+            s=size,
+            color=palette(i % palette.N),
+            alpha=alpha,
+            linewidths=0,
+            label=f"{disp} ({counts[lab]})",
+            zorder=2 + i,
+        )
 
     z = x.shape[1]
     ax.set_xlabel(f"PC1 ({100 * ratios[0]:.1f}% of variance)")
@@ -372,14 +427,22 @@ def plot_latent(mu: np.ndarray, labels: Sequence[str], out_path: Path,
     handles, texts = ax.get_legend_handles_labels()
     if others:  # "other" last in the legend
         handles, texts = handles[1:] + handles[:1], texts[1:] + texts[:1]
-    ax.legend(handles, texts, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
-              prop=legend_prop, markerscale=1.5 if not small else 2.5,
-              title=f"{n} poems, Z = {z}", title_fontsize="small", frameon=False)
+    ax.legend(
+        handles,
+        texts,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+        prop=legend_prop,
+        markerscale=1.5 if not small else 2.5,
+        title=f"{n} poems, Z = {z}",
+        title_fontsize="small",
+        frameon=False,
+    )
     return _save_png(fig, Path(out_path))
 
 
-def plot_latent_of_run(run_dir: Path, poems: Sequence[Any], out_dir: Path | None = None,
-                       device: str = "auto") -> Path:
+def plot_latent_of_run(run_dir: Path, poems: Sequence[Any], out_dir: Path | None = None, device: str = "auto") -> Path:
     """latent.png: the posterior means of `poems` under the run's model, in 2-D PCA,
     coloured by the pingshui rhyme group of line 2's last character."""
     from poetvae import prosody
@@ -389,9 +452,14 @@ def plot_latent_of_run(run_dir: Path, poems: Sequence[Any], out_dir: Path | None
     mu, _ = poet.encode(poems, allow_unk=True)
     labels = []
     for p in poems:
-        groups = sorted(prosody.rhyme_groups(p.lines[1][-1], "pingshui", prosody.Tone.PING)) or \
-            sorted(prosody.rhyme_groups(p.lines[1][-1], "pingshui"))
+        groups = sorted(prosody.rhyme_groups(p.lines[1][-1], "pingshui", prosody.Tone.PING)) or sorted(
+            prosody.rhyme_groups(p.lines[1][-1], "pingshui")
+        )
         labels.append(groups[0] if groups else "?")
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
-    return plot_latent(mu, labels, out_dir / "latent.png",
-                       title="Posterior means of the held-out poems (PCA), by rhyme group of line 2")
+    return plot_latent(
+        mu,
+        labels,
+        out_dir / "latent.png",
+        title="Posterior means of the held-out poems (PCA), by rhyme group of line 2",
+    )

@@ -14,22 +14,22 @@ model.safetensors): no flag has to be repeated at load time.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from poetvae import checkpoint as ckpt
 from poetvae.config import Config
-from poetvae.corpus import Poem, parse_poem
 from poetvae.controls import Controls, backoff_report
+from poetvae.corpus import Poem, parse_poem
 from poetvae.decode import DecodeOptions, DecodeTables, generate, latent_path
-from poetvae.prosody import prosody_score
 from poetvae.errors import CheckpointError
-from poetvae.model import PoetVAE
 from poetvae.hardware import keep_freed_memory, resolve_device
+from poetvae.model import PoetVAE
+from poetvae.prosody import prosody_score
 from poetvae.vocab import Vocab
 
 PoemLike = str | Poem | Sequence[str]
@@ -67,7 +67,9 @@ class Poet:
         run_dir = Path(run_dir)
         config, vocab = ckpt.read_run_header(run_dir)
         if config.model.vocab_size != len(vocab):
-            raise CheckpointError(f"{run_dir}: config says {config.model.vocab_size} tokens, vocab.json has {len(vocab)}")
+            raise CheckpointError(
+                f"{run_dir}: config says {config.model.vocab_size} tokens, vocab.json has {len(vocab)}"
+            )
         dev = resolve_device(device)
         if dev.type == "cpu":
             keep_freed_memory()
@@ -98,8 +100,9 @@ class Poet:
         naming them, unless allow_unk maps them to <unk>."""
         lines = [self._lines(p) for p in poems]
         if not allow_unk:
-            self.vocab.require_known([line for ls in lines for line in ls],
-                                     "pass allow_unk / --allow-unk to read them as <unk>")
+            self.vocab.require_known(
+                [line for ls in lines for line in ls], "pass allow_unk / --allow-unk to read them as <unk>"
+            )
         return self.vocab.encode_batch(lines).to(self.device)
 
     def _generator(self, seed: int | None) -> torch.Generator:
@@ -110,13 +113,29 @@ class Poet:
             g.manual_seed(seed)
         return g
 
-    def _samples(self, z: Tensor, opts: DecodeOptions, generator: torch.Generator, with_z: bool,
-                 controls: Controls | None = None, beam: int = 1, rerank: int = 1,
-                 prosody_weight: float = 0.0) -> list[Sample]:
+    def _samples(
+        self,
+        z: Tensor,
+        opts: DecodeOptions,
+        generator: torch.Generator,
+        with_z: bool,
+        controls: Controls | None = None,
+        beam: int = 1,
+        rerank: int = 1,
+        prosody_weight: float = 0.0,
+    ) -> list[Sample]:
         """Decode z; with rerank > 1, decode that many candidates per z and keep the one
         with the best log-probability + prosody_weight * prosody_score."""
-        ids, logprob, backoff = generate(self.model, z.repeat_interleave(rerank, dim=0), self.vocab, opts,
-                                         generator, controls, beam, self.decode_tables)
+        ids, logprob, backoff = generate(
+            self.model,
+            z.repeat_interleave(rerank, dim=0),
+            self.vocab,
+            opts,
+            generator,
+            controls,
+            beam,
+            self.decode_tables,
+        )
         if rerank > 1:  # keep the best candidate of each z
             score = logprob
             if prosody_weight:
@@ -126,8 +145,10 @@ class Poet:
             keep = score.view(-1, rerank).argmax(dim=1) + torch.arange(0, ids.size(0), rerank, device=score.device)
             ids, logprob, backoff = ids[keep], logprob[keep], backoff[keep]
         zs = z.tolist() if with_z else [None] * z.size(0)
-        return [Sample(self.vocab.decode(row), lp, zz, bo)
-                for row, lp, zz, bo in zip(ids.tolist(), logprob.tolist(), zs, backoff_report(backoff))]
+        return [
+            Sample(self.vocab.decode(row), lp, zz, bo)
+            for row, lp, zz, bo in zip(ids.tolist(), logprob.tolist(), zs, backoff_report(backoff))
+        ]
 
     # ---- the operations ----------------------------------------------------------------
     @torch.no_grad()
@@ -135,11 +156,20 @@ class Poet:
         """Posterior parameters mu, logvar (B, Z) of q(z|x)."""
         return self.model.encode(self.tokens(poems, allow_unk))
 
-    def decode(self, z: Tensor, opts: DecodeOptions = DecodeOptions(), seed: int | None = None,
-               with_z: bool = False, controls: Controls | None = None, beam: int = 1, rerank: int = 1,
-               prosody_weight: float = 0.0) -> list[Sample]:
-        return self._samples(z.to(self.device), opts, self._generator(seed), with_z, controls, beam, rerank,
-                             prosody_weight)
+    def decode(
+        self,
+        z: Tensor,
+        opts: DecodeOptions = DecodeOptions(),
+        seed: int | None = None,
+        with_z: bool = False,
+        controls: Controls | None = None,
+        beam: int = 1,
+        rerank: int = 1,
+        prosody_weight: float = 0.0,
+    ) -> list[Sample]:
+        return self._samples(
+            z.to(self.device), opts, self._generator(seed), with_z, controls, beam, rerank, prosody_weight
+        )
 
     def prefix_posterior(self, controls: Controls) -> tuple[Tensor, Tensor]:
         """q(z | prefix): the encoder applied to the given lines followed by <eos>. The
@@ -151,10 +181,19 @@ class Poet:
         with torch.no_grad():
             return self.model.encode(self.vocab.encode_batch([controls.prefix]).to(self.device))
 
-    def iter_sample(self, n: int, opts: DecodeOptions = DecodeOptions(), seed: int | None = None,
-                    batch_size: int = 2048, with_z: bool = False, controls: Controls | None = None,
-                    beam: int = 1, rerank: int = 1, prosody_weight: float = 0.0,
-                    infer_z: bool = False) -> Iterator[list[Sample]]:
+    def iter_sample(
+        self,
+        n: int,
+        opts: DecodeOptions = DecodeOptions(),
+        seed: int | None = None,
+        batch_size: int = 2048,
+        with_z: bool = False,
+        controls: Controls | None = None,
+        beam: int = 1,
+        rerank: int = 1,
+        prosody_weight: float = 0.0,
+        infer_z: bool = False,
+    ) -> Iterator[list[Sample]]:
         """n poems, a batch at a time (for streaming large n). z ~ N(0, I), or with infer_z
         z ~ q(z | the controls' prefix)."""
         g = self._generator(seed)
@@ -168,23 +207,56 @@ class Poet:
                 z = mu + std * z
             yield self._samples(z, opts, g, with_z, controls, beam, rerank, prosody_weight)
 
-    def sample(self, n: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               greedy: bool = False, seed: int | None = None, with_z: bool = False,
-               controls: Controls | None = None, beam: int = 1, rerank: int = 1,
-               prosody_weight: float = 0.0, infer_z: bool = False) -> list[Sample]:
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+        with_z: bool = False,
+        controls: Controls | None = None,
+        beam: int = 1,
+        rerank: int = 1,
+        prosody_weight: float = 0.0,
+        infer_z: bool = False,
+    ) -> list[Sample]:
         """n poems. controls: rhyme / tones / acrostic / prefix (poetvae.controls); beam:
         beam-search width; rerank: candidates per z, the best kept by log-probability plus
         prosody_weight x prosody score."""
         opts = DecodeOptions(temperature, top_k, top_p, greedy)
-        return [s for batch in self.iter_sample(n, opts, seed, with_z=with_z, controls=controls, beam=beam,
-                                                rerank=rerank, prosody_weight=prosody_weight, infer_z=infer_z)
-                for s in batch]
+        return [
+            s
+            for batch in self.iter_sample(
+                n,
+                opts,
+                seed,
+                with_z=with_z,
+                controls=controls,
+                beam=beam,
+                rerank=rerank,
+                prosody_weight=prosody_weight,
+                infer_z=infer_z,
+            )
+            for s in batch
+        ]
 
-    def interpolate(self, a: PoemLike, b: PoemLike, steps: int = 8, method: str = "linear",
-                    opts: DecodeOptions = DecodeOptions(greedy=True), seed: int | None = None,
-                    allow_unk: bool = False, controls: Controls | None = None, beam: int = 1) -> list[Sample]:
+    def interpolate(
+        self,
+        a: PoemLike,
+        b: PoemLike,
+        steps: int = 8,
+        method: str = "linear",
+        opts: DecodeOptions = DecodeOptions(greedy=True),
+        seed: int | None = None,
+        allow_unk: bool = False,
+        controls: Controls | None = None,
+        beam: int = 1,
+    ) -> list[Sample]:
         """Decode `steps` points from the posterior mean of a to that of b (both included);
         controls apply to every point (e.g. every poem on the path rhymes)."""
         mu, _ = self.encode([a, b], allow_unk)
-        return self.decode(latent_path(mu[0], mu[1], steps, method), opts, seed, with_z=True, controls=controls,
-                           beam=beam)
+        return self.decode(
+            latent_path(mu[0], mu[1], steps, method), opts, seed, with_z=True, controls=controls, beam=beam
+        )

@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -67,8 +67,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def prepare(corpus: Sequence[str | Path], prep_dir: str | Path, cfg: PrepConfig = PrepConfig(),
-            embed_dim: int = 128) -> PrepResult:
+def prepare(
+    corpus: Sequence[str | Path], prep_dir: str | Path, cfg: PrepConfig = PrepConfig(), embed_dim: int = 128
+) -> PrepResult:
     """Read, clean, split, build the vocabulary and word2vec embeddings; write prep_dir."""
     prep_dir = Path(prep_dir)
     poems, report = read_corpus(corpus, t2s=cfg.t2s)
@@ -79,22 +80,34 @@ def prepare(corpus: Sequence[str | Path], prep_dir: str | Path, cfg: PrepConfig 
     sentences = [[t for line in lines for t in vocab.tokenize_line(line)] for lines in train_lines]
     prep_dir.mkdir(parents=True, exist_ok=True)
     (prep_dir / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the end
-    matrix = train_word2vec(sentences, vocab, embed_dim, cfg.w2v_epochs, cfg.w2v_window, cfg.split_seed,
-                            save_to=prep_dir / "word2vec.txt")
+    matrix = train_word2vec(
+        sentences, vocab, embed_dim, cfg.w2v_epochs, cfg.w2v_window, cfg.split_seed, save_to=prep_dir / "word2vec.txt"
+    )
     for name in SPLITS:
         write_poems(prep_dir / f"{name}.txt", splits[name])
     atomic_write(prep_dir / "vocab.json", vocab.to_json())
     save_tensors(prep_dir / "embeddings.safetensors", {"weight": matrix})
-    result = PrepResult(prep_dir, report, {k: len(v) for k, v in splits.items()}, len(vocab),
-                        {k: vocab.unk_rate([p.lines for p in v]) for k, v in splits.items()}, embed_dim)
+    result = PrepResult(
+        prep_dir,
+        report,
+        {k: len(v) for k, v in splits.items()},
+        len(vocab),
+        {k: vocab.unk_rate([p.lines for p in v]) for k, v in splits.items()},
+        embed_dim,
+    )
     manifest = {
         "versions": _versions(),
         "corpus": [str(p) for p in corpus],
         "config": dataclasses.asdict(cfg),
         "embed_dim": embed_dim,
-        "read": report.read, "kept": report.kept, "duplicates": report.duplicates,
-        "skipped": dict(report.skipped), "formats": report.formats,
-        "splits": result.split_sizes, "vocab_size": len(vocab), "unk_rate": result.unk_rate,
+        "read": report.read,
+        "kept": report.kept,
+        "duplicates": report.duplicates,
+        "skipped": dict(report.skipped),
+        "formats": report.formats,
+        "splits": result.split_sizes,
+        "vocab_size": len(vocab),
+        "unk_rate": result.unk_rate,
     }
     atomic_write(prep_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
     return result
@@ -109,7 +122,9 @@ def load_prepared(prep_dir: str | Path) -> PreparedData:
     if not is_prep_dir(prep_dir):
         raise CheckpointError(f"{prep_dir} is not a prepared corpus (no {MANIFEST}); run `poetvae prep` first")
     vocab = Vocab.load(prep_dir / "vocab.json")
-    splits = {name: load_poems(prep_dir / f"{name}.txt") if (prep_dir / f"{name}.txt").stat().st_size else []
-              for name in SPLITS}
+    splits = {
+        name: load_poems(prep_dir / f"{name}.txt") if (prep_dir / f"{name}.txt").stat().st_size else []
+        for name in SPLITS
+    }
     tensors, _ = load_tensors(prep_dir / "embeddings.safetensors")
     return PreparedData(vocab, splits, tensors["weight"])

@@ -56,9 +56,9 @@ from __future__ import annotations
 import enum
 import functools
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterable, Sequence
 
 from poetvae.errors import ConfigError, CorpusError
 
@@ -367,9 +367,7 @@ def group_info(name: str, scheme: str = "pingshui") -> GroupInfo:
     return GroupInfo(short, "新韵" + short, "新韵", None)
 
 
-def group_members(
-    name: str, scheme: str = "pingshui", tone: Tone | None = None
-) -> frozenset[str]:
+def group_members(name: str, scheme: str = "pingshui", tone: Tone | None = None) -> frozenset[str]:
     """Characters in a group. With ``tone``, only those that have a reading of that tone
     in this group. For pingshui, a 平 group filtered by ZE is empty."""
     _check_filter_tone(tone)
@@ -392,9 +390,7 @@ def token_rhyme_groups(
     ``<pad>``, map to an empty set."""
     check_scheme(scheme)
     _check_filter_tone(tone)
-    return {
-        t: (_char_info(t[-1], scheme).groups_for(tone) if t else frozenset()) for t in tokens
-    }
+    return {t: (_char_info(t[-1], scheme).groups_for(tone) if t else frozenset()) for t in tokens}
 
 
 def rhyme_mask(

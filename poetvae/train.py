@@ -19,9 +19,10 @@ import functools
 import math
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,9 +30,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from poetvae import checkpoint as ckpt
 from poetvae.config import Config, TrainConfig
+from poetvae.distributed import Dist, env_rank, global_mean, launched_by_torchrun, setup, teardown
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.evaluate import elbo_terms
-from poetvae.distributed import Dist, env_rank, global_mean, launched_by_torchrun, setup, teardown
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare
@@ -99,14 +100,18 @@ def prepare_run_data(source: str | Path | Sequence[str | Path] | None, run_dir: 
         sources = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else source)]
     if len(sources) == 1 and sources[0].is_dir():
         if not is_prep_dir(sources[0]):
-            raise CheckpointError(f"{sources[0]} is a directory but not a prepared corpus; run `poetvae prep` on corpus files")
+            raise CheckpointError(
+                f"{sources[0]} is a directory but not a prepared corpus; run `poetvae prep` on corpus files"
+            )
         if launched_by_torchrun() and env_rank() != 0:
             return sources[0]  # rank 0 alone copies it into the run
         if sources[0].resolve() != target.resolve():
             shutil.copytree(sources[0], target, dirs_exist_ok=True)
     elif launched_by_torchrun():
-        raise ConfigError("multi-process training reads a prepared corpus: run `poetvae prep` first, "
-                          "or use `poetvae train --devices N`, which does")
+        raise ConfigError(
+            "multi-process training reads a prepared corpus: run `poetvae prep` first, "
+            "or use `poetvae train --devices N`, which does"
+        )
     else:
         prepare(sources, target, cfg.prep, cfg.model.embed_dim)
     return target
@@ -136,9 +141,16 @@ def draw_noise(batch: int, cfg: Config, device: torch.device) -> tuple[Tensor, T
     return eps, drop
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens: Tensor, beta: float,
-               cfg: Config, noise: tuple[Tensor, Tensor | None], use_amp: bool = False,
-               ctx: Dist = Dist()) -> dict[str, Tensor]:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokens: Tensor,
+    beta: float,
+    cfg: Config,
+    noise: tuple[Tensor, Tensor | None],
+    use_amp: bool = False,
+    ctx: Dist = Dist(),
+) -> dict[str, Tensor]:
     """One optimizer step on `tokens` (this process's share of the batch). `model` may be
     wrapped in DistributedDataParallel. Returns the loss terms (detached)."""
     raw = model.module if isinstance(model, DDP) else model
@@ -155,8 +167,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens:
     return {k: v.detach() for k, v in terms.items()}
 
 
-def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = False,
-          on_log: StepCallback | None = None) -> TrainResult:
+def train(
+    cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = False, on_log: StepCallback | None = None
+) -> TrainResult:
     """Fit the VAE; write config, vocabulary, checkpoints and log.jsonl into run_dir.
 
     resume=True continues from run_dir/last.safetensors (same optimizer moments, schedule
@@ -171,8 +184,10 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
     if device.type == "cpu":
         keep_freed_memory()
     if data.embeddings.size(1) != cfg.model.embed_dim:
-        raise ConfigError(f"the prepared embeddings have {data.embeddings.size(1)} dims but embed_dim is "
-                          f"{cfg.model.embed_dim}; prepare again with --embed-dim {cfg.model.embed_dim}")
+        raise ConfigError(
+            f"the prepared embeddings have {data.embeddings.size(1)} dims but embed_dim is "
+            f"{cfg.model.embed_dim}; prepare again with --embed-dim {cfg.model.embed_dim}"
+        )
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=len(data.vocab)))
     if not data.splits["train"]:
         raise ConfigError("the training split is empty")
@@ -184,8 +199,9 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
         raw.token_chars.copy_(data.vocab.token_chars())
     raw.embedding.weight.requires_grad_(not tc.freeze_embeddings)
     raw.to(device)
-    optimizer = torch.optim.AdamW([p for p in raw.parameters() if p.requires_grad], lr=learning_rate(tc),
-                                  weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in raw.parameters() if p.requires_grad], lr=learning_rate(tc), weight_decay=tc.weight_decay
+    )
 
     train_tokens = data.tokens("train").to(device)
     valid_tokens = data.tokens("valid").to(device)
@@ -217,8 +233,9 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
     def save_resume_point() -> None:
         if ctx.is_main:
             tensors, opt_meta = ckpt.flatten_train_state(raw, optimizer)
-            ckpt.save_tensors(run_dir / ckpt.LAST, tensors,
-                              {"step": step, "elapsed": elapsed, "best": best, "optimizer": opt_meta})
+            ckpt.save_tensors(
+                run_dir / ckpt.LAST, tensors, {"step": step, "elapsed": elapsed, "best": best, "optimizer": opt_meta}
+            )
 
     use_amp = tc.amp and device.type == "cuda"
     result = TrainResult(run_dir, step, step // steps_per_epoch, elapsed)
@@ -235,16 +252,35 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
                 tokens = train_tokens[order[i * batch : (i + 1) * batch][share]]  # this process's share
                 eps, drop = draw_noise(batch, cfg, device)  # for the whole batch: every process draws the same
                 beta = kl_weight(step, total_steps, tc)
-                terms = train_step(model, optimizer, tokens, beta, cfg,
-                                   (eps[share], drop[share] if drop is not None else None), use_amp, ctx)
+                terms = train_step(
+                    model,
+                    optimizer,
+                    tokens,
+                    beta,
+                    cfg,
+                    (eps[share], drop[share] if drop is not None else None),
+                    use_amp,
+                    ctx,
+                )
                 step += 1
                 sums += torch.stack([terms["rec"].mean(), terms["kl"].mean(), terms["loss"]])
                 since_log += 1
                 if step % tc.log_every == 0 or step == total_steps:
                     rec, kl, loss = (global_mean(sums, ctx) / since_log).tolist()
                     elapsed = time.perf_counter() - started
-                    log({"kind": "step", "step": step, "total_steps": total_steps, "epoch": epoch,
-                         "rec": rec, "kl": kl, "loss": loss, "beta": beta, "seconds": elapsed})
+                    log(
+                        {
+                            "kind": "step",
+                            "step": step,
+                            "total_steps": total_steps,
+                            "epoch": epoch,
+                            "rec": rec,
+                            "kl": kl,
+                            "loss": loss,
+                            "beta": beta,
+                            "seconds": elapsed,
+                        }
+                    )
                     sums.zero_()
                     since_log = 0
                 out_of_time = tc.max_minutes > 0 and time.perf_counter() - started >= tc.max_minutes * 60
@@ -264,8 +300,15 @@ def train(cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = F
                     ckpt.save_tensors(run_dir / ckpt.BEST, raw.state_dict(), {"step": step, "valid": valid})
             save_resume_point()
             result.valid = valid
-            log({"kind": "epoch", "step": step, "epoch": round(step / steps_per_epoch, 3),
-                 "seconds": elapsed, **{f"valid_{k}": v for k, v in valid.items()}})
+            log(
+                {
+                    "kind": "epoch",
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 3),
+                    "seconds": elapsed,
+                    **{f"valid_{k}": v for k, v in valid.items()},
+                }
+            )
             if tc.max_minutes > 0 and elapsed >= tc.max_minutes * 60:
                 break
     except KeyboardInterrupt:

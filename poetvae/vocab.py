@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -123,7 +123,7 @@ class Vocab:
 
         <unk> counts as one character: it stands for one character the vocabulary lacks.
         """
-        n = [0] * len(SPECIALS) + [len(t) for t in self.tokens[len(SPECIALS):]]
+        n = [0] * len(SPECIALS) + [len(t) for t in self.tokens[len(SPECIALS) :]]
         n[UNK] = 1
         return torch.tensor(n, dtype=torch.long)
 
@@ -133,9 +133,16 @@ class Vocab:
 
     # ---- files ----------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({"tokenizer": self.tokenizer, "min_count": self.min_count,
-                           "specials": list(SPECIALS), "tokens": self.tokens, "counts": self.counts},
-                          ensure_ascii=False)
+        return json.dumps(
+            {
+                "tokenizer": self.tokenizer,
+                "min_count": self.min_count,
+                "specials": list(SPECIALS),
+                "tokens": self.tokens,
+                "counts": self.counts,
+            },
+            ensure_ascii=False,
+        )
 
     @classmethod
     def from_json(cls, text: str, source: str = "vocab.json") -> Vocab:

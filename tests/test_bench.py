@@ -5,8 +5,9 @@ from poetvae.config import ModelConfig
 
 
 def test_flops_count_from_layer_shapes():
-    cfg = ModelConfig(vocab_size=100, embed_dim=8, highway_layers=1, hidden_dim=4, encoder_layers=1,
-                      decoder_layers=1, latent_dim=2)
+    cfg = ModelConfig(
+        vocab_size=100, embed_dim=8, highway_layers=1, hidden_dim=4, encoder_layers=1, decoder_layers=1, latent_dim=2
+    )
     highway = 2 * 2 * 8 * 8
     dec_step = highway + 2 * 4 * 4 * (8 + 2 + 4) + 2 * 4 * 100
     decoder = 21 * dec_step + 2 * 2 * (2 * 1 * 4)

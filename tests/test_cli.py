@@ -10,8 +10,24 @@ import poetvae.train
 from poetvae.cli import app
 
 runner = CliRunner()
-TINY_FLAGS = ["--embed-dim", "16", "--hidden-dim", "24", "--latent-dim", "6", "--highway-layers", "1",
-              "--batch-size", "16", "--epochs", "1", "--w2v-epochs", "1", "--min-count", "1"]
+TINY_FLAGS = [
+    "--embed-dim",
+    "16",
+    "--hidden-dim",
+    "24",
+    "--latent-dim",
+    "6",
+    "--highway-layers",
+    "1",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--w2v-epochs",
+    "1",
+    "--min-count",
+    "1",
+]
 JING_YE_SI = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
 DENG_GUAN_QUE_LOU = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"
 
@@ -45,11 +61,35 @@ def well_formed(text_poem: str) -> bool:
 
 def test_prep_reports_what_it_kept_and_skipped(tmp_path):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join([JING_YE_SI, DENG_GUAN_QUE_LOU, JING_YE_SI, "春眠不觉晓，处处闻啼鸟。",
-                                 "千山鸟飞绝，万径人踪灭。孤舟蓑笠翁，独钓寒江雪。",
-                                 "红豆生南国，春来发几枝。愿君多采撷，此物最相思。"]), encoding="utf-8")
-    result = run("prep", corpus, "-o", tmp_path / "p", "--embed-dim", "8", "--w2v-epochs", "1",
-                 "--min-count", "1", "--valid-fraction", "0.25", "--test-fraction", "0.25")
+    corpus.write_text(
+        "\n".join(
+            [
+                JING_YE_SI,
+                DENG_GUAN_QUE_LOU,
+                JING_YE_SI,
+                "春眠不觉晓，处处闻啼鸟。",
+                "千山鸟飞绝，万径人踪灭。孤舟蓑笠翁，独钓寒江雪。",
+                "红豆生南国，春来发几枝。愿君多采撷，此物最相思。",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    result = run(
+        "prep",
+        corpus,
+        "-o",
+        tmp_path / "p",
+        "--embed-dim",
+        "8",
+        "--w2v-epochs",
+        "1",
+        "--min-count",
+        "1",
+        "--valid-fraction",
+        "0.25",
+        "--test-fraction",
+        "0.25",
+    )
     assert result.exit_code == 0, result.output
     assert "kept" in result.output and "duplicates dropped" in result.output
     assert "skipped: wrong number of lines" in result.output and "春眠不觉晓" in result.output
@@ -76,8 +116,18 @@ def test_train_sample_interpolate_end_to_end(cli_run):
     assert len(one.output.splitlines()) == 4 and all(well_formed(x) for x in one.output.splitlines())
 
     # 床 may be missing from a tiny vocabulary: --allow-unk makes the walk possible either way
-    inter = run("interpolate", "-m", cli_run, "君自故乡来，应知故乡事。来日绮窗前，寒梅著花未。",
-                "红豆生南国，春来发几枝。愿君多采撷，此物最相思。", "--steps", "4", "--format", "json", "--allow-unk")
+    inter = run(
+        "interpolate",
+        "-m",
+        cli_run,
+        "君自故乡来，应知故乡事。来日绮窗前，寒梅著花未。",
+        "红豆生南国，春来发几枝。愿君多采撷，此物最相思。",
+        "--steps",
+        "4",
+        "--format",
+        "json",
+        "--allow-unk",
+    )
     assert inter.exit_code == 0, inter.output
     path = [json.loads(line) for line in inter.output.splitlines()]
     assert [p["t"] for p in path] == [0.0, 0.3333, 0.6667, 1.0]
@@ -103,8 +153,22 @@ def test_train_flags_and_config_file_reach_the_library(tmp_path, monkeypatch):
     monkeypatch.setattr(poetvae.train, "train", fake_train)
     conf = tmp_path / "c.toml"
     conf.write_text("[model]\nlatent_dim = 7\nhidden_dim = 20\n[train]\nkl_schedule = 'linear'\n", encoding="utf-8")
-    result = run("train", "-o", tmp_path / "r", "-c", conf, "--latent-dim", "9", "--free-bits", "0",
-                 "--embed-dim", "8", "--w2v-epochs", "1", "--no-amp")
+    result = run(
+        "train",
+        "-o",
+        tmp_path / "r",
+        "-c",
+        conf,
+        "--latent-dim",
+        "9",
+        "--free-bits",
+        "0",
+        "--embed-dim",
+        "8",
+        "--w2v-epochs",
+        "1",
+        "--no-amp",
+    )
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert cfg.model.latent_dim == 9  # flag beats file
@@ -112,11 +176,14 @@ def test_train_flags_and_config_file_reach_the_library(tmp_path, monkeypatch):
     assert cfg.train.kl_schedule == "linear" and cfg.train.free_bits == 0.0 and cfg.train.amp is False
 
 
-@pytest.mark.parametrize("content,fragment", [
-    ("", "no valid"),
-    ("春眠不觉晓，处处闻啼鸟。\n", "no valid"),
-    (b"\xff\xfe\x00garbage", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        ("", "no valid"),
+        ("春眠不觉晓，处处闻啼鸟。\n", "no valid"),
+        (b"\xff\xfe\x00garbage", "not UTF-8"),
+    ],
+)
 def test_prep_bad_corpus(tmp_path, content, fragment):
     corpus = tmp_path / "bad.txt"
     corpus.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
@@ -136,10 +203,11 @@ def test_not_a_run_dir(tmp_path):
 
 
 def test_bad_poem_arguments(cli_run):
-    assert_one_line_error(run("interpolate", "-m", cli_run, "床前明月光，疑是地上霜。", DENG_GUAN_QUE_LOU),
-                          "4 lines")
-    assert_one_line_error(run("interpolate", "-m", cli_run, "床前明月光，疑是地上。举头望明月，低头思故乡。",
-                              DENG_GUAN_QUE_LOU), "4 characters")
+    assert_one_line_error(run("interpolate", "-m", cli_run, "床前明月光，疑是地上霜。", DENG_GUAN_QUE_LOU), "4 lines")
+    assert_one_line_error(
+        run("interpolate", "-m", cli_run, "床前明月光，疑是地上。举头望明月，低头思故乡。", DENG_GUAN_QUE_LOU),
+        "4 characters",
+    )
 
 
 def test_unknown_characters_are_named(cli_run):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_decode import assert_well_formed
 
 from poetvae import prosody
 from poetvae.config import ModelConfig
@@ -15,18 +16,19 @@ from poetvae.model import PoetVAE
 from poetvae.prosody import Tone
 from poetvae.vocab import Vocab
 
-from test_decode import assert_well_formed
-
 # characters of several 平 and 仄 rhyme groups and both tones, enough for every pattern
-CHARS = ("床前春夏秋冬山水风花雪月天地人江河明光霜乡楼流目尽日白云中东西南北来去"
-         "空归飞时知思心深林阴门声鸣清生平城情行长阳望上下入海千里更层黄依欲穷")
+CHARS = (
+    "床前春夏秋冬山水风花雪月天地人江河明光霜乡楼流目尽日白云中东西南北来去"
+    "空归飞时知思心深林阴门声鸣清生平城情行长阳望上下入海千里更层黄依欲穷"
+)
 WORDS = ["明月", "春风", "江山", "白日依", "故乡", "千里"]
 
 
 def make_vocab(words: bool) -> Vocab:
     tokens = list(dict.fromkeys(list(CHARS) + (WORDS if words else [])))
-    return Vocab(["<pad>", "<unk>", "<bos>", "<eos>"] + tokens, [0] * 4 + [1] * len(tokens),
-                 "jieba" if words else "char")
+    return Vocab(
+        ["<pad>", "<unk>", "<bos>", "<eos>"] + tokens, [0] * 4 + [1] * len(tokens), "jieba" if words else "char"
+    )
 
 
 def tone(ch: str) -> Tone:
@@ -48,28 +50,49 @@ def check_tones(lines: list[str]) -> None:
 
 
 # (acrostic, prefix) pairs that agree with each other
-FIXED = [(None, ()), ("春夏秋冬", ()), ("山水风花", ()), ("明月清风", ()), (None, ("白日依山尽",)),
-         (None, ("白日依山尽", "黄河入海流")), (None, ("床前明月光",)), ("白黄欲更", ("白日依山尽",))]
+FIXED = [
+    (None, ()),
+    ("春夏秋冬", ()),
+    ("山水风花", ()),
+    ("明月清风", ()),
+    (None, ("白日依山尽",)),
+    (None, ("白日依山尽", "黄河入海流")),
+    (None, ("床前明月光",)),
+    ("白黄欲更", ("白日依山尽",)),
+]
 
 
 @st.composite
 def controls_strategy(draw):
     acrostic, prefix = draw(st.sampled_from(FIXED))
-    return Controls(rhyme=draw(st.booleans()), rhyme_group=draw(st.sampled_from([None, None, "七阳", "十一尤", "八庚"])),
-                    tones=draw(st.booleans()), acrostic=acrostic, prefix=prefix)
+    return Controls(
+        rhyme=draw(st.booleans()),
+        rhyme_group=draw(st.sampled_from([None, None, "七阳", "十一尤", "八庚"])),
+        tones=draw(st.booleans()),
+        acrostic=acrostic,
+        prefix=prefix,
+    )
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31 - 1), controls=controls_strategy(), words=st.booleans(),
-       greedy=st.booleans(), beam=st.sampled_from([1, 1, 3]), temperature=st.floats(0.2, 3.0))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    controls=controls_strategy(),
+    words=st.booleans(),
+    greedy=st.booleans(),
+    beam=st.sampled_from([1, 1, 3]),
+    temperature=st.floats(0.2, 3.0),
+)
 def test_random_models_meet_every_control(seed, controls, words, greedy, beam, temperature):
     torch.manual_seed(seed)
     vocab = make_vocab(words)
-    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, highway_layers=1, hidden_dim=8,
-                                latent_dim=3, dropout=0.0)).eval()
+    model = PoetVAE(
+        ModelConfig(vocab_size=len(vocab), embed_dim=8, highway_layers=1, hidden_dim=8, latent_dim=3, dropout=0.0)
+    ).eval()
     z = torch.randn(12, 3)
-    ids, logprob, backoff = generate(model, z, vocab, DecodeOptions(temperature, greedy=greedy),
-                                     torch.Generator().manual_seed(seed), controls, beam)
+    ids, logprob, backoff = generate(
+        model, z, vocab, DecodeOptions(temperature, greedy=greedy), torch.Generator().manual_seed(seed), controls, beam
+    )
     assert_well_formed(vocab, ids)
     assert torch.isfinite(logprob).all()
     for row, relaxed in zip(ids.tolist(), backoff.tolist()):
@@ -98,16 +121,21 @@ def test_backoff_is_reported_not_crashed():
     ze_only = [c for c in "月日雪白木石竹入出" if tone(c) is Tone.ZE]
     vocab = Vocab(["<pad>", "<unk>", "<bos>", "<eos>"] + ze_only, [0] * 4 + [1] * len(ze_only))
     model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=4, hidden_dim=4, latent_dim=2)).eval()
-    ids, _, backoff = generate(model, torch.randn(3, 2), vocab, DecodeOptions(greedy=True), None,
-                               Controls(tones=True))
+    ids, _, backoff = generate(model, torch.randn(3, 2), vocab, DecodeOptions(greedy=True), None, Controls(tones=True))
     assert_well_formed(vocab, ids)
     assert backoff[:, 0].all() and not backoff[:, 1].any()
 
 
 def test_bad_controls_are_clear_errors():
-    for bad in (dict(acrostic="春夏秋"), dict(acrostic="abcd"), dict(prefix=("白日依山",)),
-                dict(prefix=("白日依山尽",) * 4), dict(rhyme_group="九十九"), dict(scheme="cantonese"),
-                dict(acrostic="春夏秋冬", prefix=("白日依山尽",))):
+    for bad in (
+        dict(acrostic="春夏秋"),
+        dict(acrostic="abcd"),
+        dict(prefix=("白日依山",)),
+        dict(prefix=("白日依山尽",) * 4),
+        dict(rhyme_group="九十九"),
+        dict(scheme="cantonese"),
+        dict(acrostic="春夏秋冬", prefix=("白日依山尽",)),
+    ):
         with pytest.raises(ConfigError):
             Controls(**bad)
     vocab = make_vocab(False)
@@ -124,8 +152,24 @@ def test_controls_reach_the_cli_and_json_reports_backoff(trained_run):
 
     vocab = Vocab.load(trained_run / "vocab.json")
     chars = [t for t in vocab.tokens[4:] if len(t) == 1][:4]
-    result = CliRunner().invoke(app, ["sample", "-m", str(trained_run), "-n", "6", "--seed", "0", "--rhyme",
-                                      "--tones", "--acrostic", "".join(chars), "--format", "json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "sample",
+            "-m",
+            str(trained_run),
+            "-n",
+            "6",
+            "--seed",
+            "0",
+            "--rhyme",
+            "--tones",
+            "--acrostic",
+            "".join(chars),
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.output.splitlines()]
     assert len(records) == 6

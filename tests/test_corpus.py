@@ -103,8 +103,7 @@ def test_lines_format_blank_lines_ignored(tmp_path: Path) -> None:
 
 def test_stanzas_format(tmp_path: Path) -> None:
     text = (
-        "床前明月光，\n疑是地上霜。\n举头望明月，\n低头思故乡。\n\n"
-        "春眠不觉晓\n处处闻啼鸟\n夜来风雨声\n花落知多少\n\n\n"
+        "床前明月光，\n疑是地上霜。\n举头望明月，\n低头思故乡。\n\n春眠不觉晓\n处处闻啼鸟\n夜来风雨声\n花落知多少\n\n\n"
     )
     path = write(tmp_path, "s.txt", text)
     poems, report = read_corpus([path])
@@ -178,8 +177,7 @@ TRAD = ["牀前明月光，疑是地上霜。", "舉頭望明月，低頭思故�
 def chinese_poetry(tmp_path: Path, extra: list[dict] | None = None) -> Path:
     data = [
         {"author": "李白", "title": "靜夜思", "paragraphs": TRAD, "id": "x"},
-        {"author": "孟浩然", "title": "春曉", "paragraphs": [" 春眠不覺曉，處處聞啼鳥。",
-                                                      "夜來風雨聲，花落知多少。 "]},
+        {"author": "孟浩然", "title": "春曉", "paragraphs": [" 春眠不覺曉，處處聞啼鳥。", "夜來風雨聲，花落知多少。 "]},
     ] + (extra or [])
     return write(tmp_path, "poet.tang.0.json", json.dumps(data, ensure_ascii=False, indent=2))
 
@@ -213,8 +211,11 @@ def test_t2s_always_and_auto_on_plain_text(tmp_path: Path) -> None:
 
 def test_chinese_poetry_rejects_notes_and_lost_glyphs(tmp_path: Path) -> None:
     extra = [
-        {"author": "a", "title": "t", "paragraphs": ["白日依山盡，黃河入海流（一作「去」）。",
-                                                   "欲窮千里目，更上一層樓。"]},
+        {
+            "author": "a",
+            "title": "t",
+            "paragraphs": ["白日依山盡，黃河入海流（一作「去」）。", "欲窮千里目，更上一層樓。"],
+        },
         {"author": "a", "title": "t", "paragraphs": ["千山鳥飛□，萬徑人蹤滅。", "孤舟蓑笠翁，獨釣寒江雪。"]},
     ]
     poems, report = read_corpus([chinese_poetry(tmp_path, extra)])
@@ -359,7 +360,7 @@ def test_no_paths() -> None:
 
 
 def test_not_utf8(tmp_path: Path) -> None:
-    data = one(JINGYESI).encode("utf-8") + "\n".encode() + one(CHUNXIAO).encode("gbk")
+    data = one(JINGYESI).encode("utf-8") + b"\n" + one(CHUNXIAO).encode("gbk")
     offset = len(one(JINGYESI).encode("utf-8")) + 1
     path = write(tmp_path, "gbk.txt", data)
     with pytest.raises(CorpusError) as exc:
@@ -372,7 +373,7 @@ def test_not_utf8(tmp_path: Path) -> None:
 
 def test_bad_jsonl_line(tmp_path: Path) -> None:
     good = json.dumps({"body": list(JINGYESI)})
-    path = write(tmp_path, "b.jsonl", f"{good}\n{good}\n{{\"body\": [\n")
+    path = write(tmp_path, "b.jsonl", f'{good}\n{good}\n{{"body": [\n')
     with pytest.raises(CorpusError, match=r"b\.jsonl line 3: invalid JSON"):
         read_corpus([path])
 
@@ -399,10 +400,14 @@ def test_bad_chinese_poetry_json(tmp_path: Path) -> None:
 
 
 def test_duplicates_dropped_across_files_first_kept(tmp_path: Path) -> None:
-    a = write(tmp_path, "a.jsonl", "\n".join(
-        json.dumps({"title": t, "body": list(p)}, ensure_ascii=False)
-        for t, p in (("first", JINGYESI), ("second", JINGYESI), ("x", CHUNXIAO))
-    ))
+    a = write(
+        tmp_path,
+        "a.jsonl",
+        "\n".join(
+            json.dumps({"title": t, "body": list(p)}, ensure_ascii=False)
+            for t, p in (("first", JINGYESI), ("second", JINGYESI), ("x", CHUNXIAO))
+        ),
+    )
     b = write(tmp_path, "b.txt", f"{one(CHUNXIAO)}\n{one(DENGGAO)}\n")
     poems, report = read_corpus([a, b])
     assert [p.lines for p in poems] == [JINGYESI, CHUNXIAO, DENGGAO]
@@ -421,30 +426,36 @@ def test_duplicates_on_simplified_body(tmp_path: Path) -> None:
 # -------------------------------------------------------------- parse_poem
 
 
-@pytest.mark.parametrize("text", [
-    "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
-    "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。",
-    "床前明月光, 疑是地上霜. 举头望明月, 低头思故乡.",
-    "  床前明月光 疑是地上霜\n\n举头望明月 低头思故乡 ",
-    "床前明月光\r\n疑是地上霜\r\n举头望明月\r\n低头思故乡\r\n",
-    "床前明月光疑是地上霜举头望明月低头思故乡",
-    "床前明月光疑是地上霜 举头望明月低头思故乡",
-    "\ufeff床前明月光：疑是地上霜！举头望明月；低头思故乡？",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+        "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。",
+        "床前明月光, 疑是地上霜. 举头望明月, 低头思故乡.",
+        "  床前明月光 疑是地上霜\n\n举头望明月 低头思故乡 ",
+        "床前明月光\r\n疑是地上霜\r\n举头望明月\r\n低头思故乡\r\n",
+        "床前明月光疑是地上霜举头望明月低头思故乡",
+        "床前明月光疑是地上霜 举头望明月低头思故乡",
+        "\ufeff床前明月光：疑是地上霜！举头望明月；低头思故乡？",
+    ],
+)
 def test_parse_poem_good(text: str) -> None:
     assert parse_poem(text) == Poem(JINGYESI)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("床前明月光，疑是地上霜。举头望明月。", "expected 4 lines of 5 characters, got 3 lines"),
-    ("床前明月光，疑是地上。举头望明月，低头思故乡。", "line 2 '疑是地上' has 4 characters"),
-    ("床前明月光，疑是a上霜。举头望明月，低头思故乡。", "'a' is not a Han character"),
-    ("床前明月光（一作看），疑是地上霜。举头望明月，低头思故乡。", "'（' is not a Han character"),
-    ("", "empty poem"),
-    ("，。\n", "empty poem"),
-    ("床前明月光", "got 1 line"),
-    ("床前明月光疑是地上霜举头望明月低头思故", "got 1 line"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("床前明月光，疑是地上霜。举头望明月。", "expected 4 lines of 5 characters, got 3 lines"),
+        ("床前明月光，疑是地上。举头望明月，低头思故乡。", "line 2 '疑是地上' has 4 characters"),
+        ("床前明月光，疑是a上霜。举头望明月，低头思故乡。", "'a' is not a Han character"),
+        ("床前明月光（一作看），疑是地上霜。举头望明月，低头思故乡。", "'（' is not a Han character"),
+        ("", "empty poem"),
+        ("，。\n", "empty poem"),
+        ("床前明月光", "got 1 line"),
+        ("床前明月光疑是地上霜举头望明月低头思故", "got 1 line"),
+    ],
+)
 def test_parse_poem_bad(text: str, message: str) -> None:
     with pytest.raises(CorpusError) as exc:
         parse_poem(text)
@@ -457,8 +468,7 @@ han_line = st.text(han, min_size=5, max_size=5)
 
 
 @settings(max_examples=50, deadline=None, database=None)
-@given(st.tuples(han_line, han_line, han_line, han_line),
-       st.sampled_from(["，", ", ", " ", "\n", "。", "\u3000", ""]))
+@given(st.tuples(han_line, han_line, han_line, han_line), st.sampled_from(["，", ", ", " ", "\n", "。", "\u3000", ""]))
 def test_parse_poem_roundtrip(lines: tuple[str, str, str, str], sep: str) -> None:
     poem = Poem(lines)
     assert parse_poem(poem.oneline()) == poem

@@ -15,8 +15,9 @@ HAN = "天地人山水风花雪月春秋日夜云江河明光霜乡"
 
 def make_vocab(words: list[str]) -> Vocab:
     tokens = list(dict.fromkeys(list(HAN) + words))
-    return Vocab(["<pad>", "<unk>", "<bos>", "<eos>"] + tokens, [0] * 4 + [1] * len(tokens),
-                 "jieba" if words else "char")
+    return Vocab(
+        ["<pad>", "<unk>", "<bos>", "<eos>"] + tokens, [0] * 4 + [1] * len(tokens), "jieba" if words else "char"
+    )
 
 
 def assert_well_formed(vocab: Vocab, ids: torch.Tensor) -> None:
@@ -37,22 +38,31 @@ def assert_well_formed(vocab: Vocab, ids: torch.Tensor) -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**31 - 1),
-       words=st.lists(st.sampled_from(["明月", "春风", "江山", "白日依", "故乡人", "天地人山水"]), max_size=4, unique=True),
-       temperature=st.floats(0.05, 5.0), top_k=st.integers(0, 30), top_p=st.floats(0.05, 1.0),
-       greedy=st.booleans(), scale=st.floats(0.0, 20.0))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    words=st.lists(
+        st.sampled_from(["明月", "春风", "江山", "白日依", "故乡人", "天地人山水"]), max_size=4, unique=True
+    ),
+    temperature=st.floats(0.05, 5.0),
+    top_k=st.integers(0, 30),
+    top_p=st.floats(0.05, 1.0),
+    greedy=st.booleans(),
+    scale=st.floats(0.0, 20.0),
+)
 def test_random_models_only_write_well_formed_poems(seed, words, temperature, top_k, top_p, greedy, scale):
     """Whatever the weights (scaled up to make special tokens overwhelmingly likely), the
     masks leave only well-formed poems."""
     torch.manual_seed(seed)
     vocab = make_vocab(words)
-    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, highway_layers=1, hidden_dim=8,
-                                latent_dim=3, dropout=0.0)).eval()
+    model = PoetVAE(
+        ModelConfig(vocab_size=len(vocab), embed_dim=8, highway_layers=1, hidden_dim=8, latent_dim=3, dropout=0.0)
+    ).eval()
     with torch.no_grad():
         model.decoder.out.bias[:4] += scale  # push <pad>/<unk>/<bos>/<eos> to the top
     z = torch.randn(16, 3)
-    ids, logprob, _ = generate(model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy),
-                            torch.Generator().manual_seed(seed))
+    ids, logprob, _ = generate(
+        model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy), torch.Generator().manual_seed(seed)
+    )
     assert ids.shape == (16, SEQ_LEN)
     assert torch.isfinite(logprob).all() and (logprob <= 0).all()
     assert_well_formed(vocab, ids)
@@ -77,8 +87,14 @@ def test_logprob_is_the_model_probability_of_the_poem():
     z = torch.randn(4, 3)
     ids, logprob, _ = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(0))
     with torch.no_grad():
-        terms = model.loss(ids, {"logits": model.decode(z, torch.cat([torch.full((4, 1), 2), ids[:, :-1]], 1))[0],
-                                 "mu": z, "logvar": torch.zeros_like(z)})
+        terms = model.loss(
+            ids,
+            {
+                "logits": model.decode(z, torch.cat([torch.full((4, 1), 2), ids[:, :-1]], 1))[0],
+                "mu": z,
+                "logvar": torch.zeros_like(z),
+            },
+        )
     assert torch.allclose(-terms["rec"], logprob, atol=1e-4)
 
 
@@ -167,14 +183,17 @@ def test_a_temperature_too_low_for_float_range_still_samples_allowed_tokens():
     model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3, dropout=0.0)).eval()
     with torch.no_grad():
         model.decoder.out.bias[:4] += 200.0  # the allowed tokens' probabilities underflow to 0
-    ids, logprob, _ = generate(model, torch.randn(6, 3), vocab, DecodeOptions(temperature=0.05),
-                               torch.Generator().manual_seed(0))
+    ids, logprob, _ = generate(
+        model, torch.randn(6, 3), vocab, DecodeOptions(temperature=0.05), torch.Generator().manual_seed(0)
+    )
     assert_well_formed(vocab, ids)
     assert torch.isfinite(logprob).all() and (logprob < -1000).all()
 
 
-@pytest.mark.parametrize("opts", [DecodeOptions(), DecodeOptions(temperature=0.7), DecodeOptions(temperature=1.6),
-                                  DecodeOptions(greedy=True)])
+@pytest.mark.parametrize(
+    "opts",
+    [DecodeOptions(), DecodeOptions(temperature=0.7), DecodeOptions(temperature=1.6), DecodeOptions(greedy=True)],
+)
 @pytest.mark.parametrize("uniform", [True, False])
 def test_exp_without_max_shift_picks_like_the_softmax_and_gives_exact_logprobs(opts, uniform):
     """_choose's two ways, the softmax and (for logits known to be small) exp without the
@@ -203,8 +222,9 @@ def test_generation_under_bf16_autocast_is_well_formed():
     """The GPU path decodes under bf16 autocast (bench); the CPU's autocast takes the same
     code: mixed dtypes in the step decoder's in-place updates must still give poems."""
     vocab = make_vocab([])
-    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3,
-                                decoder_layers=2)).eval()
+    model = PoetVAE(
+        ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3, decoder_layers=2)
+    ).eval()
     z = torch.randn(6, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ids, logprob, _ = generate(model, z, vocab, DecodeOptions(temperature=0.8), torch.Generator().manual_seed(0))

@@ -9,12 +9,38 @@ import torch
 from poetvae import checkpoint as ckpt
 from poetvae.poet import Poet
 
-FLAGS = ["--embed-dim", "16", "--hidden-dim", "24", "--latent-dim", "6", "--highway-layers", "1",
-         "--batch-size", "16", "--epochs", "2", "--log-every", "1", "--device", "cpu", "--seed", "3",
-         "--free-bits", "0.2", "--word-dropout", "0.3", "--kl-schedule", "cyclical", "--kl-cycles", "2",
-         # nn.Dropout draws its masks per process: with it on, the curves agree in distribution
-         # only; off, they agree to float rounding (the tolerance asserted below)
-         "--dropout", "0"]
+FLAGS = [
+    "--embed-dim",
+    "16",
+    "--hidden-dim",
+    "24",
+    "--latent-dim",
+    "6",
+    "--highway-layers",
+    "1",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "2",
+    "--log-every",
+    "1",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--free-bits",
+    "0.2",
+    "--word-dropout",
+    "0.3",
+    "--kl-schedule",
+    "cyclical",
+    "--kl-cycles",
+    "2",
+    # nn.Dropout draws its masks per process: with it on, the curves agree in distribution
+    # only; off, they agree to float rounding (the tolerance asserted below)
+    "--dropout",
+    "0",
+]
 
 
 def steps(run_dir):
@@ -23,11 +49,19 @@ def steps(run_dir):
 
 def test_two_processes_follow_the_single_process_run(prep_dir, tmp_path):
     single, double = tmp_path / "one", tmp_path / "two"
-    one = subprocess.run([sys.executable, "-m", "poetvae", "train", str(prep_dir), "-o", str(single), *FLAGS],
-                         capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "poetvae", "train", str(prep_dir), "-o", str(single), *FLAGS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "poetvae", "train", str(prep_dir), "-o", str(double), *FLAGS,
-                          "--devices", "2"], capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [sys.executable, "-m", "poetvae", "train", str(prep_dir), "-o", str(double), *FLAGS, "--devices", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stdout + two.stderr
     a, b = steps(single), steps(double)
     assert len(a) == len(b) > 5

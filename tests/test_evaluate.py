@@ -44,13 +44,15 @@ def _rows(n: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
 
 # ---- importance-weighted NLL ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def one_dim_vae() -> PoetVAE:
     """A tiny untrained VAE with a 1-d latent whose decoder depends strongly on z, so that
     p(z|x) is much narrower than q(z|x) and the bound is visibly loose at K = 1."""
     torch.manual_seed(0)
-    model = PoetVAE(ModelConfig(vocab_size=12, embed_dim=8, highway_layers=1, hidden_dim=8,
-                                latent_dim=1, dropout=0.0)).eval()
+    model = PoetVAE(
+        ModelConfig(vocab_size=12, embed_dim=8, highway_layers=1, hidden_dim=8, latent_dim=1, dropout=0.0)
+    ).eval()
     with torch.no_grad():
         model.decoder.init_state.weight.mul_(8)
         model.decoder.lstm.weight_ih_l0[:, -1].mul_(8)  # the z column of the input weights
@@ -84,8 +86,13 @@ def iw_case(one_dim_vae) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(k)
         return ev.iw_nll(model, tokens.repeat(repeats, 1), k=k, generator=g).view(repeats, -1).mean(0)
 
-    return {"tokens": tokens, "exact": _exact_nll(model, tokens),
-            "iw1": mean_iw(1, 400), "iw10": mean_iw(10, 100), "iw1000": mean_iw(1000, 1)}
+    return {
+        "tokens": tokens,
+        "exact": _exact_nll(model, tokens),
+        "iw1": mean_iw(1, 400),
+        "iw10": mean_iw(10, 100),
+        "iw1000": mean_iw(1000, 1),
+    }
 
 
 def test_iw_nll_converges_to_the_exact_likelihood(iw_case):
@@ -124,8 +131,11 @@ def test_iw_nll_is_deterministic_and_chunks_k(one_dim_vae):
 
 def test_iw_nll_of_the_no_latent_model_is_its_reconstruction():
     torch.manual_seed(0)
-    model = PoetVAE(ModelConfig(vocab_size=20, embed_dim=8, highway_layers=1, hidden_dim=8,
-                                latent_dim=3, dropout=0.3, use_latent=False))
+    model = PoetVAE(
+        ModelConfig(
+            vocab_size=20, embed_dim=8, highway_layers=1, hidden_dim=8, latent_dim=3, dropout=0.3, use_latent=False
+        )
+    )
     model.train()  # iw_nll must switch dropout off itself, and put the mode back
     tokens = _rows(10, 20)
     tokens[3, 15:] = PAD  # a shorter (word-vocabulary-like) row: padding is ignored
@@ -140,11 +150,17 @@ def test_iw_nll_of_the_no_latent_model_is_its_reconstruction():
 
 # ---- active units and mutual information --------------------------------------------------
 
+
 def test_active_units_counts_dims_that_vary_over_poems():
     g = torch.Generator().manual_seed(0)
-    mu = torch.cat([torch.randn(2000, 3, generator=g),  # variance 1: active
-                    torch.full((2000, 1), 2.5),  # constant: inactive
-                    0.05 * torch.randn(2000, 1, generator=g)], dim=1)  # variance 0.0025 < 0.01
+    mu = torch.cat(
+        [
+            torch.randn(2000, 3, generator=g),  # variance 1: active
+            torch.full((2000, 1), 2.5),  # constant: inactive
+            0.05 * torch.randn(2000, 1, generator=g),
+        ],
+        dim=1,
+    )  # variance 0.0025 < 0.01
     count, var = ev.active_units(mu)
     assert count == 3
     assert var.shape == (5,)
@@ -162,8 +178,9 @@ def _calc_mi_reference(mu: torch.Tensor, logvar: torch.Tensor, seed: int) -> flo
     eps = torch.randn((n, nz), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     z = (mu + torch.exp(0.5 * logvar) * eps)[:, None]  # (z_batch, 1, nz)
     dev = z - mu[None]
-    log_density = -0.5 * (dev ** 2 / logvar.exp()[None]).sum(-1) \
-        - 0.5 * (nz * math.log(2 * math.pi) + logvar.sum(-1))[None]
+    log_density = (
+        -0.5 * (dev**2 / logvar.exp()[None]).sum(-1) - 0.5 * (nz * math.log(2 * math.pi) + logvar.sum(-1))[None]
+    )
     log_qz = torch.logsumexp(log_density, dim=1) - math.log(n)
     return float(neg_entropy - log_qz.mean())
 
@@ -193,8 +210,7 @@ def test_mutual_information_bounds():
     far = ev.mutual_information(10 * torch.randn(n, z, generator=g), torch.full((n, z), -8.0))
     assert far == pytest.approx(log_n, abs=tol)
     # in between, more spread means more information, and never beyond log N
-    values = [ev.mutual_information(s * torch.randn(n, z, generator=g), torch.zeros(n, z))
-              for s in (0.1, 1.0, 3.0)]
+    values = [ev.mutual_information(s * torch.randn(n, z, generator=g), torch.zeros(n, z)) for s in (0.1, 1.0, 3.0)]
     assert values == sorted(values)
     assert values[0] < 0.3 < values[1] < values[2] < log_n + tol
     for seed in range(5):
@@ -210,6 +226,7 @@ def test_mutual_information_of_no_latent_is_zero():
 
 
 # ---- reconstruction accuracy -------------------------------------------------------------
+
 
 def test_reconstruction_accuracy_with_a_perfect_and_an_imperfect_decoder(monkeypatch, trained_run):
     poet = Poet.load(trained_run, device="cpu")
@@ -242,6 +259,7 @@ def test_reconstruction_accuracy_of_a_trained_model(trained_run, prepared):
 
 
 # ---- statistics of poem lists -----------------------------------------------------------
+
 
 def test_distinct_n_counts_ngrams_within_lines():
     # 20 characters, 17 different (明 月 头 repeat); 16 bigrams within lines, 明月 twice
@@ -286,8 +304,17 @@ def test_well_formed_rate():
 
 def test_sample_stats_keys_and_values():
     stats = ev.sample_stats([JINGYESI, JINGYESI, DENGLOU], [JINGYESI])
-    assert list(stats) == ["poems", "distinct", "distinct_1", "distinct_2", "copied_poems",
-                           "copied_lines", "rhyme_rate", "tone_rate", "well_formed"]
+    assert list(stats) == [
+        "poems",
+        "distinct",
+        "distinct_1",
+        "distinct_2",
+        "copied_poems",
+        "copied_lines",
+        "rhyme_rate",
+        "tone_rate",
+        "well_formed",
+    ]
     assert stats["poems"] == 3 and stats["distinct"] == 2
     assert stats["copied_poems"] == pytest.approx(2 / 3)
     assert stats["well_formed"] == 1.0 and stats["rhyme_rate"] == 1.0
@@ -298,8 +325,17 @@ def test_sample_stats_keys_and_values():
 REPORT_KEYS = {
     "likelihood": {"iw_nll", "iw_samples", "ppl", "rec", "kl", "nelbo"},
     "latent": {"latent_dim", "active_units", "mutual_information", "reconstruction_accuracy"},
-    "samples": {"poems", "distinct", "distinct_1", "distinct_2", "copied_poems", "copied_lines",
-                "rhyme_rate", "tone_rate", "well_formed"},
+    "samples": {
+        "poems",
+        "distinct",
+        "distinct_1",
+        "distinct_2",
+        "copied_poems",
+        "copied_lines",
+        "rhyme_rate",
+        "tone_rate",
+        "well_formed",
+    },
     "meta": {"poems", "unk_rate", "temperature", "seed", "scheme", "device", "seconds"},
 }
 REPORT_KEYS["reference"] = REPORT_KEYS["samples"]
@@ -345,8 +381,11 @@ def test_evaluate_run_on_a_trained_model(trained_run, prepared):
 
 def test_evaluate_run_on_a_no_latent_model(prepared):
     torch.manual_seed(0)
-    cfg = Config(model=ModelConfig(vocab_size=len(prepared.vocab), embed_dim=8, highway_layers=1,
-                                   hidden_dim=8, latent_dim=4, use_latent=False))
+    cfg = Config(
+        model=ModelConfig(
+            vocab_size=len(prepared.vocab), embed_dim=8, highway_layers=1, hidden_dim=8, latent_dim=4, use_latent=False
+        )
+    )
     poet = Poet(PoetVAE(cfg.model), prepared.vocab, cfg, torch.device("cpu"))
     test, train = prepared.splits["test"], prepared.splits["train"]
     report = ev.evaluate_run(poet, test, train, samples=10, iw_samples=3, scheme="xinyun")
@@ -354,8 +393,12 @@ def test_evaluate_run_on_a_no_latent_model(prepared):
     # the same numbers, summed in a different order (per poem in float64 vs in float32)
     assert report["likelihood"]["iw_nll"] == pytest.approx(report["likelihood"]["rec"], rel=1e-6)
     assert report["likelihood"]["kl"] == 0.0
-    assert report["latent"] == {"latent_dim": 0, "active_units": 0, "mutual_information": 0.0,
-                                "reconstruction_accuracy": report["latent"]["reconstruction_accuracy"]}
+    assert report["latent"] == {
+        "latent_dim": 0,
+        "active_units": 0,
+        "mutual_information": 0.0,
+        "reconstruction_accuracy": report["latent"]["reconstruction_accuracy"],
+    }
     with pytest.raises(ConfigError):
         ev.evaluate_run(poet, test, train, samples=1, iw_samples=1, scheme="nope")
     with pytest.raises(ValueError):

@@ -13,7 +13,21 @@ from poetvae.errors import CheckpointError, PoetVAEError
 from poetvae.plot import PlotError, _pca2, plot_latent, plot_training
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RHYMES = ["一东", "二冬", "七阳", "八庚", "十一尤", "四支", "十一真", "一先", "六麻", "五微", "十三元", "二萧", "十七筱"]
+RHYMES = [
+    "一东",
+    "二冬",
+    "七阳",
+    "八庚",
+    "十一尤",
+    "四支",
+    "十一真",
+    "一先",
+    "六麻",
+    "五微",
+    "十三元",
+    "二萧",
+    "十七筱",
+]
 
 
 def assert_png(path, min_bytes=10_000):
@@ -32,13 +46,35 @@ def write_log(run_dir, steps=60, steps_per_epoch=20, valid=True):
     for step in range(5, steps + 1, 5):
         beta = min(1.0, step / 30)
         rec, kl = 60 + 40 * math.exp(-step / 15), 3 + 2 * (1 - math.exp(-step / 20))
-        append_log(run_dir, {"kind": "step", "step": step, "total_steps": steps, "epoch": step // steps_per_epoch,
-                             "rec": rec, "kl": kl, "loss": rec + beta * kl, "beta": beta, "seconds": 0.1 * step})
+        append_log(
+            run_dir,
+            {
+                "kind": "step",
+                "step": step,
+                "total_steps": steps,
+                "epoch": step // steps_per_epoch,
+                "rec": rec,
+                "kl": kl,
+                "loss": rec + beta * kl,
+                "beta": beta,
+                "seconds": 0.1 * step,
+            },
+        )
         if step % steps_per_epoch == 0:
-            extra = {"valid_rec": rec + 3, "valid_kl": kl - 0.2, "valid_nelbo": rec + kl + 2.8,
-                     "valid_ppl": math.exp((rec + kl + 2.8) / 24)} if valid else {}
-            append_log(run_dir, {"kind": "epoch", "step": step, "epoch": step / steps_per_epoch,
-                                 "seconds": 0.1 * step, **extra})
+            extra = (
+                {
+                    "valid_rec": rec + 3,
+                    "valid_kl": kl - 0.2,
+                    "valid_nelbo": rec + kl + 2.8,
+                    "valid_ppl": math.exp((rec + kl + 2.8) / 24),
+                }
+                if valid
+                else {}
+            )
+            append_log(
+                run_dir,
+                {"kind": "epoch", "step": step, "epoch": step / steps_per_epoch, "seconds": 0.1 * step, **extra},
+            )
 
 
 def test_plot_training_writes_png(tmp_path):
@@ -73,8 +109,18 @@ def test_plot_training_tolerates_partial_logs(tmp_path):
 
 
 def test_plot_training_only_epochs(tmp_path):
-    append_log(tmp_path, {"kind": "epoch", "step": 20, "epoch": 1.0, "valid_rec": 70.0, "valid_kl": 3.0,
-                          "valid_nelbo": 73.0, "valid_ppl": 21.0})
+    append_log(
+        tmp_path,
+        {
+            "kind": "epoch",
+            "step": 20,
+            "epoch": 1.0,
+            "valid_rec": 70.0,
+            "valid_kl": 3.0,
+            "valid_nelbo": 73.0,
+            "valid_ppl": 21.0,
+        },
+    )
     assert_png(plot_training(tmp_path)[0])
 
 
@@ -109,13 +155,16 @@ def test_plot_latent_z1_and_two_points(tmp_path):
     assert_png(plot_latent(np.ones((5, 3)), ["a"] * 5, tmp_path / "same.png"), min_bytes=5_000)
 
 
-@pytest.mark.parametrize("mu, labels", [
-    (np.zeros((1, 4)), ["七阳"]),
-    (np.zeros((0, 4)), []),
-    (np.zeros((3, 2)), ["七阳", "一东"]),       # label count differs
-    (np.full((3, 2), np.nan), ["a", "b", "c"]),  # non-finite
-    (np.zeros((2, 2, 2)), ["a", "b"]),           # wrong rank
-])
+@pytest.mark.parametrize(
+    "mu, labels",
+    [
+        (np.zeros((1, 4)), ["七阳"]),
+        (np.zeros((0, 4)), []),
+        (np.zeros((3, 2)), ["七阳", "一东"]),  # label count differs
+        (np.full((3, 2), np.nan), ["a", "b", "c"]),  # non-finite
+        (np.zeros((2, 2, 2)), ["a", "b"]),  # wrong rank
+    ],
+)
 def test_plot_latent_rejects_bad_input(tmp_path, mu, labels):
     with pytest.raises(PlotError):
         plot_latent(mu, labels, tmp_path / "bad.png")

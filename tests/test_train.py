@@ -2,14 +2,13 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, tiny
 
 from poetvae import checkpoint as ckpt
 from poetvae.config import TrainConfig, load_config
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.poet import Poet
 from poetvae.train import kl_weight, train
-
-from conftest import TINY, tiny
 
 
 @pytest.mark.parametrize("step,expected", [(0, 0.0), (50, 0.5), (100, 1.0), (500, 1.0)])
@@ -37,8 +36,9 @@ def test_sigmoid_schedule():
 def test_cyclical_schedule():
     cfg = TrainConfig(kl_schedule="cyclical", kl_cycles=4, kl_ratio=0.5)
     # 400 steps in 4 cycles of 100: ramp over 50 steps, then flat
-    assert [kl_weight(s, 400, cfg) for s in (0, 25, 50, 99, 100, 125, 350, 399)] == \
-        pytest.approx([0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0])
+    assert [kl_weight(s, 400, cfg) for s in (0, 25, 50, 99, 100, 125, 350, 399)] == pytest.approx(
+        [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0]
+    )
 
 
 def test_run_directory_contents(trained_run):

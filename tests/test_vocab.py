@@ -1,12 +1,13 @@
-from poetvae.vocab import EOS, PAD, SEQ_LEN, UNK, Vocab
-from poetvae.corpus import read_corpus
-
 import pytest
 
+from poetvae.corpus import read_corpus
 from poetvae.errors import CheckpointError
+from poetvae.vocab import EOS, PAD, SEQ_LEN, UNK, Vocab
 
-POEMS = [("床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"),
-         ("白日依山尽", "黄河入海流", "欲穷千里目", "更上一层楼")]
+POEMS = [
+    ("床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"),
+    ("白日依山尽", "黄河入海流", "欲穷千里目", "更上一层楼"),
+]
 
 
 def test_char_vocab_counts_and_order():

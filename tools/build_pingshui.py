@@ -54,9 +54,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
 # Han ideographs as the corpus defines them (CJK Unified + Ext A + Ext B-G + the
 # compatibility block). The source's last group has "Publicdomainfalse" scraped into it,
 # so anything else must be dropped, not just whitespace.
-_HAN = re.compile(
-    "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f\U0002f800-\U0002fa1f]"
-)
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f\U0002f800-\U0002fa1f]")
 # OpenCC turns the group character 篠 into 筿, but the conventional simplified name of
 # 上声十七 is 筱; every other group name comes out of t2s in its usual form.
 _NAME_FIXES = {"筿": "筱"}
@@ -180,8 +178,10 @@ def main() -> None:
         json.dump(table, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")
     chars = {c for g in table["groups"] for c in g["chars"]}
-    print(f"wrote {args.out}: {len(table['groups'])} groups, {len(chars)} distinct characters, "
-          f"{args.out.stat().st_size} bytes")
+    print(
+        f"wrote {args.out}: {len(table['groups'])} groups, {len(chars)} distinct characters, "
+        f"{args.out.stat().st_size} bytes"
+    )
 
 
 if __name__ == "__main__":
