@@ -1,17 +1,12 @@
-"""Run directories and checkpoints: JSON and safetensors only, every write atomic.
+"""Checkpoints: tensors in safetensors with JSON metadata, every write atomic.
 
-A run directory holds:
+    save_tensors(path, tensors, meta)            one file: the tensors + a JSON object
+    tensors, meta = load_tensors(path)
+    flatten_train_state(model, optimizer)        the whole training state as flat tensors
+    restore_train_state(model, optimizer, ...)   + JSON (optimizer scalars, RNG), and back
 
-    config.json        the resolved Config (prep, model, train sections)
-    vocab.json         the vocabulary
-    model.safetensors  the best weights by validation negative ELBO (what `sample` loads)
-    last.safetensors   the latest weights + optimizer moments + RNG state; its metadata
-                       holds the step, epoch and best score as JSON. One file, so a resume
-                       point is written in one atomic rename and can never be half-updated.
-    log.jsonl          one JSON object per logged step and per epoch
-    prep/              the prepared corpus, when `train` was given a raw corpus
-
-Nothing here unpickles: loading a run never runs code from its files.
+Nothing here unpickles: loading a checkpoint never runs code from its file. Which files a
+run directory holds, and what each is for, is poetvae.rundir's business.
 """
 
 from __future__ import annotations
@@ -27,11 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from poetvae.config import Config, config_from_json
-from poetvae.errors import CheckpointError, ConfigError
-from poetvae.vocab import Vocab
+from poetvae.errors import CheckpointError
 
-CONFIG, VOCAB, BEST, LAST, LOG = "config.json", "vocab.json", "model.safetensors", "last.safetensors", "log.jsonl"
+MODEL_PREFIX = "model."  # the model's tensors in a flattened train state
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -76,7 +69,7 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 def flatten_train_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in opt["state"].items():
@@ -92,10 +85,15 @@ def flatten_train_state(
     return tensors, {"param_groups": opt["param_groups"], "scalars": scalars}
 
 
+def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict inside a flattened train state."""
+    return {k.removeprefix(MODEL_PREFIX): v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+
+
 def restore_train_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
 ) -> None:
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(model_state(tensors))
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -110,39 +108,19 @@ def restore_train_state(
         torch.cuda.set_rng_state_all(cuda_states)
 
 
-# ---- run directories --------------------------------------------------------------------
-def is_run_dir(path: Path) -> bool:
-    return (Path(path) / CONFIG).is_file() and (Path(path) / VOCAB).is_file()
-
-
-def write_run_header(run_dir: Path, cfg: Config, vocab: Vocab) -> None:
-    atomic_write(Path(run_dir) / CONFIG, json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
-    atomic_write(Path(run_dir) / VOCAB, vocab.to_json())
-
-
-def read_run_header(run_dir: Path) -> tuple[Config, Vocab]:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"no such run directory: {run_dir}")
-    if not is_run_dir(run_dir):
-        raise CheckpointError(
-            f"{run_dir} is not a poetvae run (no {CONFIG} and {VOCAB}); train one with `poetvae train`"
-        )
-    try:
-        cfg = config_from_json((run_dir / CONFIG).read_text(encoding="utf-8"))
-    except ConfigError as e:
-        raise CheckpointError(f"{run_dir / CONFIG}: {e}") from None
-    return cfg, Vocab.load(run_dir / VOCAB)
-
-
+# ---- the training log -------------------------------------------------------------------
 def append_log(run_dir: Path, record: dict[str, Any]) -> None:
     # Appending one line is atomic enough for a log: a crash loses at most the last line.
-    with open(Path(run_dir) / LOG, "a", encoding="utf-8") as f:
+    from poetvae.rundir import RunDir  # rundir builds on this module
+
+    with open(RunDir(run_dir).log, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / LOG
+    from poetvae.rundir import RunDir
+
+    path = RunDir(run_dir).log
     if not path.is_file():
         return []
     out = []

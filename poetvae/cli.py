@@ -180,26 +180,37 @@ def train(
 
     Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
     """
-    from poetvae.train import PREP_SUBDIR, load_prepared, load_training_data, run_config
+    from poetvae import rundir
 
     settings = dict(settings or {})
     if no_latent:
         settings["use_latent"] = False
     if devices > 1:
         with user_errors():
-            raise typer.Exit(_launch_torchrun(devices, corpus, output, config, resume, overwrite, settings))
+            raise typer.Exit(
+                _launch_torchrun(
+                    devices,
+                    corpus=corpus,
+                    output=output,
+                    config=config,
+                    resume=resume,
+                    overwrite=overwrite,
+                    settings=settings,
+                )
+            )
     with user_errors():
         if resume is not None:
             if corpus or output or settings or config:
                 raise typer.BadParameter("--resume takes the run's own data and config; give no corpus or settings")
             run_dir = resume
-            cfg = run_config(run_dir)
-            data = load_prepared(run_dir / PREP_SUBDIR)
+            inputs = rundir.RunDir(run_dir).open_for_resume()
+            cfg, data = inputs.config, inputs.data
         else:
-            run_dir = output or Path("runs/default")
-            _refuse_existing_run(run_dir, overwrite)
+            run_dir = output or rundir.DEFAULT_RUN
+            run = rundir.RunDir(run_dir)
+            run.refuse_existing(overwrite=overwrite)
             cfg = load_config(config, settings)
-            data = load_training_data(corpus or None, run_dir, cfg)
+            data = run.load_training_data(corpus or None, cfg)
         main_process = env_rank() == 0  # under torchrun only rank 0 speaks
         if main_process:
             out.print(_config_table(cfg))
@@ -209,13 +220,6 @@ def train(
     if result.interrupted and main_process:
         err.print(f"interrupted at step {result.steps}; continue with: poetvae train --resume {run_dir}")
         raise typer.Exit(130)
-
-
-def _refuse_existing_run(run_dir: Path, overwrite: bool) -> None:
-    from poetvae import checkpoint as ckpt
-
-    if ckpt.is_run_dir(run_dir) and not overwrite:
-        raise PoetVAEError(f"{run_dir} already holds a run: --resume {run_dir} continues it, --overwrite replaces it")
 
 
 def _flags(settings: dict[str, Any]) -> list[str]:
@@ -229,6 +233,7 @@ def _flags(settings: dict[str, Any]) -> list[str]:
 
 def _launch_torchrun(
     devices: int,
+    *,
     corpus: list[Path] | None,
     output: Path | None,
     config: Path | None,
@@ -239,15 +244,16 @@ def _launch_torchrun(
     """Prepare the data once here, then run `poetvae train` under torchrun with N processes."""
     import subprocess
 
-    from poetvae.train import prepare_run_data
+    from poetvae import rundir
 
     if resume is not None:
         args = ["--resume", str(resume)]
     else:
-        run_dir = output or Path("runs/default")
-        _refuse_existing_run(run_dir, overwrite)
+        run_dir = output or rundir.DEFAULT_RUN
+        run = rundir.RunDir(run_dir)
+        run.refuse_existing(overwrite=overwrite)
         # into RUN_DIR/prep once here, which every process then reads
-        source = prepare_run_data(corpus or None, run_dir, load_config(config, settings))
+        source = run.prepare_data(corpus or None, load_config(config, settings))
         args = [
             str(source),
             "-o",
@@ -506,35 +512,6 @@ def interpolate(
 
 
 # ---- evaluate -----------------------------------------------------------------------------
-def _run_prep_dir(run_dir: Path) -> Path:
-    """RUN_DIR/prep, checked: a clear error if this is not a run with its training split."""
-    from poetvae.checkpoint import read_run_header
-    from poetvae.errors import CheckpointError
-    from poetvae.train import PREP_SUBDIR
-
-    read_run_header(run_dir)
-    prep_dir = run_dir / PREP_SUBDIR
-    if not (prep_dir / "train.txt").is_file():
-        raise CheckpointError(f"{run_dir} has no prep/ directory with its training split")
-    return prep_dir
-
-
-def _heldout(run_dir: Path, corpus: list[Path] | None) -> tuple[list[Any], str]:
-    """(held-out poems, where they came from): the corpus given, else the run's test split
-    (or its validation split when the test split is empty)."""
-    from poetvae.corpus import load_poems, read_corpus
-    from poetvae.errors import CheckpointError
-
-    prep_dir = _run_prep_dir(run_dir)
-    if corpus:
-        return read_corpus(corpus)[0], ", ".join(map(str, corpus))
-    for split in ("test", "valid"):
-        poems = load_poems(prep_dir / f"{split}.txt")
-        if poems:
-            return poems, f"the run's {split} split"
-    raise CheckpointError(f"{run_dir} has no held-out poems; pass a corpus to evaluate on")
-
-
 def _print_report(report: dict[str, Any], source: str) -> None:
     lk, lt, meta = report["likelihood"], report["latent"], report["meta"]
     table = Table(title=f"{meta['poems']:,} held-out poems ({source})", show_header=False, title_justify="left")
@@ -587,19 +564,20 @@ def evaluate(
 
     Example: [bold]poetvae evaluate -m runs/default --iw 500 --json[/]
     """
-    from poetvae.corpus import load_poems
+    from poetvae import rundir
     from poetvae.evaluate import evaluate_run
     from poetvae.poet import Poet
 
     with user_errors():
-        heldout, source = _heldout(model, corpus)
-        train_poems = load_poems(_run_prep_dir(model) / "train.txt")
+        run = rundir.RunDir(model)
+        heldout = run.heldout(corpus)
+        train_poems = run.train_poems()
         poet = Poet.load(model, device=device)
-        report = evaluate_run(poet, heldout, train_poems, samples, iw, temp, seed, scheme)
+        report = evaluate_run(poet, heldout.poems, train_poems, samples, iw, temp, seed, scheme)
     if as_json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     else:
-        _print_report(report, source)
+        _print_report(report, heldout.source)
 
 
 # ---- plot ---------------------------------------------------------------------------------
@@ -615,12 +593,13 @@ def plot(
 
     Example: [bold]poetvae plot runs/default[/]
     """
+    from poetvae import rundir
     from poetvae.plot import plot_latent_of_run, plot_training
 
     with user_errors():
         paths = plot_training(model, output)
-        heldout, _ = _heldout(model, None)
-        paths.append(plot_latent_of_run(model, heldout, output, device))
+        heldout = rundir.RunDir(model).heldout()
+        paths.append(plot_latent_of_run(model, heldout.poems, output, device))
     for path in paths:
         out.print(f"wrote {path}")
 

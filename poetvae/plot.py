@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from poetvae.checkpoint import LOG, atomic_write, read_log
+from poetvae.checkpoint import atomic_write, read_log
 from poetvae.errors import CheckpointError, PoetVAEError
+from poetvae.rundir import LOG, RunDir
 
 __all__ = ["PlotError", "plot_training", "plot_latent", "TRAINING_PNG"]
 
@@ -176,7 +177,7 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
         raise CheckpointError(
             f"{run_dir} has no training log ({LOG} is missing or empty); train with `poetvae train` first"
         )
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    out_dir = Path(out_dir) if out_dir is not None else RunDir(run_dir).plots
 
     fig = _new_figure()
     (ax_rec, ax_kl), (ax_beta, ax_nelbo) = fig.subplots(2, 2, sharex=True)
@@ -456,7 +457,7 @@ def plot_latent_of_run(run_dir: Path, poems: Sequence[Any], out_dir: Path | None
             prosody.rhyme_groups(p.lines[1][-1], "pingshui")
         )
         labels.append(groups[0] if groups else "?")
-    out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
+    out_dir = Path(out_dir) if out_dir is not None else RunDir(run_dir).plots
     return plot_latent(
         mu,
         labels,

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from poetvae import checkpoint as ckpt
 from poetvae.config import Config
 from poetvae.controls import Controls, backoff_report
 from poetvae.corpus import Poem, parse_poem
@@ -30,6 +29,7 @@ from poetvae.errors import CheckpointError
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prosody import prosody_score
+from poetvae.rundir import RunDir
 from poetvae.vocab import Vocab
 
 PoemLike = str | Poem | Sequence[str]
@@ -64,8 +64,9 @@ class Poet:
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", weights: str = "best") -> Poet:
         """weights: "best" (model.safetensors, lowest validation -ELBO) or "last"."""
-        run_dir = Path(run_dir)
-        config, vocab = ckpt.read_run_header(run_dir)
+        run = RunDir(run_dir)
+        header = run.read_header()
+        config, vocab = header.config, header.vocab
         if config.model.vocab_size != len(vocab):
             raise CheckpointError(
                 f"{run_dir}: config says {config.model.vocab_size} tokens, vocab.json has {len(vocab)}"
@@ -73,13 +74,7 @@ class Poet:
         dev = resolve_device(device)
         if dev.type == "cpu":
             keep_freed_memory()
-        if weights == "best":
-            tensors, _ = ckpt.load_tensors(run_dir / ckpt.BEST)
-        elif weights == "last":
-            tensors, _ = ckpt.load_tensors(run_dir / ckpt.LAST)
-            tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        else:
-            raise ValueError(f"weights must be best or last, not {weights!r}")
+        tensors = run.weights(weights)
         model = PoetVAE(config.model)
         try:
             model.load_state_dict(tensors)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,15 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from poetvae import checkpoint as ckpt
+from poetvae import rundir
 from poetvae.config import Config, TrainConfig
-from poetvae.distributed import Dist, env_rank, global_mean, launched_by_torchrun, setup, teardown
-from poetvae.errors import CheckpointError, ConfigError
+from poetvae.distributed import Dist, global_mean, setup, teardown
+from poetvae.errors import ConfigError
 from poetvae.evaluate import elbo_terms
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
-from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare
+from poetvae.prep import PreparedData
 from poetvae.vocab import SEQ_LEN
-
-PREP_SUBDIR = "prep"
 
 
 def kl_weight(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -79,42 +77,6 @@ def learning_rate(cfg: TrainConfig) -> float:
     if cfg.lr_batch <= 0:
         return cfg.lr
     return cfg.lr * math.sqrt(cfg.batch_size / cfg.lr_batch)
-
-
-def load_training_data(source: str | Path | Sequence[str | Path] | None, run_dir: Path, cfg: Config) -> PreparedData:
-    """The run's data, kept in RUN_DIR/prep so a run is self-contained (evaluate reads its
-    test split from there). `source`: a prep directory (copied), corpus files (prepared
-    into it), or None for the corpus shipped in data/."""
-    return load_prepared(prepare_run_data(source, run_dir, cfg))
-
-
-def prepare_run_data(source: str | Path | Sequence[str | Path] | None, run_dir: Path, cfg: Config) -> Path:
-    """load_training_data's first half: the prep directory the run reads (RUN_DIR/prep, or
-    under torchrun on ranks other than 0 the given prep directory itself)."""
-    from poetvae.data_files import default_corpus
-
-    target = Path(run_dir) / PREP_SUBDIR
-    if source is None:
-        sources: list[Path] = [default_corpus()]
-    else:
-        sources = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else source)]
-    if len(sources) == 1 and sources[0].is_dir():
-        if not is_prep_dir(sources[0]):
-            raise CheckpointError(
-                f"{sources[0]} is a directory but not a prepared corpus; run `poetvae prep` on corpus files"
-            )
-        if launched_by_torchrun() and env_rank() != 0:
-            return sources[0]  # rank 0 alone copies it into the run
-        if sources[0].resolve() != target.resolve():
-            shutil.copytree(sources[0], target, dirs_exist_ok=True)
-    elif launched_by_torchrun():
-        raise ConfigError(
-            "multi-process training reads a prepared corpus: run `poetvae prep` first, "
-            "or use `poetvae train --devices N`, which does"
-        )
-    else:
-        prepare(sources, target, cfg.prep, cfg.model.embed_dim)
-    return target
 
 
 @dataclass
@@ -216,12 +178,11 @@ def train(
 
     step, elapsed, best = 0, 0.0, math.inf
     if resume:
-        tensors, meta = ckpt.load_tensors(run_dir / ckpt.LAST)
+        tensors, meta = ckpt.load_tensors(run_dir / rundir.LAST)
         ckpt.restore_train_state(raw, optimizer, tensors, meta)
         step, elapsed, best = meta["step"], meta["elapsed"], meta["best"]
     elif ctx.is_main:
-        ckpt.write_run_header(run_dir, cfg, data.vocab)
-        (run_dir / ckpt.LOG).unlink(missing_ok=True)
+        rundir.RunDir(run_dir).create(cfg, data.vocab)
     model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else raw
 
     def log(record: dict[str, Any]) -> None:
@@ -234,7 +195,7 @@ def train(
         if ctx.is_main:
             tensors, opt_meta = ckpt.flatten_train_state(raw, optimizer)
             ckpt.save_tensors(
-                run_dir / ckpt.LAST, tensors, {"step": step, "elapsed": elapsed, "best": best, "optimizer": opt_meta}
+                run_dir / rundir.LAST, tensors, {"step": step, "elapsed": elapsed, "best": best, "optimizer": opt_meta}
             )
 
     use_amp = tc.amp and device.type == "cuda"
@@ -297,7 +258,7 @@ def train(
                 best = score
                 result.best_valid = valid
                 if ctx.is_main:
-                    ckpt.save_tensors(run_dir / ckpt.BEST, raw.state_dict(), {"step": step, "valid": valid})
+                    ckpt.save_tensors(run_dir / rundir.BEST, raw.state_dict(), {"step": step, "valid": valid})
             save_resume_point()
             result.valid = valid
             log(
@@ -314,18 +275,12 @@ def train(
     except KeyboardInterrupt:
         elapsed = time.perf_counter() - started
         save_resume_point()
-        if ctx.is_main and not (run_dir / ckpt.BEST).exists():
-            ckpt.save_tensors(run_dir / ckpt.BEST, raw.state_dict(), {"step": step, "valid": {}})
+        if ctx.is_main and not (run_dir / rundir.BEST).exists():
+            ckpt.save_tensors(run_dir / rundir.BEST, raw.state_dict(), {"step": step, "valid": {}})
         result.interrupted = True
     finally:
         teardown()
     result.steps, result.epochs, result.seconds = step, step // steps_per_epoch, elapsed
-    if not result.best_valid and (run_dir / ckpt.BEST).exists():
-        result.best_valid = ckpt.load_tensors(run_dir / ckpt.BEST)[1].get("valid", {})
+    if not result.best_valid and (run_dir / rundir.BEST).exists():
+        result.best_valid = ckpt.load_tensors(run_dir / rundir.BEST)[1].get("valid", {})
     return result
-
-
-def run_config(run_dir: str | Path) -> Config:
-    """The config a run was trained with (for resume)."""
-    cfg, _ = ckpt.read_run_header(Path(run_dir))
-    return cfg

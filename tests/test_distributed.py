@@ -7,6 +7,7 @@ import sys
 import torch
 
 from poetvae import checkpoint as ckpt
+from poetvae import rundir
 from poetvae.poet import Poet
 
 FLAGS = [
@@ -70,8 +71,8 @@ def test_two_processes_follow_the_single_process_run(prep_dir, tmp_path):
         for key in ("loss", "rec", "kl"):
             assert abs(x[key] - y[key]) <= 1e-4 * max(1.0, abs(x[key])), (key, x, y)
     # rank 0 alone wrote the run, and it loads and samples like any other
-    assert json.loads((double / ckpt.CONFIG).read_text(encoding="utf-8"))["model"]["hidden_dim"] == 24
-    w1, _ = ckpt.load_tensors(single / ckpt.BEST)
-    w2, _ = ckpt.load_tensors(double / ckpt.BEST)
+    assert json.loads((double / rundir.CONFIG).read_text(encoding="utf-8"))["model"]["hidden_dim"] == 24
+    w1, _ = ckpt.load_tensors(single / rundir.BEST)
+    w2, _ = ckpt.load_tensors(double / rundir.BEST)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
     assert len(Poet.load(double).sample(3, seed=0)) == 3

@@ -5,6 +5,7 @@ import torch
 from conftest import TINY, tiny
 
 from poetvae import checkpoint as ckpt
+from poetvae import rundir
 from poetvae.config import TrainConfig, load_config
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.poet import Poet
@@ -42,9 +43,9 @@ def test_cyclical_schedule():
 
 
 def test_run_directory_contents(trained_run):
-    for name in (ckpt.CONFIG, ckpt.VOCAB, ckpt.BEST, ckpt.LAST, ckpt.LOG):
+    for name in (rundir.CONFIG, rundir.VOCAB, rundir.BEST, rundir.LAST, rundir.LOG):
         assert (trained_run / name).is_file(), name
-    saved = json.loads((trained_run / ckpt.CONFIG).read_text(encoding="utf-8"))
+    saved = json.loads((trained_run / rundir.CONFIG).read_text(encoding="utf-8"))
     assert saved["model"]["latent_dim"] == TINY.model.latent_dim and saved["model"]["vocab_size"] > 4
     records = ckpt.read_log(trained_run)
     steps = [r for r in records if r["kind"] == "step"]
@@ -54,7 +55,7 @@ def test_run_directory_contents(trained_run):
     assert all({"valid_rec", "valid_kl", "valid_nelbo", "valid_ppl"} <= r.keys() for r in epochs)
     assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
     # nothing that loading reads is pickled: safetensors files start with an 8-byte length and '{'
-    assert (trained_run / ckpt.BEST).read_bytes()[8:9] == b"{"
+    assert (trained_run / rundir.BEST).read_bytes()[8:9] == b"{"
 
 
 def test_save_load_same_samples(trained_run):
@@ -69,8 +70,8 @@ def test_save_load_same_samples(trained_run):
 def test_same_seed_same_run(prepared, tmp_path):
     r1 = train(tiny(epochs=1), prepared, tmp_path / "a")
     r2 = train(tiny(epochs=1), prepared, tmp_path / "b")
-    w1, _ = ckpt.load_tensors(tmp_path / "a" / ckpt.LAST)
-    w2, _ = ckpt.load_tensors(tmp_path / "b" / ckpt.LAST)
+    w1, _ = ckpt.load_tensors(tmp_path / "a" / rundir.LAST)
+    w2, _ = ckpt.load_tensors(tmp_path / "b" / rundir.LAST)
     assert r1.valid == r2.valid
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
@@ -87,8 +88,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(prepared, tmp_pa
     assert broken.interrupted and broken.steps == 7
     resumed = train(cfg, prepared, tmp_path / "cut", resume=True)
     assert not resumed.interrupted and resumed.steps == 18
-    whole, _ = ckpt.load_tensors(tmp_path / "whole" / ckpt.LAST)
-    cut, meta = ckpt.load_tensors(tmp_path / "cut" / ckpt.LAST)
+    whole, _ = ckpt.load_tensors(tmp_path / "whole" / rundir.LAST)
+    cut, meta = ckpt.load_tensors(tmp_path / "cut" / rundir.LAST)
     assert meta["step"] == 18
     for k in whole:
         if k.startswith(("model.", "optim.")):
