@@ -45,11 +45,14 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    """Write `tensors` (moved to the CPU) and `meta` (JSON, under the key "poetvae") to one file."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(path, st_save(tensors, metadata={"poetvae": json.dumps(meta or {})}))
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the JSON metadata of a file written by save_tensors; CheckpointError
+    when it is missing or not safetensors."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
@@ -69,6 +72,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 def flatten_train_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Everything a resume needs as flat tensors (model, optimizer moments, RNG states) plus
+    the JSON-able rest of the optimizer state (param groups and scalar entries such as step)."""
     tensors = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
@@ -93,6 +98,8 @@ def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def restore_train_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
 ) -> None:
+    """The inverse of flatten_train_state: model, optimizer and RNG as they were saved.
+    `meta["optimizer"]` is the JSON half that flatten_train_state returned."""
     model.load_state_dict(model_state(tensors))
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():

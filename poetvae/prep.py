@@ -34,6 +34,11 @@ SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 
 
+def split_file(prep_dir: str | Path, split: str) -> Path:
+    """PREP_DIR/<split>.txt: one split's poems, one per line."""
+    return Path(prep_dir) / f"{split}.txt"
+
+
 @dataclass
 class PrepResult:
     prep_dir: Path
@@ -84,7 +89,7 @@ def prepare(
         sentences, vocab, embed_dim, cfg.w2v_epochs, cfg.w2v_window, cfg.split_seed, save_to=prep_dir / "word2vec.txt"
     )
     for name in SPLITS:
-        write_poems(prep_dir / f"{name}.txt", splits[name])
+        write_poems(split_file(prep_dir, name), splits[name])
     atomic_write(prep_dir / "vocab.json", vocab.to_json())
     save_tensors(prep_dir / "embeddings.safetensors", {"weight": matrix})
     result = PrepResult(
@@ -123,7 +128,7 @@ def load_prepared(prep_dir: str | Path) -> PreparedData:
         raise CheckpointError(f"{prep_dir} is not a prepared corpus (no {MANIFEST}); run `poetvae prep` first")
     vocab = Vocab.load(prep_dir / "vocab.json")
     splits = {
-        name: load_poems(prep_dir / f"{name}.txt") if (prep_dir / f"{name}.txt").stat().st_size else []
+        name: load_poems(split_file(prep_dir, name)) if split_file(prep_dir, name).stat().st_size else []
         for name in SPLITS
     }
     tensors, _ = load_tensors(prep_dir / "embeddings.safetensors")

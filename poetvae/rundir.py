@@ -37,7 +37,7 @@ from poetvae.config import Config, config_from_json
 from poetvae.corpus import Poem, load_poems, read_corpus
 from poetvae.distributed import env_rank, launched_by_torchrun
 from poetvae.errors import CheckpointError, ConfigError, PoetVAEError
-from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare
+from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare, split_file
 from poetvae.vocab import Vocab
 
 CONFIG = "config.json"
@@ -198,13 +198,13 @@ class RunDir:
     def checked_prep(self) -> Path:
         """RUN_DIR/prep, checked: a clear error if this is not a run with its training split."""
         self.read_header()
-        if not (self.prep / "train.txt").is_file():
+        if not split_file(self.prep, "train").is_file():
             raise CheckpointError(f"{self.path} has no prep/ directory with its training split")
         return self.prep
 
     def train_poems(self) -> list[Poem]:
         """The poems the run trained on."""
-        return load_poems(self.checked_prep() / "train.txt")
+        return load_poems(split_file(self.checked_prep(), "train"))
 
     def heldout(self, corpus: Sequence[Path] | None = None) -> HeldOut:
         """The corpus given, else the run's test split (or its validation split when the
@@ -213,7 +213,7 @@ class RunDir:
         if corpus:
             return HeldOut(read_corpus(corpus)[0], ", ".join(map(str, corpus)))
         for split in ("test", "valid"):
-            poems = load_poems(prep_dir / f"{split}.txt")
+            poems = load_poems(split_file(prep_dir, split))
             if poems:
                 return HeldOut(poems, f"the run's {split} split")
         raise CheckpointError(f"{self.path} has no held-out poems; pass a corpus to evaluate on")

@@ -1,6 +1,7 @@
 """The command line end to end on the shipped corpus, and every kind of bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,25 @@ def test_jieba_mode_end_to_end(tmp_path):
     out = run("sample", "-m", run_dir, "-n", "50", "--seed", "0", "--temp", "1.5", "--format", "oneline")
     lines = out.output.splitlines()
     assert len(lines) == 50 and all(well_formed(x) for x in lines)
+
+
+def test_evaluate_and_plot_read_the_runs_own_splits(cli_run, tmp_path):
+    result = run("evaluate", "-m", cli_run, "--samples", "5", "--iw", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["meta"]["poems"] > 0 and report["samples"]["poems"] == 5
+    table = run("evaluate", "-m", cli_run, "--samples", "5", "--iw", "2")
+    assert table.exit_code == 0 and "the run's test split" in table.output
+    plots = run("plot", cli_run, "-o", tmp_path / "plots")
+    assert plots.exit_code == 0, plots.output
+    assert (tmp_path / "plots" / "training.png").is_file() and (tmp_path / "plots" / "latent.png").is_file()
+
+
+def test_evaluate_needs_a_run_with_its_splits(cli_run, tmp_path):
+    assert_one_line_error(run("evaluate", "-m", tmp_path), "not a poetvae run")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "vocab.json", "model.safetensors"):
+        shutil.copy(cli_run / name, bare / name)
+    assert_one_line_error(run("evaluate", "-m", bare), "has no prep/ directory with its training split")
+    assert_one_line_error(run("train", "--resume", bare), "not a prepared corpus")
