@@ -17,8 +17,6 @@ Nothing here unpickles: loading a run never runs code from its files.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +27,10 @@ from safetensors.torch import save as st_save
 
 from poetvae.config import Config, config_from_json
 from poetvae.errors import CheckpointError, ConfigError
+from poetvae.files import atomic_write
 from poetvae.vocab import Vocab
 
 CONFIG, VOCAB, BEST, LAST, LOG = "config.json", "vocab.json", "model.safetensors", "last.safetensors", "log.jsonl"
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from poetvae.checkpoint import LOG, atomic_write, read_log
+from poetvae.checkpoint import LOG, read_log
 from poetvae.errors import CheckpointError, PoetVAEError
+from poetvae.files import atomic_write
 
 __all__ = ["PlotError", "plot_training", "plot_latent", "TRAINING_PNG"]
 
