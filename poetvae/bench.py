@@ -30,9 +30,10 @@ import torch
 
 from poetvae.config import Config, ModelConfig, TrainConfig
 from poetvae.decode import DecodeOptions, DecodeTables, generate
+from poetvae.form import FORM
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
-from poetvae.vocab import SEQ_LEN, SPECIALS, Vocab
+from poetvae.vocab import SPECIALS, Vocab
 
 # The small reference implementation this design comes from: embedding 128, hidden 128,
 # 2-layer decoder, latent 128, a vocabulary of about 4,600 characters.
@@ -52,13 +53,14 @@ def _lstm_flops(size_in: int, hidden: int, layers: int, directions: int = 1) -> 
 
 
 def flops_per_poem(cfg: ModelConfig) -> dict[str, float]:
-    """Model FLOPs for one poem of SEQ_LEN = 21 positions, from the layer shapes.
+    """Model FLOPs for one poem of FORM.seq_len = 21 positions, from the layer shapes.
 
     "sample" counts what generation executes (model.StepDecoder): the first layer's input
     product is a table lookup per token and position plus one product with z per poem, so
     a step is the recurrent products and the output layer. The vocabulary-sized tables
     are built once per batch and not counted per poem."""
-    e, h, z, v, t, layers = cfg.embed_dim, cfg.hidden_dim, cfg.latent_dim, cfg.vocab_size, SEQ_LEN, cfg.decoder_layers
+    e, h, z, v, layers = cfg.embed_dim, cfg.hidden_dim, cfg.latent_dim, cfg.vocab_size, cfg.decoder_layers
+    t = FORM.seq_len
     highway = cfg.highway_layers * 2 * (2 * e * e)  # transform and gate per token
     initial_state = 2 * z * 2 * layers * h
     decoder = t * (highway + _lstm_flops(e + z, h, layers) + 2 * h * v) + initial_state
@@ -122,7 +124,7 @@ def bench_size(
     model = PoetVAE(cfg).to(device)
     config = Config(model=cfg, train=TrainConfig(batch_size=batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(len(SPECIALS), cfg.vocab_size, (batch_size, SEQ_LEN), device=device)
+    tokens = torch.randint(len(SPECIALS), cfg.vocab_size, (batch_size, FORM.seq_len), device=device)
     use_amp = device.type == "cuda"
 
     def train_steps() -> None:
@@ -159,7 +161,7 @@ def bench_size(
         "parameters": model.num_parameters(),
         "train_batch": batch_size,
         "train_poems_per_s": train_rate,
-        "train_tokens_per_s": train_rate * SEQ_LEN,
+        "train_tokens_per_s": train_rate * FORM.seq_len,
         "train_flops_per_poem": flops["train"],
         "train_flops_per_s": train_rate * flops["train"],
         "train_fraction_of_peak": train_rate * flops["train"] / peak,

@@ -347,7 +347,7 @@ def _controls(
 ) -> Any:
     """The decoding controls from the flags (a given prefix is parsed into its lines)."""
     from poetvae.controls import Controls
-    from poetvae.corpus import split_verse
+    from poetvae.form import split_verse
 
     lines = tuple(split_verse(prefix)) if prefix else ()
     return Controls(rhyme=rhyme, rhyme_group=rhyme_group, scheme=scheme, tones=tones, acrostic=acrostic, prefix=lines)
@@ -469,8 +469,8 @@ def interpolate(
     Example: [bold]poetvae interpolate -m runs/default
     床前明月光，疑是地上霜。举头望明月，低头思故乡。 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。[/]
     """
-    from poetvae.corpus import parse_poem
     from poetvae.decode import DecodeOptions
+    from poetvae.form import parse_poem
     from poetvae.poet import Poet
 
     if method not in ("linear", "slerp"):

@@ -32,7 +32,8 @@ from torch import Tensor
 
 from poetvae import prosody
 from poetvae.errors import ConfigError, VocabError
-from poetvae.vocab import CHARS_PER_LINE, LINES, POEM_CHARS, SPECIALS, Vocab
+from poetvae.form import FORM, is_han
+from poetvae.vocab import SPECIALS, Vocab
 
 NONE, PING, ZE = 0, 1, 2  # required tone at a position / definite tone of a character
 BACKOFF_NAMES = ("tones", "rhyme")  # the order in which constraints are relaxed
@@ -51,14 +52,8 @@ _SAME_AS_S = {
     (3, 3): False,
 }
 _ENDINGS = {1: PING, 2: ZE, 3: PING}  # line index -> tone of its last character
-_RHYME_ENDS = (2 * CHARS_PER_LINE - 1, 4 * CHARS_PER_LINE - 1)  # positions 9 and 19
-_FIRST_END = CHARS_PER_LINE - 1  # position 4: rhymes only when 平
-
-
-def _han(ch: str) -> bool:
-    return len(ch) == 1 and (
-        "\u3400" <= ch <= "\u9fff" or "\U00020000" <= ch <= "\U0003134f" or "\uf900" <= ch <= "\ufaff"
-    )
+_RHYME_ENDS = (2 * FORM.chars_per_line - 1, 4 * FORM.chars_per_line - 1)  # positions 9 and 19
+_FIRST_END = FORM.chars_per_line - 1  # position 4: rhymes only when 平
 
 
 @dataclass(frozen=True)
@@ -73,12 +68,12 @@ class Controls:
     def __post_init__(self) -> None:
         if self.scheme not in prosody.SCHEMES:
             raise ConfigError(f"unknown rhyme scheme {self.scheme!r} (expected {' or '.join(prosody.SCHEMES)})")
-        if self.acrostic is not None and (len(self.acrostic) != LINES or not all(map(_han, self.acrostic))):
+        if self.acrostic is not None and (len(self.acrostic) != FORM.lines or not all(map(is_han, self.acrostic))):
             raise ConfigError(f"an acrostic is 4 Han characters, one per line; got {self.acrostic!r}")
-        if len(self.prefix) > LINES - 1:
-            raise ConfigError(f"a prefix is at most {LINES - 1} lines; got {len(self.prefix)}")
+        if len(self.prefix) > FORM.lines - 1:
+            raise ConfigError(f"a prefix is at most {FORM.lines - 1} lines; got {len(self.prefix)}")
         for i, line in enumerate(self.prefix, 1):
-            if len(line) != CHARS_PER_LINE or not all(map(_han, line)):
+            if len(line) != FORM.chars_per_line or not all(map(is_han, line)):
                 raise ConfigError(f"prefix line {i} {line!r} is not 5 Han characters")
             if self.acrostic and line[0] != self.acrostic[i - 1]:
                 raise ConfigError(
@@ -100,9 +95,9 @@ class Controls:
 
     def fixed_chars(self) -> dict[int, str]:
         """position -> character fixed there by the acrostic and the prefix."""
-        fixed = {i * CHARS_PER_LINE: ch for i, ch in enumerate(self.acrostic or "")}
+        fixed = {i * FORM.chars_per_line: ch for i, ch in enumerate(self.acrostic or "")}
         for i, line in enumerate(self.prefix):
-            fixed.update({i * CHARS_PER_LINE + c: ch for c, ch in enumerate(line)})
+            fixed.update({i * FORM.chars_per_line + c: ch for c, ch in enumerate(line)})
         return fixed
 
 
@@ -120,7 +115,7 @@ class ControlTables:
 
         # fixed characters: fixed_ok[p, t] = token t may start at position p
         fixed = c.fixed_chars()
-        fixed_ok = torch.ones(POEM_CHARS + 1, v, dtype=torch.bool)
+        fixed_ok = torch.ones(FORM.chars + 1, v, dtype=torch.bool)
         # only start positions from which a token can reach a fixed character need a look
         for p in sorted({q - k for q in fixed for k in range(self.max_chars) if q - k >= 0}):
             for t, tok in enumerate(real):
@@ -145,22 +140,22 @@ class ControlTables:
             raise VocabError(f"no character of the vocabulary is in rhyme group {c.rhyme_group}")
 
         # tones per character offset: definite tone (NONE for BOTH/UNKNOWN/beyond the token)
-        definite = torch.zeros(v, CHARS_PER_LINE, dtype=torch.long)
+        definite = torch.zeros(v, FORM.chars_per_line, dtype=torch.long)
         for t, tones in enumerate(prosody.token_tones(real, c.scheme) if c.tones or c.wants_rhyme else []):
-            for k, tone in enumerate(tones[:CHARS_PER_LINE]):
+            for k, tone in enumerate(tones[: FORM.chars_per_line]):
                 definite[t, k] = PING if tone is prosody.Tone.PING else ZE if tone is prosody.Tone.ZE else NONE
         self.definite = definite.to(device)
         self.end_tone = definite.gather(1, (chars.clamp(min=1) - 1)[:, None]).squeeze(1).to(device)
 
         # required tone per position, for s = NONE (pattern undecided), PING, ZE
-        req = torch.zeros(3, POEM_CHARS + 1, dtype=torch.long)
-        pattern_pos = torch.zeros(POEM_CHARS + 1, dtype=torch.bool)
-        same_as_s = torch.zeros(POEM_CHARS + 1, dtype=torch.bool)
+        req = torch.zeros(3, FORM.chars + 1, dtype=torch.long)
+        pattern_pos = torch.zeros(FORM.chars + 1, dtype=torch.bool)
+        same_as_s = torch.zeros(FORM.chars + 1, dtype=torch.bool)
         if c.tones:
             for line, tone in _ENDINGS.items():
-                req[:, line * CHARS_PER_LINE + CHARS_PER_LINE - 1] = tone
+                req[:, line * FORM.chars_per_line + FORM.chars_per_line - 1] = tone
             for (line, col), same in _SAME_AS_S.items():
-                q = line * CHARS_PER_LINE + col
+                q = line * FORM.chars_per_line + col
                 pattern_pos[q], same_as_s[q] = True, same
                 req[PING, q] = PING if same else ZE
                 req[ZE, q] = ZE if same else PING
@@ -170,7 +165,7 @@ class ControlTables:
 
         # Per start position, what each token would be checked against: most steps of a
         # poem check nothing, and there the decoder keeps its cheap mask (see `active_at`).
-        starts = torch.arange(POEM_CHARS + 1)[:, None]
+        starts = torch.arange(FORM.chars + 1)[:, None]
         real_end = (starts + chars[None, :] - 1).masked_fill(chars[None, :] == 0, -1)  # (21, V); -1: ends nothing
         rhyme_end = (
             (real_end == _RHYME_ENDS[0])
@@ -188,7 +183,7 @@ class ControlTables:
             self.tone_allowed.append((ok | (chars <= k)[None, :]).to(device))
         # clash[col, t]: token t, starting at column col of a line, covers both the 2nd and the
         # 4th character with one tone (possible only from columns 0 and 1)
-        clash = torch.zeros(CHARS_PER_LINE, v, dtype=torch.bool)
+        clash = torch.zeros(FORM.chars_per_line, v, dtype=torch.bool)
         for start in (0, 1):
             a, b = definite[:, 1 - start], definite[:, 3 - start]
             clash[start] = (chars > 3 - start) & (a != NONE) & (a == b)
@@ -197,10 +192,10 @@ class ControlTables:
         if c.wants_rhyme:
             active |= rhyme_end.any(dim=1)
         if c.tones:
-            for p in range(POEM_CHARS + 1):
-                covered = range(p, min(p + self.max_chars, POEM_CHARS + 1))
+            for p in range(FORM.chars + 1):
+                covered = range(p, min(p + self.max_chars, FORM.chars + 1))
                 active[p] |= bool((req[:, list(covered)] != NONE).any())
-                active[p] |= self.max_chars > 2 and bool(clash[p % CHARS_PER_LINE].any())
+                active[p] |= self.max_chars > 2 and bool(clash[p % FORM.chars_per_line].any())
         self.active_at = active.to(device)  # (21,): some token starting here is constrained
 
     # ---- per-row state -------------------------------------------------------------------
@@ -216,7 +211,7 @@ class ControlTables:
         """Allowed tokens (B, V) given the format mask `base` and the rows' positions;
         records back-offs in state["backoff"]."""
         c = self.controls
-        p = written.clamp(max=POEM_CHARS)
+        p = written.clamp(max=FORM.chars)
         hard = base & self.fixed_ok[p]
         allowed = hard
         if c.wants_rhyme and bool(self.rhyme_at[p].any()):
@@ -226,10 +221,10 @@ class ControlTables:
         if c.tones:
             req = self.required[state["s"]]  # (B, 21)
             for k in range(self.max_chars):
-                r = req.gather(1, (p + k).clamp(max=POEM_CHARS)[:, None]).squeeze(1)  # (B,)
+                r = req.gather(1, (p + k).clamp(max=FORM.chars)[:, None]).squeeze(1)  # (B,)
                 allowed = allowed & self.tone_allowed[k][r]
             if self.max_chars > 2:
-                allowed = allowed & ~self.clash[p % CHARS_PER_LINE]
+                allowed = allowed & ~self.clash[p % FORM.chars_per_line]
         for i, relaxed in enumerate((with_rhyme, hard)):  # tones first, then rhyme
             if relaxed is allowed:  # nothing stricter was applied at this level
                 continue
@@ -246,14 +241,14 @@ class ControlTables:
         n = self.token_chars[token]
         if c.tones:
             for k in range(self.max_chars):
-                q = (written + k).clamp(max=POEM_CHARS)
+                q = (written + k).clamp(max=FORM.chars)
                 d = self.definite[token, k]
                 decide = (state["s"] == NONE) & (n > k) & self.pattern_pos[q] & (d != NONE)
                 s = torch.where(self.same_as_s[q], d, PING + ZE - d)
                 state["s"] = torch.where(decide, s, state["s"])
         if c.wants_rhyme:
             g = self.end_groups[token]  # (B, G)
-            sets_group = self.rhyme_check[written.clamp(max=POEM_CHARS), token]
+            sets_group = self.rhyme_check[written.clamp(max=FORM.chars), token]
             narrowed = state["groups"] & g
             # after a back-off the chosen ending may share no open group: start from it
             narrowed = torch.where(narrowed.any(dim=1, keepdim=True), narrowed, g & self.start_groups)

@@ -1,9 +1,11 @@
 """Reading, validating and splitting corpora of 五言绝句 (five-character quatrains).
 
-A poem here is exactly four lines of exactly five Han ideographs, in simplified
-characters. The rules follow the extraction rules of the shared data
-(``../shared/data/README.md``), so that reading the upstream chinese-poetry files
-with this module keeps the same poems the shared files hold:
+A poem here is a :class:`poetvae.form.Poem`: exactly four lines of exactly five Han
+ideographs, in simplified characters. The rules follow the extraction rules of the
+shared data (``../shared/data/README.md``), so that reading the upstream chinese-poetry
+files with this module keeps the same poems the shared files hold. The first two are
+:func:`poetvae.form.check_poem`'s, and the poem type, the splitter and the Han test live
+in :mod:`poetvae.form`; this module adds files, formats, conversion and splits:
 
 * a poem's text is split into lines on punctuation (``，。！？；、：`` and the ASCII
   and full-width forms of ``, . ! ? ; :``) and on any whitespace, including line
@@ -46,10 +48,7 @@ one-line message; poems that merely fail the rules are skipped and counted in th
 from __future__ import annotations
 
 import json
-import os
 import random
-import re
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -58,14 +57,13 @@ from pathlib import Path
 from typing import Any
 
 from poetvae.errors import CorpusError
+from poetvae.files import atomic_write
+from poetvae.form import EMPTY, FORM, NON_HAN, SEPARATORS, WRONG_LENGTH, WRONG_LINES, Poem, check_poem, is_han
 
 __all__ = [
-    "Poem",
     "ReadReport",
     "read_corpus",
-    "parse_poem",
     "split_corpus",
-    "split_verse",
     "write_poems",
     "load_poems",
     "FORMATS",
@@ -74,62 +72,16 @@ __all__ = [
 
 FORMATS = ("lines", "stanzas", "jsonl", "chinese-poetry")
 
-# Short fixed phrases used as keys of ReadReport.skipped / .examples.
-EMPTY = "empty"
-WRONG_LINES = "wrong number of lines"
-WRONG_LENGTH = "line not 5 characters"
-NON_HAN = "non-Han character"
+# Short fixed phrases used as keys of ReadReport.skipped / .examples: why poetvae.form
+# rejects a text, and one more for the conversion to simplified characters.
 T2S_LENGTH = "t2s changed line length"
 SKIP_REASONS = (EMPTY, WRONG_LINES, WRONG_LENGTH, NON_HAN, T2S_LENGTH)
 
-N_LINES = 4
-LINE_LEN = 5
 _MAX_EXAMPLES = 3
 _EXAMPLE_CHARS = 26
 
-# Line separators: the README's 、，。！？； plus ASCII and full-width , . ! ? ; :,
-# halfwidth ideographic ｡ ､ and any whitespace (\s covers U+3000 and line breaks).
-_SEP_RE = re.compile(r"[,.!?;:，。！？；、：．｡､\s]+")
-# Anything that is not a Han ideograph in the README's sense. Compatibility ideographs
-# U+2F800-2FA1F lie inside the U+20000-3134F range already.
-_NON_HAN_RE = re.compile("[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
 # A plain-text line this long (separators excluded) is a whole poem, not a verse.
 _POEM_LIKE = 16
-
-
-# --------------------------------------------------------------------------- Poem
-
-
-@dataclass(frozen=True)
-class Poem:
-    """One 五言绝句: four lines of five Han characters (simplified), title, author."""
-
-    lines: tuple[str, str, str, str]
-    title: str = ""
-    author: str = ""
-
-    def __post_init__(self) -> None:
-        # Accept any sequence but store a tuple so Poem stays hashable; check the shape
-        # here because text/oneline/layout and every model downstream rely on it.
-        lines = tuple(self.lines)
-        if len(lines) != N_LINES or any(not isinstance(s, str) or len(s) != LINE_LEN for s in lines):
-            raise CorpusError(f"a poem needs {N_LINES} lines of {LINE_LEN} characters, got {list(lines)!r}")
-        object.__setattr__(self, "lines", lines)
-
-    @property
-    def text(self) -> str:
-        """The 20 characters, without punctuation."""
-        return "".join(self.lines)
-
-    def oneline(self) -> str:
-        """``床前明月光，疑是地上霜。举头望明月，低头思故乡。``"""
-        a, b, c, d = self.lines
-        return f"{a}，{b}。{c}，{d}。"
-
-    def layout(self) -> str:
-        """The two couplets on two lines."""
-        a, b, c, d = self.lines
-        return f"{a}，{b}。\n{c}，{d}。"
 
 
 @dataclass
@@ -154,71 +106,6 @@ class ReadReport:
     def skipped_summary(self) -> str:
         """``wrong number of lines 12, non-Han character 3`` (most frequent first)."""
         return ", ".join(f"{r} {n}" for r, n in self.skipped.most_common()) or "none"
-
-
-# --------------------------------------------------------------------- validation
-
-
-def _split_lines(text: str) -> list[str]:
-    """NFC-normalise and cut a poem's text into its verses (empty pieces dropped)."""
-    text = unicodedata.normalize("NFC", text.replace("\ufeff", ""))
-    pieces = [p for p in _SEP_RE.split(text) if p]
-    # Unpunctuated input: 20 ideographs in one piece, or two couplets of 10.
-    if len(pieces) == 1 and len(pieces[0]) == N_LINES * LINE_LEN:
-        p = pieces[0]
-        pieces = [p[i : i + LINE_LEN] for i in range(0, len(p), LINE_LEN)]
-    elif len(pieces) == 2 and all(len(p) == 2 * LINE_LEN for p in pieces):
-        pieces = [p[i : i + LINE_LEN] for p in pieces for i in (0, LINE_LEN)]
-    return pieces
-
-
-def split_verse(text: str) -> list[str]:
-    """The lines of a partial poem a user typed (e.g. a given first line or two), cut on
-    punctuation; an unpunctuated run of 10 or 15 characters is cut into lines of 5."""
-    out: list[str] = []
-    for piece in _split_lines(text):
-        if len(piece) > LINE_LEN and len(piece) % LINE_LEN == 0:
-            out.extend(piece[i : i + LINE_LEN] for i in range(0, len(piece), LINE_LEN))
-        else:
-            out.append(piece)
-    return out
-
-
-def _check(text: str) -> tuple[list[str] | None, str, str]:
-    """Return ``(lines, "", "")`` for a valid poem, else ``(None, reason, detail)``.
-
-    The detail is the one-line message :func:`parse_poem` raises. Non-Han characters
-    are reported first because they are the most specific problem (an inline note
-    usually also breaks the line count or length).
-    """
-    pieces = _split_lines(text)
-    if not pieces:
-        return None, EMPTY, f"empty poem: expected {N_LINES} lines of {LINE_LEN} characters"
-    for piece in pieces:
-        m = _NON_HAN_RE.search(piece)
-        if m:
-            ch = m.group()
-            return None, NON_HAN, (f"{ch!r} is not a Han character (U+{ord(ch):04X} in {piece!r})")
-    if len(pieces) != N_LINES:
-        s = "" if len(pieces) == 1 else "s"
-        return None, WRONG_LINES, (f"expected {N_LINES} lines of {LINE_LEN} characters, got {len(pieces)} line{s}")
-    for i, piece in enumerate(pieces, 1):
-        if len(piece) != LINE_LEN:
-            return None, WRONG_LENGTH, (f"line {i} {piece!r} has {len(piece)} characters, expected {LINE_LEN}")
-    return pieces, "", ""
-
-
-def parse_poem(text: str) -> Poem:
-    """Parse one poem typed by a user; raise :class:`CorpusError` saying what is wrong.
-
-    Accepts any of the separators (full-width or ASCII punctuation, spaces, newlines)
-    or none at all (20 Han characters). The text is taken as it is: no
-    traditional-to-simplified conversion.
-    """
-    lines, _reason, detail = _check(text)
-    if lines is None:
-        raise CorpusError(detail)
-    return Poem(tuple(lines))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- t2s
@@ -339,7 +226,7 @@ def _plain_format(lines: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
 
     nonblank = [(s + k, line) for s, block in blocks for k, line in enumerate(block)]
     as_lines = [(n, [line]) for n, line in nonblank]
-    sizes = [len(_SEP_RE.sub("", line)) for _, line in nonblank]
+    sizes = [len(SEPARATORS.sub("", line)) for _, line in nonblank]
     if sum(s >= _POEM_LIKE for s in sizes) * 2 > len(sizes):
         return "lines", as_lines
     if len(blocks) >= 2:
@@ -348,11 +235,11 @@ def _plain_format(lines: list[str]) -> tuple[str, list[tuple[int, list[str]]]]:
         return "lines", as_lines
     # One block (no blank line between poems): group only when it is unambiguous.
     start, block = blocks[0]
-    for size in (LINE_LEN, 2 * LINE_LEN):
-        per_poem = N_LINES * LINE_LEN // size
+    for size in (FORM.chars_per_line, 2 * FORM.chars_per_line):
+        per_poem = FORM.chars // size
         if all(s == size for s in sizes) and len(block) % per_poem == 0:
             return "stanzas", [(start + i, block[i : i + per_poem]) for i in range(0, len(block), per_poem)]
-    if len(block) <= N_LINES:
+    if len(block) <= FORM.lines:
         return "stanzas", blocks
     return "lines", as_lines
 
@@ -406,7 +293,7 @@ def read_corpus(paths: Sequence[str | Path], t2s: str = "auto") -> tuple[list[Po
         cc = _t2s_converter() if convert and candidates else None
         for cand in candidates:
             report.read += 1
-            lines, reason, detail = _check(cand.text)
+            lines, reason, detail = check_poem(cand.text)
             if lines is None:
                 report._skip(reason, _example(cand, detail))
                 continue
@@ -416,7 +303,7 @@ def read_corpus(paths: Sequence[str | Path], t2s: str = "auto") -> tuple[list[Po
                 # Line by line, as the README does: OpenCC matches phrases, so
                 # converting the joined text could differ at line boundaries.
                 simple = [cc.convert(s) for s in lines]
-                bad = next((s for s in simple if len(s) != LINE_LEN or _NON_HAN_RE.search(s)), None)
+                bad = next((s for s in simple if len(s) != FORM.chars_per_line or not all(map(is_han, s))), None)
                 if bad is not None:
                     report._skip(T2S_LENGTH, _example(cand, f"converted to {bad!r}"))
                     continue
@@ -429,7 +316,7 @@ def read_corpus(paths: Sequence[str | Path], t2s: str = "auto") -> tuple[list[Po
                 report.duplicates += 1
                 continue
             seen.add(body)
-            poems.append(Poem(tuple(lines), title, author))  # type: ignore[arg-type]
+            poems.append(Poem(tuple(lines), title, author))
     report.kept = len(poems)
 
     if not poems:
@@ -487,28 +374,8 @@ def split_corpus(
 
 
 def write_poems(path: Path, poems: Sequence[Poem]) -> None:
-    """Write one poem per line in :meth:`Poem.oneline` form, atomically.
-
-    The text goes to a temporary file in the same directory, then ``os.replace``
-    swaps it in, so a reader never sees a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with open(fd, "w", encoding="utf-8", newline="\n") as f:
-            for poem in poems:
-                f.write(poem.oneline())
-                f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write one poem per line in :meth:`Poem.oneline` form, atomically."""
+    atomic_write(path, "".join(poem.oneline() + "\n" for poem in poems))
 
 
 def load_poems(path: Path) -> list[Poem]:
@@ -522,8 +389,8 @@ def load_poems(path: Path) -> list[Poem]:
     for lineno, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip():
             continue
-        lines, _reason, detail = _check(line)
+        lines, _reason, detail = check_poem(line)
         if lines is None:
             raise CorpusError(f"{path} line {lineno}: {detail}")
-        poems.append(Poem(tuple(lines)))  # type: ignore[arg-type]
+        poems.append(Poem(tuple(lines)))
     return poems

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from poetvae.controls import BACKOFF_NAMES, Controls, ControlTables
+from poetvae.form import FORM
 from poetvae.model import PoetVAE, StepDecoder
-from poetvae.vocab import BOS, CHARS_PER_LINE, EOS, PAD, POEM_CHARS, SEQ_LEN, UNK, Vocab
+from poetvae.vocab import BOS, EOS, PAD, UNK, Vocab
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,17 @@ EXP_SAFE = 75.0
 
 
 def allowed_by_room(token_chars: Tensor) -> Tensor:
-    """(CHARS_PER_LINE + 2, V) bool: row r = tokens allowed when r characters are left in
+    """(FORM.chars_per_line + 2, V) bool: row r = tokens allowed when r characters are left in
     the current line (1..5); row 0 = the poem is complete (only <eos>); row 6 = finished
     (only <pad>)."""
     v = token_chars.numel()
-    table = torch.zeros(CHARS_PER_LINE + 2, v, dtype=torch.bool)
+    table = torch.zeros(FORM.chars_per_line + 2, v, dtype=torch.bool)
     real = token_chars > 0
     real[UNK] = False  # <unk> is never written
-    for room in range(1, CHARS_PER_LINE + 1):
+    for room in range(1, FORM.chars_per_line + 1):
         table[room] = real & (token_chars <= room)
     table[0, EOS] = True
-    table[CHARS_PER_LINE + 1, PAD] = True
+    table[FORM.chars_per_line + 1, PAD] = True
     return table
 
 
@@ -77,7 +78,7 @@ def _filter(logits: Tensor, opts: DecodeOptions) -> Tensor:
 
 
 class Generation(NamedTuple):
-    ids: Tensor  # (B, SEQ_LEN) rows in the layout of Vocab.encode_batch
+    ids: Tensor  # (B, FORM.seq_len) rows in the layout of Vocab.encode_batch
     logprob: Tensor  # (B,) log p(poem | z) under the model (temperature 1, no masks), nats
     backoff: Tensor  # (B, len(BACKOFF_NAMES)) bool: constraints relaxed somewhere in the poem
 
@@ -93,7 +94,7 @@ class _Rows:
         self.prev = torch.full((b,), BOS, dtype=torch.long, device=device)
         self.written = torch.zeros(b, dtype=torch.long, device=device)  # characters out so far
         self.finished = torch.zeros(b, dtype=torch.bool, device=device)
-        self.out = torch.full((b, SEQ_LEN), PAD, dtype=torch.long, device=device)
+        self.out = torch.full((b, FORM.seq_len), PAD, dtype=torch.long, device=device)
         self.logprob = torch.zeros(b, device=device)
         self.ctl = (
             tables.initial_state(b)
@@ -139,9 +140,9 @@ class _FormTable:
         self.forbidden = [(~row).nonzero().squeeze(1) for row in self.table]
 
     def mask(self, rows: _Rows, tables: ControlTables | None) -> _Mask:
-        room = torch.where(rows.written >= POEM_CHARS, 0, CHARS_PER_LINE - rows.written % CHARS_PER_LINE)
-        room = torch.where(rows.finished, CHARS_PER_LINE + 1, room)
-        if tables is not None and bool(tables.active_at[rows.written.clamp(max=POEM_CHARS)].any()):
+        room = torch.where(rows.written >= FORM.chars, 0, FORM.chars_per_line - rows.written % FORM.chars_per_line)
+        room = torch.where(rows.finished, FORM.chars_per_line + 1, room)
+        if tables is not None and bool(tables.active_at[rows.written.clamp(max=FORM.chars)].any()):
             return _Mask(tables.mask(self.table[room], rows.written, rows.ctl))
         lo, hi = torch.aminmax(room)
         if lo == hi:  # one host sync per step, to skip a (B, V) mask
@@ -333,7 +334,7 @@ def generate(
     # beam scores: (B, W); all beams start equal, so only the first is live at step 0
     scores = torch.full((b, beam), -math.inf, device=device)
     scores[:, 0] = 0.0
-    for t in range(SEQ_LEN):
+    for t in range(FORM.seq_len):
         hidden, rows.hc = step(rows.prev, rows.written, rows.z_gates, rows.hc)
         mask = form.mask(rows, tables)
         if beam == 1:

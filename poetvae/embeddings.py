@@ -6,13 +6,13 @@ from co-occurrence give the encoder a head start over a random table.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from poetvae.files import atomic_path
 from poetvae.vocab import PAD, SPECIALS, Vocab
 
 
@@ -52,7 +52,6 @@ def train_word2vec(
             matrix[i] = model.wv[token]
     matrix[PAD] = 0.0
     if save_to is not None:
-        tmp = Path(save_to).with_name(Path(save_to).name + ".tmp")  # gensim writes in place: rename after
-        model.wv.save_word2vec_format(str(tmp), binary=False)
-        os.replace(tmp, save_to)
+        with atomic_path(save_to) as tmp:  # gensim writes to a name: give it a temporary one
+            model.wv.save_word2vec_format(str(tmp), binary=False)
     return torch.from_numpy(matrix)

@@ -25,13 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from poetvae.corpus import Poem, parse_poem
 from poetvae.decode import DecodeOptions, DecodeTables, generate
-from poetvae.errors import CorpusError
+from poetvae.form import FORM, Poem
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet
 from poetvae.prosody import check_scheme, rhyme_ok, tone_24_ok
-from poetvae.vocab import CHARS_PER_LINE, LINES, POEM_CHARS, SEQ_LEN, Vocab
+from poetvae.vocab import Vocab
 
 
 @torch.no_grad()
@@ -58,7 +57,7 @@ def elbo_terms(model: PoetVAE, tokens: Tensor, batch_size: int = 1024, seed: int
     if n == 0:
         return {}
     rec, kl = rec_sum / n, kl_sum / n
-    return {"rec": rec, "kl": kl, "nelbo": rec + kl, "ppl": math.exp((rec + kl) / SEQ_LEN), "poems": n}
+    return {"rec": rec, "kl": kl, "nelbo": rec + kl, "ppl": math.exp((rec + kl) / FORM.seq_len), "poems": n}
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,7 +138,7 @@ def iw_nll(
     "rec". For the no-latent baseline (model.encoder is None, z = 0) the value is the exact
     NLL, the reconstruction term itself, and K is irrelevant.
 
-    tokens: (N, SEQ_LEN) rows of Vocab.encode_batch. batch_size: decoder rows (poems x
+    tokens: (N, FORM.seq_len) rows of Vocab.encode_batch. batch_size: decoder rows (poems x
     samples) per model call; K is split into chunks when it is larger. generator: source
     of the z noise (None: a CPU generator seeded 0); results are deterministic for a given
     generator state and batch_size.
@@ -270,8 +269,8 @@ def reconstruction_accuracy(
             ids = generate(model, means, vocab, DecodeOptions(greedy=True), prepared=tables)[0]  # the token rows
             for got, want in zip(ids.tolist(), batch.tolist()):
                 a, b = "".join(vocab.decode(got)), "".join(vocab.decode(want))
-                matches += sum(x == y for x, y in zip(a[:POEM_CHARS], b[:POEM_CHARS]))
-    return matches / (POEM_CHARS * n)
+                matches += sum(x == y for x, y in zip(a[: FORM.chars], b[: FORM.chars]))
+    return matches / (FORM.chars * n)
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,13 +351,7 @@ def tone_rate(poems: Sequence[PoemLines], scheme: str = "pingshui") -> float:
 
 
 def _well_formed(lines: tuple[str, ...]) -> bool:
-    if len(lines) != LINES or any(len(line) != CHARS_PER_LINE for line in lines):
-        return False
-    try:
-        parse_poem("，".join(lines))  # the corpus's own rule for what a Han character is
-    except CorpusError:
-        return False
-    return True
+    return FORM.fits(lines)
 
 
 def well_formed_rate(poems: Sequence[PoemLines]) -> float:
@@ -475,7 +468,7 @@ def evaluate_run(
         "likelihood": {
             "iw_nll": iw,
             "iw_samples": iw_samples,
-            "ppl": math.exp(iw / SEQ_LEN),
+            "ppl": math.exp(iw / FORM.seq_len),
             "rec": elbo["rec"],
             "kl": elbo["kl"],
             "nelbo": elbo["nelbo"],

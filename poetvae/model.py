@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from poetvae.config import ModelConfig
-from poetvae.vocab import BOS, EOS, PAD, POEM_CHARS, UNK
+from poetvae.form import FORM
+from poetvae.vocab import BOS, EOS, PAD, SPECIALS, UNK
 
 
 class Highway(nn.Module):
@@ -166,7 +167,7 @@ class StepDecoder:
         h0, c0 = state
         h1, c1 = torch.empty_like(h0, dtype=torch.float), torch.empty_like(c0, dtype=torch.float)
         x = self.token_gates.index_select(0, prev)
-        x += self.position_gates[written.clamp(max=POEM_CHARS)]
+        x += self.position_gates[written.clamp(max=FORM.chars)]
         x += z_gates
         self._cell(self._add_product(x, h0[0].to(x.dtype), self.w_hh[0]), c0[0], h1[0], c1[0])
         for k in range(1, self.layers):
@@ -184,14 +185,14 @@ class StepDecoder:
 class PoetVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.vocab_size <= len(("<pad>", "<unk>", "<bos>", "<eos>")):
+        if cfg.vocab_size <= len(SPECIALS):
             raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
         self.cfg = cfg
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=PAD)
         # The decoder is told which character of the poem it writes next (0..19, 20 for the
         # end): line breaks, rhyme positions and the tonal pattern all hang on it, and an
         # LSTM that has to count to find them learns the form much more slowly.
-        self.position = nn.Embedding(POEM_CHARS + 1, cfg.embed_dim)
+        self.position = nn.Embedding(FORM.chars + 1, cfg.embed_dim)
         nn.init.normal_(self.position.weight, std=0.2)  # the scale of the word2vec vectors (~0.18)
         # Characters each token spans (1 for a character, more for a jieba word, 0 for the
         # specials); set from the vocabulary before training and saved with the weights.
@@ -237,7 +238,7 @@ class PoetVAE(nn.Module):
             state = self.decoder.initial_state(z)
         if positions is None:
             positions = self.token_chars[inputs].cumsum(dim=1)  # <bos> spans 0 characters
-        x = self.embed(inputs) + self.position(positions.clamp(max=POEM_CHARS))
+        x = self.embed(inputs) + self.position(positions.clamp(max=FORM.chars))
         return self.decoder(x, z, state)
 
     @staticmethod

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from poetvae.checkpoint import atomic_write, read_log
+from poetvae.checkpoint import read_log
 from poetvae.errors import CheckpointError, PoetVAEError
+from poetvae.files import atomic_write
 from poetvae.rundir import LOG, RunDir
 
 __all__ = ["PlotError", "plot_training", "plot_latent", "TRAINING_PNG"]

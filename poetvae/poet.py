@@ -23,9 +23,9 @@ from torch import Tensor
 
 from poetvae.config import Config
 from poetvae.controls import Controls, backoff_report
-from poetvae.corpus import Poem, parse_poem
 from poetvae.decode import DecodeOptions, DecodeTables, generate, latent_path
 from poetvae.errors import CheckpointError
+from poetvae.form import Poem, parse_poem
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prosody import prosody_score
@@ -91,7 +91,7 @@ class Poet:
         return parse_poem("，".join(poem)).lines
 
     def tokens(self, poems: Sequence[PoemLike], allow_unk: bool = False) -> Tensor:
-        """(B, SEQ_LEN) ids of the poems; characters the vocabulary lacks raise VocabError
+        """(B, FORM.seq_len) ids of the poems; characters the vocabulary lacks raise VocabError
         naming them, unless allow_unk maps them to <unk>."""
         lines = [self._lines(p) for p in poems]
         if not allow_unk:

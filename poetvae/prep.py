@@ -23,11 +23,13 @@ from pathlib import Path
 
 import torch
 
-from poetvae.checkpoint import atomic_write, load_tensors, save_tensors
+from poetvae.checkpoint import load_tensors, save_tensors
 from poetvae.config import PrepConfig
-from poetvae.corpus import Poem, ReadReport, load_poems, read_corpus, split_corpus, write_poems
+from poetvae.corpus import ReadReport, load_poems, read_corpus, split_corpus, write_poems
 from poetvae.embeddings import train_word2vec
 from poetvae.errors import CheckpointError
+from poetvae.files import atomic_write
+from poetvae.form import Poem
 from poetvae.vocab import Vocab
 
 SPLITS = ("train", "valid", "test")
@@ -58,7 +60,7 @@ class PreparedData:
     embeddings: torch.Tensor  # (V, E)
 
     def tokens(self, split: str) -> torch.Tensor:
-        """(N, SEQ_LEN) id rows of one split."""
+        """(N, FORM.seq_len) id rows of one split."""
         return self.vocab.encode_batch([p.lines for p in self.splits[split]])
 
 

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from poetvae.errors import ConfigError, CorpusError
+from poetvae.form import split_verse
 
 __all__ = [
     "SCHEMES",
@@ -75,7 +76,6 @@ __all__ = [
     "token_rhyme_groups",
     "rhyme_mask",
     "token_tones",
-    "split_lines",
     "rhyme_ok",
     "tone_24_ok",
 ]
@@ -421,39 +421,24 @@ def token_tones(tokens: Iterable[str], scheme: str = "pingshui") -> list[tuple[T
 
 # ------------------------------------------------------------ poem helpers ----
 
-_PUNCT = "，。！？；、,.!?;:： \t\r\n"
-
-
-def split_lines(poem: str) -> list[str]:
-    """Split ``床前明月光，疑是地上霜。…`` into its lines (punctuation and spaces dropped)."""
-    lines: list[str] = []
-    cur: list[str] = []
-    for ch in poem:
-        if ch in _PUNCT:
-            if cur:
-                lines.append("".join(cur))
-                cur = []
-        else:
-            cur.append(ch)
-    if cur:
-        lines.append("".join(cur))
-    return lines
+# Lines may come with their punctuation (``床前明月光，``): poetvae.form's splitter
+# drops it, so the checks below see the characters alone.
 
 
 def _last_char(line: str) -> str:
-    stripped = line.rstrip(_PUNCT)
-    if not stripped:
+    pieces = split_verse(line)
+    if not pieces:
         raise CorpusError(f"empty poem line {line!r}")
-    return stripped[-1]
+    return pieces[-1][-1]
 
 
 def rhyme_ok(poem_lines: Sequence[str] | str, scheme: str = "pingshui") -> bool:
     """True when the last characters of lines 2 and 4 rhyme (share a group, 平 or 仄).
 
     ``poem_lines`` is a list of lines, or a whole poem as a string, which is split with
-    ``split_lines``.
+    :func:`poetvae.form.split_verse`.
     """
-    lines = split_lines(poem_lines) if isinstance(poem_lines, str) else list(poem_lines)
+    lines = split_verse(poem_lines) if isinstance(poem_lines, str) else list(poem_lines)
     if len(lines) < 4:
         raise CorpusError(f"a quatrain needs 4 lines, got {len(lines)}: {poem_lines!r}")
     return rhymes(_last_char(lines[1]), _last_char(lines[3]), scheme)
@@ -462,7 +447,7 @@ def rhyme_ok(poem_lines: Sequence[str] | str, scheme: str = "pingshui") -> bool:
 def tone_24_ok(line: str, scheme: str = "pingshui") -> bool | None:
     """二四异: True when the 2nd and 4th characters differ in 平仄, False when they are
     the same. None when either is BOTH or UNKNOWN, because that cannot be decided."""
-    text = line.strip(_PUNCT)
+    text = "".join(split_verse(line))
     if len(text) < 4:
         raise CorpusError(f"line too short for 二四异: {line!r}")
     t2, t4 = tone_class(text[1], scheme), tone_class(text[3], scheme)

@@ -32,11 +32,13 @@ from pathlib import Path
 
 import torch
 
-from poetvae.checkpoint import atomic_write, load_tensors, model_state
+from poetvae.checkpoint import load_tensors, model_state
 from poetvae.config import Config, config_from_json
-from poetvae.corpus import Poem, load_poems, read_corpus
+from poetvae.corpus import load_poems, read_corpus
 from poetvae.distributed import env_rank, launched_by_torchrun
 from poetvae.errors import CheckpointError, ConfigError, PoetVAEError
+from poetvae.files import atomic_write
+from poetvae.form import Poem
 from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare, split_file
 from poetvae.vocab import Vocab
 

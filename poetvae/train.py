@@ -33,10 +33,10 @@ from poetvae.config import Config, TrainConfig
 from poetvae.distributed import Dist, global_mean, setup, teardown
 from poetvae.errors import ConfigError
 from poetvae.evaluate import elbo_terms
+from poetvae.form import FORM
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData
-from poetvae.vocab import SEQ_LEN
 
 
 def kl_weight(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -99,7 +99,7 @@ def draw_noise(batch: int, cfg: Config, device: torch.device) -> tuple[Tensor, T
     draws the same numbers and keeps its own slice."""
     eps = torch.randn(batch, cfg.model.latent_dim, device=device)
     wd = cfg.train.word_dropout
-    drop = torch.rand(batch, SEQ_LEN, device=device) < wd if wd > 0 else None
+    drop = torch.rand(batch, FORM.seq_len, device=device) < wd if wd > 0 else None
     return eps, drop
 
 

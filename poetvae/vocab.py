@@ -1,6 +1,6 @@
 """The vocabulary: characters (default) or jieba words, and poems <-> fixed-length id rows.
 
-Every poem becomes one row of SEQ_LEN = 21 ids: its tokens, then <eos>, then <pad>. With
+Every poem becomes one row of FORM.seq_len = 21 ids: its tokens, then <eos>, then <pad>. With
 characters that is always 20 characters + <eos>; with jieba words it is fewer tokens, but
 each line is segmented on its own so a word never straddles a line break, and every
 token knows how many characters it spans (`token_chars`), which is what lets the decoder
@@ -20,12 +20,10 @@ from pathlib import Path
 import torch
 
 from poetvae.errors import CheckpointError, VocabError
+from poetvae.form import FORM
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
-LINES, CHARS_PER_LINE = 4, 5
-POEM_CHARS = LINES * CHARS_PER_LINE  # 20
-SEQ_LEN = POEM_CHARS + 1  # at most 20 tokens, then <eos>
 
 
 def _jieba_cut(line: str) -> list[str]:
@@ -91,8 +89,8 @@ class Vocab:
         return ids + [EOS]
 
     def encode_batch(self, poems: Sequence[Sequence[str]]) -> torch.Tensor:
-        """(N, SEQ_LEN) int64 rows: tokens, <eos>, then <pad>."""
-        rows = torch.full((len(poems), SEQ_LEN), PAD, dtype=torch.long)
+        """(N, FORM.seq_len) int64 rows: tokens, <eos>, then <pad>."""
+        rows = torch.full((len(poems), FORM.seq_len), PAD, dtype=torch.long)
         for i, lines in enumerate(poems):
             ids = self.encode(lines)
             rows[i, : len(ids)] = torch.tensor(ids)
@@ -116,7 +114,8 @@ class Vocab:
             if i == EOS:
                 break
             text += "□" if i == UNK else self.tokens[i] if i >= len(SPECIALS) else ""
-        return [text[k : k + CHARS_PER_LINE] for k in range(0, len(text), CHARS_PER_LINE)]
+        n = FORM.chars_per_line
+        return [text[k : k + n] for k in range(0, len(text), n)]
 
     def token_chars(self) -> torch.Tensor:
         """(V,) characters each token spans: 0 for specials, 1 for a character, more for words.

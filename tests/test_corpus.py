@@ -1,4 +1,6 @@
-"""Tests for poetvae.corpus: formats, normalisation, validation, dedup, splits, files."""
+"""Tests for poetvae.corpus: formats, normalisation, validation, dedup, splits, files.
+
+The poem type and parse_poem are tested in test_form.py."""
 
 from __future__ import annotations
 
@@ -6,18 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from poetvae.corpus import (
-    Poem,
-    load_poems,
-    parse_poem,
-    read_corpus,
-    split_corpus,
-    write_poems,
-)
+from poetvae.corpus import load_poems, read_corpus, split_corpus, write_poems
 from poetvae.errors import CorpusError, PoetVAEError
+from poetvae.form import Poem
 
 JINGYESI = ("床前明月光", "疑是地上霜", "举头望明月", "低头思故乡")
 CHUNXIAO = ("春眠不觉晓", "处处闻啼鸟", "夜来风雨声", "花落知多少")
@@ -41,25 +35,6 @@ def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
 
 def check_counts(report) -> None:
     assert report.read == report.kept + report.duplicates + sum(report.skipped.values())
-
-
-# ----------------------------------------------------------------------- Poem
-
-
-def test_poem_text_oneline_layout() -> None:
-    p = Poem(JINGYESI, "静夜思", "李白")
-    assert p.text == "床前明月光疑是地上霜举头望明月低头思故乡"
-    assert p.oneline() == "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
-    assert p.layout() == "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"
-    assert Poem(list(JINGYESI)) == Poem(JINGYESI)  # a list is stored as a tuple
-    assert hash(Poem(list(JINGYESI))) == hash(Poem(JINGYESI))
-
-
-def test_poem_rejects_wrong_shape() -> None:
-    with pytest.raises(CorpusError):
-        Poem(JINGYESI[:3])  # type: ignore[arg-type]
-    with pytest.raises(CorpusError):
-        Poem(("床前明月", *JINGYESI[1:]))  # type: ignore[arg-type]
 
 
 # -------------------------------------------------------------------- formats
@@ -421,59 +396,6 @@ def test_duplicates_on_simplified_body(tmp_path: Path) -> None:
     simp = write(tmp_path, "s.txt", one(JINGYESI) + "\n")
     poems, report = read_corpus([simp, trad])
     assert len(poems) == 2 and report.duplicates == 1
-
-
-# -------------------------------------------------------------- parse_poem
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
-        "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。",
-        "床前明月光, 疑是地上霜. 举头望明月, 低头思故乡.",
-        "  床前明月光 疑是地上霜\n\n举头望明月 低头思故乡 ",
-        "床前明月光\r\n疑是地上霜\r\n举头望明月\r\n低头思故乡\r\n",
-        "床前明月光疑是地上霜举头望明月低头思故乡",
-        "床前明月光疑是地上霜 举头望明月低头思故乡",
-        "\ufeff床前明月光：疑是地上霜！举头望明月；低头思故乡？",
-    ],
-)
-def test_parse_poem_good(text: str) -> None:
-    assert parse_poem(text) == Poem(JINGYESI)
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("床前明月光，疑是地上霜。举头望明月。", "expected 4 lines of 5 characters, got 3 lines"),
-        ("床前明月光，疑是地上。举头望明月，低头思故乡。", "line 2 '疑是地上' has 4 characters"),
-        ("床前明月光，疑是a上霜。举头望明月，低头思故乡。", "'a' is not a Han character"),
-        ("床前明月光（一作看），疑是地上霜。举头望明月，低头思故乡。", "'（' is not a Han character"),
-        ("", "empty poem"),
-        ("，。\n", "empty poem"),
-        ("床前明月光", "got 1 line"),
-        ("床前明月光疑是地上霜举头望明月低头思故", "got 1 line"),
-    ],
-)
-def test_parse_poem_bad(text: str, message: str) -> None:
-    with pytest.raises(CorpusError) as exc:
-        parse_poem(text)
-    assert message in str(exc.value)
-    assert "\n" not in str(exc.value)
-
-
-han = st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF)
-han_line = st.text(han, min_size=5, max_size=5)
-
-
-@settings(max_examples=50, deadline=None, database=None)
-@given(st.tuples(han_line, han_line, han_line, han_line), st.sampled_from(["，", ", ", " ", "\n", "。", "\u3000", ""]))
-def test_parse_poem_roundtrip(lines: tuple[str, str, str, str], sep: str) -> None:
-    poem = Poem(lines)
-    assert parse_poem(poem.oneline()) == poem
-    assert parse_poem(poem.layout()) == poem
-    assert parse_poem(sep.join(lines)) == poem
 
 
 # ------------------------------------------------------------------ splits

@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 
 from poetvae.config import ModelConfig
 from poetvae.decode import DecodeOptions, allowed_by_room, generate, latent_path
+from poetvae.form import FORM
 from poetvae.model import PoetVAE
-from poetvae.vocab import EOS, PAD, SEQ_LEN, Vocab
+from poetvae.vocab import EOS, PAD, Vocab
 
 HAN = "天地人山水风花雪月春秋日夜云江河明光霜乡"
 
@@ -63,7 +64,7 @@ def test_random_models_only_write_well_formed_poems(seed, words, temperature, to
     ids, logprob, _ = generate(
         model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy), torch.Generator().manual_seed(seed)
     )
-    assert ids.shape == (16, SEQ_LEN)
+    assert ids.shape == (16, FORM.seq_len)
     assert torch.isfinite(logprob).all() and (logprob <= 0).all()
     assert_well_formed(vocab, ids)
 

@@ -13,9 +13,10 @@ from poetvae import evaluate as ev
 from poetvae.config import Config, ModelConfig
 from poetvae.decode import DecodeOptions
 from poetvae.errors import ConfigError
+from poetvae.form import FORM
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet
-from poetvae.vocab import BOS, EOS, PAD, SEQ_LEN
+from poetvae.vocab import BOS, EOS, PAD
 
 JINGYESI = ("床前明月光", "疑是地上霜", "举头望明月", "低头思故乡")
 DENGLOU = ("白日依山尽", "黄河入海流", "欲穷千里目", "更上一层楼")
@@ -37,7 +38,7 @@ def _one_thread(trained_run):
 def _rows(n: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
     """n random well-formed rows: 20 real tokens, <eos> (no <pad> needed)."""
     g = torch.Generator().manual_seed(seed)
-    rows = torch.randint(4, vocab_size, (n, SEQ_LEN), generator=g)
+    rows = torch.randint(4, vocab_size, (n, FORM.seq_len), generator=g)
     rows[:, -1] = EOS
     return rows
 

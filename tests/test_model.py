@@ -6,14 +6,15 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from poetvae.config import ModelConfig
+from poetvae.form import FORM
 from poetvae.model import Highway, PoetVAE
-from poetvae.vocab import BOS, EOS, SEQ_LEN, UNK
+from poetvae.vocab import BOS, EOS, UNK
 
 CFG = ModelConfig(vocab_size=40, embed_dim=12, highway_layers=2, hidden_dim=16, latent_dim=5, dropout=0.0)
 
 
 def batch(b=6, v=40):
-    x = torch.randint(4, v, (b, SEQ_LEN))
+    x = torch.randint(4, v, (b, FORM.seq_len))
     x[:, -1] = EOS
     return x
 
@@ -22,7 +23,7 @@ def test_shapes():
     m = PoetVAE(CFG)
     x = batch()
     out = m(x)
-    assert out["logits"].shape == (6, SEQ_LEN, 40)
+    assert out["logits"].shape == (6, FORM.seq_len, 40)
     assert out["mu"].shape == out["logvar"].shape == out["z"].shape == (6, 5)
     assert m.sample(3).shape == (3, 5)
     h, c = m.decoder.initial_state(out["z"])
@@ -83,7 +84,7 @@ def test_stepwise_decoding_equals_teacher_forcing():
     full, _ = m.decode(z, inp)
     state, steps = None, []
     positions = m.token_chars[inp].cumsum(dim=1)
-    for t in range(SEQ_LEN):
+    for t in range(FORM.seq_len):
         logits, state = m.decode(z, inp[:, t : t + 1], state, positions[:, t : t + 1])
         steps.append(logits)
     assert torch.allclose(full, torch.cat(steps, dim=1), atol=1e-5)

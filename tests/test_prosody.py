@@ -8,6 +8,7 @@ from importlib import resources
 import pytest
 
 from poetvae.errors import ConfigError, CorpusError
+from poetvae.form import split_verse
 from poetvae.prosody import (
     Tone,
     group_info,
@@ -17,7 +18,6 @@ from poetvae.prosody import (
     rhyme_mask,
     rhyme_ok,
     rhymes,
-    split_lines,
     token_rhyme_groups,
     token_tones,
     tone_24_ok,
@@ -36,7 +36,7 @@ def test_jingyesi_rhyme_chars_in_qiyang() -> None:
         assert "七阳" in rhyme_groups(ch)
     assert rhymes("光", "霜") and rhymes("霜", "乡") and rhymes("光", "乡")
     assert rhymes("光", "霜", tone=Tone.PING)  # a shared 平 group
-    assert rhyme_ok(split_lines(JINGYESI))
+    assert rhyme_ok(split_verse(JINGYESI))
 
 
 def test_chunxiao_ze_rhyme_in_xiao_group() -> None:
@@ -152,8 +152,8 @@ def test_tone_24_none_for_ambiguous() -> None:
     assert tone_24_ok("春天花a光") is None  # 4th char unknown
 
 
-def test_split_lines_and_rhyme_failure() -> None:
-    assert split_lines(JINGYESI) == ["床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"]
+def test_split_verse_and_rhyme_failure() -> None:
+    assert split_verse(JINGYESI) == ["床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"]
     assert not rhyme_ok(["春眠不觉晓", "疑是地上霜", "夜来风雨声", "花落知多少"])
 
 

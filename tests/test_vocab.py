@@ -2,7 +2,8 @@ import pytest
 
 from poetvae.corpus import read_corpus
 from poetvae.errors import CheckpointError
-from poetvae.vocab import EOS, PAD, SEQ_LEN, UNK, Vocab
+from poetvae.form import FORM
+from poetvae.vocab import EOS, PAD, UNK, Vocab
 
 POEMS = [
     ("床前明月光", "疑是地上霜", "举头望明月", "低头思故乡"),
@@ -20,7 +21,7 @@ def test_char_vocab_counts_and_order():
 def test_encode_decode_round_trip():
     v = Vocab.build(POEMS)
     rows = v.encode_batch(POEMS)
-    assert rows.shape == (2, SEQ_LEN)
+    assert rows.shape == (2, FORM.seq_len)
     assert rows[:, 20].tolist() == [EOS, EOS]
     assert [v.decode(r) for r in rows.tolist()] == [list(p) for p in POEMS]
 
