@@ -133,22 +133,3 @@ def read_run_header(run_dir: Path) -> tuple[Config, Vocab]:
     except ConfigError as e:
         raise CheckpointError(f"{run_dir / CONFIG}: {e}") from None
     return cfg, Vocab.load(run_dir / VOCAB)
-
-
-def append_log(run_dir: Path, record: dict[str, Any]) -> None:
-    # Appending one line is atomic enough for a log: a crash loses at most the last line.
-    with open(Path(run_dir) / LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / LOG
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    return out
