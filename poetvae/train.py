@@ -127,6 +127,8 @@ def prepare_run_data(source: str | Path | Sequence[str | Path] | None, run_dir: 
 
 @dataclass
 class TrainResult:
+    """What `train` returns: how far the run went and its validation terms."""
+
     run_dir: Path
     steps: int
     epochs: int  # completed epochs
