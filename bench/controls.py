@@ -56,7 +56,7 @@ def main() -> None:
             seconds.append(time.perf_counter() - start)
         seconds = min(seconds)
         scheme = kw["controls"].scheme if "controls" in kw else "pingshui"
-        stats = sample_stats([s.lines for s in samples], train, scheme)
+        stats = sample_stats([s.lines for s in samples], train, scheme).to_dict()
         stats.update(
             poems_per_s=args.n / seconds,
             backoffs=sum(bool(s.backoff) for s in samples),

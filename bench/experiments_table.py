@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from poetvae.checkpoint import read_log
+from poetvae.records import EpochRecord, read_log
 
 COLUMNS = (
     "recipe",
@@ -54,8 +54,8 @@ def main(out: Path) -> None:
     for path in sorted(out.glob("*.eval.json")):
         name = path.name.removesuffix(".eval.json")
         report = json.loads(path.read_text(encoding="utf-8"))
-        epochs = [r for r in read_log(out / name) if r["kind"] == "epoch"]
-        lines.append("| " + " | ".join(row(name, report, epochs[-1]["seconds"] if epochs else 0.0)) + " |")
+        epochs = [r for r in read_log(out / name) if isinstance(r, EpochRecord)]
+        lines.append("| " + " | ".join(row(name, report, epochs[-1].seconds if epochs else 0.0)) + " |")
     print("\n".join(lines))
 
 

@@ -129,7 +129,9 @@ def bench_size(
 
     def train_steps() -> None:
         for _ in range(steps):
-            train_step(model, optimizer, tokens, 1.0, config, draw_noise(batch_size, config, device), use_amp)
+            train_step(
+                model, optimizer, tokens, draw_noise(batch_size, config, device), config, beta=1.0, use_amp=use_amp
+            )
 
     model.train()
     train_rate = _median_rate(train_steps, batch_size * steps, repeats, device)

@@ -95,27 +95,3 @@ def restore_train_state(
     cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
     if cuda_states:
         torch.cuda.set_rng_state_all(cuda_states)
-
-
-# ---- the training log -------------------------------------------------------------------
-def append_log(run_dir: Path, record: dict[str, Any]) -> None:
-    # Appending one line is atomic enough for a log: a crash loses at most the last line.
-    from poetvae.rundir import RunDir  # rundir builds on this module
-
-    with open(RunDir(run_dir).log, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    from poetvae.rundir import RunDir
-
-    path = RunDir(run_dir).log
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    return out

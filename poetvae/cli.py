@@ -277,6 +277,7 @@ def _launch_torchrun(
 
 
 def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> Any:
+    from poetvae.records import EpochRecord, LogRecord, StepRecord
     from poetvae.train import train as train_run
 
     live = out.is_terminal and env_rank() == 0
@@ -291,19 +292,20 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> An
     )
     task = progress.add_task("training", total=None)
 
-    def on_log(r: dict[str, Any]) -> None:
-        if r["kind"] == "step":
+    def on_log(r: LogRecord) -> None:
+        if isinstance(r, StepRecord):
             progress.update(
                 task,
-                completed=r["step"],
-                total=r["total_steps"],
-                description=f"rec {r['rec']:.1f}  KL {r['kl']:.2f}  β {r['beta']:.2f}",
+                completed=r.step,
+                total=r.total_steps,
+                description=f"rec {r.rec:.1f}  KL {r.kl:.2f}  β {r.beta:.2f}",
             )
-        if r["kind"] == "epoch" and r.get("valid_nelbo") is not None:  # on_log runs on rank 0 only
+        if isinstance(r, EpochRecord) and r.valid is not None:  # on_log runs on rank 0 only
+            v = r.valid
             line = (
-                f"step {r['step']:>6}  epoch {r['epoch']:.1f}  valid rec {r['valid_rec']:.2f}  "
-                f"KL {r['valid_kl']:.2f}  -ELBO {r['valid_nelbo']:.2f}  ppl {r['valid_ppl']:.2f}  "
-                f"({r['seconds']:.0f}s)"
+                f"step {r.step:>6}  epoch {r.epoch:.1f}  valid rec {v.rec:.2f}  "
+                f"KL {v.kl:.2f}  -ELBO {v.nelbo:.2f}  ppl {v.ppl:.2f}  "
+                f"({r.seconds:.0f}s)"
             )
             progress.console.print(line) if live else out.print(line)
 
@@ -314,10 +316,11 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> An
 def _print_train_result(result: Any) -> None:
     table = Table(title=f"run → {result.run_dir}", show_header=False, title_justify="left")
     table.add_row("steps", f"{result.steps:,} ({result.epochs} epochs, {result.seconds:.0f} s)")
-    for name, values in (("last validation", result.valid), ("best validation", result.best_valid)):
-        if values:
+    for name, terms in (("last validation", result.valid), ("best validation", result.best_valid)):
+        if terms is not None:
             table.add_row(
-                name, "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+                name,
+                "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in terms.to_dict().items()),
             )
     out.print(table)
 
@@ -512,24 +515,24 @@ def interpolate(
 
 
 # ---- evaluate -----------------------------------------------------------------------------
-def _print_report(report: dict[str, Any], source: str) -> None:
-    lk, lt, meta = report["likelihood"], report["latent"], report["meta"]
-    table = Table(title=f"{meta['poems']:,} held-out poems ({source})", show_header=False, title_justify="left")
+def _print_report(report: Any, source: str) -> None:
+    lk, lt, meta = report.likelihood, report.latent, report.meta
+    table = Table(title=f"{meta.poems:,} held-out poems ({source})", show_header=False, title_justify="left")
     table.add_row("[bold]likelihood[/]", "")
-    table.add_row(f"IW-NLL (K={lk['iw_samples']})", f"{lk['iw_nll']:.2f} nats/poem   ppl {lk['ppl']:.1f} per token")
-    table.add_row("reconstruction", f"{lk['rec']:.2f} nats/poem")
-    table.add_row("KL", f"{lk['kl']:.2f} nats/poem")
-    table.add_row("negative ELBO", f"{lk['nelbo']:.2f} nats/poem")
+    table.add_row(f"IW-NLL (K={lk.iw_samples})", f"{lk.iw_nll:.2f} nats/poem   ppl {lk.ppl:.1f} per token")
+    table.add_row("reconstruction", f"{lk.rec:.2f} nats/poem")
+    table.add_row("KL", f"{lk.kl:.2f} nats/poem")
+    table.add_row("negative ELBO", f"{lk.nelbo:.2f} nats/poem")
     table.add_row("[bold]latent[/]", "")
-    table.add_row("active units", f"{lt['active_units']} of {lt['latent_dim']}")
-    table.add_row("mutual information", f"{lt['mutual_information']:.2f} nats")
-    table.add_row("reconstruction accuracy", f"{lt['reconstruction_accuracy']:.1%}")
+    table.add_row("active units", f"{lt.active_units} of {lt.latent_dim}")
+    table.add_row("mutual information", f"{lt.mutual_information:.2f} nats")
+    table.add_row("reconstruction accuracy", f"{lt.reconstruction_accuracy:.1%}")
     out.print(table)
-    stats = Table(title=f"samples (temperature {meta['temperature']}) vs the held-out poems", title_justify="left")
+    stats = Table(title=f"samples (temperature {meta.temperature}) vs the held-out poems", title_justify="left")
     stats.add_column("")
     stats.add_column("samples", justify="right")
     stats.add_column("held-out (human)", justify="right")
-    s, r = report["samples"], report["reference"]
+    s, r = report.samples, report.reference
     rows = [
         ("poems", "poems", "{:,}"),
         ("distinct poems", "distinct", "{:,}"),
@@ -537,12 +540,12 @@ def _print_report(report: dict[str, Any], source: str) -> None:
         ("distinct-2", "distinct_2", "{:.3f}"),
         ("copied poems", "copied_poems", "{:.1%}"),
         ("copied lines", "copied_lines", "{:.1%}"),
-        (f"rhyme rate ({meta['scheme']})", "rhyme_rate", "{:.1%}"),
+        (f"rhyme rate ({meta.scheme})", "rhyme_rate", "{:.1%}"),
         ("二四异 rate", "tone_rate", "{:.1%}"),
         ("well formed", "well_formed", "{:.1%}"),
     ]
-    for label, key, fmt in rows:
-        stats.add_row(label, fmt.format(s[key]) if s.get("poems") else "-", fmt.format(r[key]))
+    for label, name, fmt in rows:
+        stats.add_row(label, fmt.format(getattr(s, name)) if s.poems else "-", fmt.format(getattr(r, name)))
     out.print(stats)
 
 
@@ -573,9 +576,11 @@ def evaluate(
         heldout = run.heldout(corpus)
         train_poems = run.train_poems()
         poet = Poet.load(model, device=device)
-        report = evaluate_run(poet, heldout.poems, train_poems, samples, iw, temp, seed, scheme)
+        report = evaluate_run(
+            poet, heldout.poems, train_poems, samples=samples, iw_samples=iw, temperature=temp, seed=seed, scheme=scheme
+        )
     if as_json:
-        sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
     else:
         _print_report(report, heldout.source)
 

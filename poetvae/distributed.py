@@ -22,8 +22,10 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in a multi-process run (rank 0 of 1 when alone)."""
+
     rank: int = 0
-    world: int = 1
+    world: int = 1  # number of processes
 
     @property
     def is_main(self) -> bool:
@@ -62,15 +64,15 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def global_mean(t: torch.Tensor, ctx: Dist, differentiable: bool = False) -> torch.Tensor:
+def global_mean(t: torch.Tensor, process: Dist, *, differentiable: bool = False) -> torch.Tensor:
     """Mean of `t` over processes (identity when alone). differentiable=True lets the
     gradient flow back to every process's share (used for the free-bits KL floor)."""
-    if not ctx.active:
+    if not process.active:
         return t
     if differentiable:
         from torch.distributed.nn.functional import all_reduce
 
-        return all_reduce(t) / ctx.world
+        return all_reduce(t) / process.world
     t = t.clone()
     dist.all_reduce(t)
-    return t / ctx.world
+    return t / process.world

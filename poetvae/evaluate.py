@@ -1,14 +1,16 @@
-"""Measuring a model honestly. This is the only copy of each metric: training's validation
-pass, `poetvae evaluate` and the tests all call these functions.
+"""Measuring a model honestly. This is the only copy of each metric: `poetvae evaluate`
+and the tests all call these functions, and training's validation pass (`elbo_terms`,
+which lives with training in poetvae.train) is reported here too.
 
-    elbo_terms          mean rec / KL / -ELBO / perplexity (training's validation pass)
+    elbo_terms          mean rec / KL / -ELBO / perplexity (from poetvae.train)
     iw_nll              importance-weighted NLL per poem (Burda et al. 2016)
     active_units        latent dims the encoder uses (Burda et al. 2016)
     mutual_information  I(x; z) under q (He et al. 2019's estimator)
     reconstruction_accuracy  characters recovered by greedy decoding of E_q[z|x]
     distinct_poems, distinct_n, copy_rates, rhyme_rate, tone_rate, well_formed_rate,
     sample_stats        statistics of lists of poems (plain Python, no model)
-    evaluate_run        the whole report of `poetvae evaluate --json`
+    evaluate_run        the whole report, an EvaluationReport (`to_dict()` is
+                        `poetvae evaluate --json`)
 
 Every model-side metric runs whole batches in eval mode without gradients, restores the
 model's train/eval mode afterwards, and is deterministic for a given generator / seed.
@@ -16,10 +18,11 @@ model's train/eval mode afterwards, and is deterministic for a given generator /
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,35 +33,8 @@ from poetvae.form import FORM, Poem
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet
 from poetvae.prosody import check_scheme, rhyme_ok, tone_24_ok
+from poetvae.train import elbo_terms, eval_mode
 from poetvae.vocab import Vocab
-
-
-@torch.no_grad()
-def elbo_terms(model: PoetVAE, tokens: Tensor, batch_size: int = 1024, seed: int | None = None) -> dict[str, float]:
-    """Mean per-poem reconstruction, KL and negative ELBO (beta = 1, no free bits, z sampled
-    once from q(z|x)), and perplexity per token position (20 characters + <eos> = 21 per
-    poem whatever the tokenizer, so char and word models compare).
-
-    z comes from torch's global RNG; with `seed`, from a forked copy seeded with it, so that
-    the result is fixed by the seed and the caller's random state is left as it was."""
-    if seed is not None:
-        device = _device(model)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            return elbo_terms(model, tokens, batch_size)
-    rec_sum = kl_sum = 0.0
-    n = tokens.size(0)
-    with _eval_mode(model):
-        for i in range(0, n, batch_size):
-            batch = tokens[i : i + batch_size]
-            terms = model.loss(batch, model(batch))
-            rec_sum += terms["rec"].sum().item()
-            kl_sum += terms["kl"].sum().item()
-    if n == 0:
-        return {}
-    rec, kl = rec_sum / n, kl_sum / n
-    return {"rec": rec, "kl": kl, "nelbo": rec + kl, "ppl": math.exp((rec + kl) / FORM.seq_len), "poems": n}
-
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -66,17 +42,6 @@ def elbo_terms(model: PoetVAE, tokens: Tensor, batch_size: int = 1024, seed: int
 
 LOG_2PI = math.log(2 * math.pi)
 PoemLines = Sequence[str]
-
-
-@contextmanager
-def _eval_mode(model: PoetVAE) -> Iterator[None]:
-    """model.eval() for the duration (no dropout), then back to the caller's mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _device(model: PoetVAE) -> torch.device:
@@ -110,7 +75,7 @@ def _rec(model: PoetVAE, tokens: Tensor, z: Tensor) -> Tensor:
 @torch.no_grad()
 def _posteriors(model: PoetVAE, tokens: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
     """mu, logvar (N, Z) of q(z|x) for every row, in batches, in eval mode."""
-    with _eval_mode(model):
+    with eval_mode(model):
         parts = [model.encode(tokens[i : i + batch_size]) for i in range(0, tokens.size(0), batch_size)]
     if not parts:
         z = tokens.new_zeros(0, model.cfg.latent_dim, dtype=torch.float)
@@ -147,7 +112,7 @@ def iw_nll(
     tokens = tokens.to(device)
     n = tokens.size(0)
     out = torch.empty(n, dtype=torch.float64)
-    with _eval_mode(model):
+    with eval_mode(model):
         if model.encoder is None:
             for i in range(0, n, batch_size):
                 batch = tokens[i : i + batch_size]
@@ -261,7 +226,7 @@ def reconstruction_accuracy(
     if n == 0:
         return 0.0
     matches = 0
-    with _eval_mode(model):
+    with eval_mode(model):
         tables = DecodeTables(model, vocab, device)  # once, not per batch
         for i in range(0, n, batch_size):
             batch = tokens[i : i + batch_size]
@@ -359,36 +324,41 @@ def well_formed_rate(poems: Sequence[PoemLines]) -> float:
     return sum(_well_formed(_as_lines(p)) for p in poems) / len(poems) if poems else 0.0
 
 
-def sample_stats(
-    poems: Sequence[PoemLines], train_poems: Sequence[PoemLines], scheme: str = "pingshui"
-) -> dict[str, float | int]:
-    """All statistics of a list of poems, with the keys of the "samples" and "reference"
-    sections of `evaluate_run`:
+@dataclass(frozen=True)
+class SampleStats:
+    """The statistics of a list of poems (sample_stats): the "samples" and "reference"
+    sections of an EvaluationReport."""
 
-    poems         number of poems in the list
-    distinct      number of different poems (distinct_poems)
-    distinct_1    unique characters / all characters (distinct_n, n = 1, within lines)
-    distinct_2    unique character bigrams / all bigrams within lines (distinct_n, n = 2)
-    copied_poems  share of poems found verbatim in the training split (copy_rates)
-    copied_lines  share of lines found verbatim among the training lines (copy_rates)
-    rhyme_rate    share of poems whose lines 2 and 4 rhyme in `scheme` (rhyme_rate)
-    tone_rate     二四异: share of decidable lines whose 2nd and 4th characters differ
-                  in 平仄 (tone_rate)
-    well_formed   share of poems of exactly 4 lines x 5 Han characters (well_formed_rate)
-    """
+    poems: int  # number of poems in the list
+    distinct: int  # number of different poems (distinct_poems)
+    distinct_1: float  # unique characters / all characters (distinct_n, n = 1, within lines)
+    distinct_2: float  # unique character bigrams / all bigrams within lines (distinct_n, n = 2)
+    copied_poems: float  # share of poems found verbatim in the training split (copy_rates)
+    copied_lines: float  # share of lines found verbatim among the training lines (copy_rates)
+    rhyme_rate: float  # share of poems whose lines 2 and 4 rhyme in the scheme (rhyme_rate)
+    tone_rate: float  # 二四异: share of decidable lines whose 2nd and 4th characters differ in 平仄
+    well_formed: float  # share of poems of exactly 4 lines x 5 Han characters (well_formed_rate)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+def sample_stats(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines], scheme: str = "pingshui") -> SampleStats:
+    """All statistics of a list of poems against the training poems, rhymes and tones in
+    `scheme` (see SampleStats for each)."""
     poems = [_as_lines(p) for p in poems]
     copied, copied_lines = copy_rates(poems, train_poems)
-    return {
-        "poems": len(poems),
-        "distinct": distinct_poems(poems),
-        "distinct_1": distinct_n(poems, 1),
-        "distinct_2": distinct_n(poems, 2),
-        "copied_poems": copied,
-        "copied_lines": copied_lines,
-        "rhyme_rate": rhyme_rate(poems, scheme),
-        "tone_rate": tone_rate(poems, scheme),
-        "well_formed": well_formed_rate(poems),
-    }
+    return SampleStats(
+        poems=len(poems),
+        distinct=distinct_poems(poems),
+        distinct_1=distinct_n(poems, 1),
+        distinct_2=distinct_n(poems, 2),
+        copied_poems=copied,
+        copied_lines=copied_lines,
+        rhyme_rate=rhyme_rate(poems, scheme),
+        tone_rate=tone_rate(poems, scheme),
+        well_formed=well_formed_rate(poems),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -396,50 +366,75 @@ def sample_stats(
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Likelihood:
+    """On the held-out poems. All nats are natural-log units, averaged over the poems."""
+
+    iw_nll: float  # importance-weighted NLL, -log p(x), nats per poem (Burda et al. 2016):
+    # an upper bound on the true NLL that tightens with more samples; exact without a latent
+    iw_samples: int  # K, the samples from q(z|x) per poem for iw_nll
+    ppl: float  # exp(iw_nll / 21): perplexity per token position (20 characters + <eos>,
+    # whatever the tokenizer, so char and word models compare)
+    rec: float  # reconstruction term -E_q log p(x|z), nats per poem (one z per poem)
+    kl: float  # KL(q(z|x) || N(0, I)), nats per poem (0 for the no-latent model)
+    nelbo: float  # rec + kl: the negative ELBO, nats per poem (>= iw_nll on average)
+
+
+@dataclass(frozen=True)
+class Latent:
+    """The posteriors q(z|x) of the held-out poems."""
+
+    latent_dim: int  # size of z (0 for the no-latent model)
+    active_units: int  # dims with Var_x(E_q[z|x]) > 0.01 (Burda et al. 2016)
+    mutual_information: float  # I(x; z) under q in nats, He et al. 2019's estimator with
+    # the held-out set as the aggregate posterior; at most about log(poems)
+    reconstruction_accuracy: float  # share of characters recovered, position by position,
+    # by greedy decoding of the posterior mean
+
+
+@dataclass(frozen=True)
+class ReportMeta:
+    poems: int  # number of held-out poems
+    unk_rate: float  # share of held-out characters missing from the vocabulary (read as
+    # <unk>, which the likelihood then scores as <unk>)
+    temperature: float  # evaluate_run's arguments
+    seed: int
+    scheme: str
+    device: str  # where the model ran
+    seconds: float  # wall-clock time of the evaluation
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """What `evaluate_run` measures; `to_dict()` is `poetvae evaluate --json`."""
+
+    likelihood: Likelihood
+    latent: Latent
+    samples: SampleStats  # poems from the prior z ~ N(0, I), decoded at the temperature
+    reference: SampleStats  # the held-out poems themselves (human verse), copy rates also
+    # against the training split
+    meta: ReportMeta
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The JSON-ready form: one dict per section, the fields in their order."""
+        return dataclasses.asdict(self)
+
+
 def evaluate_run(
     poet: Poet,
     heldout: list[Poem],
     train: list[Poem],
+    *,
     samples: int = 1000,
     iw_samples: int = 100,
     temperature: float = 1.0,
     seed: int = 0,
     scheme: str = "pingshui",
-) -> dict[str, dict[str, Any]]:
-    """Evaluate a trained model on held-out poems; a JSON-ready dict (`poetvae evaluate
-    --json`). All nats are natural-log units; "per poem" means averaged over the held-out
-    poems. Deterministic for a seed (on a given device).
-
-    likelihood -- on the held-out poems
-        iw_nll       importance-weighted NLL, -log p(x), nats per poem, with iw_samples
-                     samples from q(z|x) (Burda et al. 2016); an upper bound on the true
-                     NLL that tightens with more samples; exact for the no-latent model
-        iw_samples   K used for iw_nll
-        ppl          exp(iw_nll / 21): perplexity per token position (20 characters +
-                     <eos>, whatever the tokenizer, so char and word models compare)
-        rec          reconstruction term -E_q log p(x|z), nats per poem (one z per poem)
-        kl           KL(q(z|x) || N(0, I)), nats per poem (0 for the no-latent model)
-        nelbo        rec + kl: the negative ELBO, nats per poem (>= iw_nll on average)
-    latent -- posteriors q(z|x) of the held-out poems
-        latent_dim               size of z (0 for the no-latent model)
-        active_units             dims with Var_x(E_q[z|x]) > 0.01 (Burda et al. 2016)
-        mutual_information       I(x; z) under q in nats, He et al. 2019's estimator with
-                                 the held-out set as the aggregate posterior; at most
-                                 about log(poems)
-        reconstruction_accuracy  share of characters recovered, position by position,
-                                 by greedy decoding of the posterior mean
-    samples -- `samples` poems from the prior z ~ N(0, I), decoded at `temperature`
-        poems, distinct, distinct_1, distinct_2, copied_poems, copied_lines, rhyme_rate,
-        tone_rate, well_formed: see `sample_stats`
-    reference -- the same statistics of the held-out poems themselves (human verse),
-        copy rates also against the training split
-    meta
-        poems        number of held-out poems
-        unk_rate     share of held-out characters missing from the vocabulary (read as
-                     <unk>, which the likelihood then scores as <unk>)
-        temperature, seed, scheme   the arguments
-        device       where the model ran
-        seconds      wall-clock time of the evaluation
+) -> EvaluationReport:
+    """Evaluate a trained model on held-out poems (the fields: EvaluationReport and the
+    classes of its sections). `samples` poems are drawn from the prior at `temperature`,
+    iw_nll uses `iw_samples` samples per poem, rhymes and tones are read in `scheme`.
+    Deterministic for a seed (on a given device).
     """
     start = time.perf_counter()
     check_scheme(scheme)
@@ -456,33 +451,33 @@ def evaluate_run(
     mu, logvar = _posteriors(model, tokens)
     au, _ = active_units(mu)
     no_latent = model.encoder is None
-    latent = {
-        "latent_dim": 0 if no_latent else model.cfg.latent_dim,
-        "active_units": 0 if no_latent else au,
-        "mutual_information": mutual_information(mu, logvar, torch.Generator().manual_seed(seed)),
-        "reconstruction_accuracy": reconstruction_accuracy(model, tokens, poet.vocab, mu=mu),
-    }
+    latent = Latent(
+        latent_dim=0 if no_latent else model.cfg.latent_dim,
+        active_units=0 if no_latent else au,
+        mutual_information=mutual_information(mu, logvar, torch.Generator().manual_seed(seed)),
+        reconstruction_accuracy=reconstruction_accuracy(model, tokens, poet.vocab, mu=mu),
+    )
 
     drawn = poet.sample(samples, temperature=temperature, seed=seed) if samples > 0 else []
-    return {
-        "likelihood": {
-            "iw_nll": iw,
-            "iw_samples": iw_samples,
-            "ppl": math.exp(iw / FORM.seq_len),
-            "rec": elbo["rec"],
-            "kl": elbo["kl"],
-            "nelbo": elbo["nelbo"],
-        },
-        "latent": latent,
-        "samples": sample_stats([s.lines for s in drawn], train, scheme),
-        "reference": sample_stats(lines, train, scheme),
-        "meta": {
-            "poems": len(heldout),
-            "unk_rate": poet.vocab.unk_rate(lines),
-            "temperature": temperature,
-            "seed": seed,
-            "scheme": scheme,
-            "device": str(device),
-            "seconds": time.perf_counter() - start,
-        },
-    }
+    return EvaluationReport(
+        likelihood=Likelihood(
+            iw_nll=iw,
+            iw_samples=iw_samples,
+            ppl=math.exp(iw / FORM.seq_len),
+            rec=elbo.rec,
+            kl=elbo.kl,
+            nelbo=elbo.nelbo,
+        ),
+        latent=latent,
+        samples=sample_stats([s.lines for s in drawn], train, scheme),
+        reference=sample_stats(lines, train, scheme),
+        meta=ReportMeta(
+            poems=len(heldout),
+            unk_rate=poet.vocab.unk_rate(lines),
+            temperature=temperature,
+            seed=seed,
+            scheme=scheme,
+            device=str(device),
+            seconds=time.perf_counter() - start,
+        ),
+    )

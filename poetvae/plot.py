@@ -17,18 +17,18 @@ import io
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from poetvae.checkpoint import read_log
 from poetvae.errors import CheckpointError, PoetVAEError
 from poetvae.files import atomic_write
+from poetvae.records import EpochRecord, LogRecord, StepRecord, read_log
 from poetvae.rundir import LOG, RunDir
 
-__all__ = ["PlotError", "plot_training", "plot_latent", "TRAINING_PNG"]
+__all__ = ["PlotError", "plot_training", "plot_latent", "plot_latent_of_run", "pca2", "TRAINING_PNG"]
 
 TRAINING_PNG = "training.png"
 DPI = 120
@@ -106,26 +106,39 @@ def _num(value: Any) -> float | None:
 
 
 # ---- training curves ------------------------------------------------------------------------
-def _by_step(records: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+def _by_step(records: Iterable[LogRecord], kind: type[LogRecord]) -> list[Any]:
     """Records of one kind, one per step (a resumed run re-logs steps: the later record wins),
     sorted by step."""
-    out: dict[float, dict[str, Any]] = {}
+    out: dict[float, LogRecord] = {}
     for r in records:
-        if isinstance(r, dict) and r.get("kind") == kind:
-            step = _num(r.get("step"))
+        if isinstance(r, kind):
+            step = _num(r.step)
             if step is not None:
                 out[step] = r
     return [out[s] for s in sorted(out)]
 
 
-def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+Metric = Callable[[Any], Any]  # a record -> its value of one metric (None when absent)
+
+
+def _series(records: Sequence[LogRecord], metric: Metric) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for r in records:
-        y = _num(r.get(key))
+        y = _num(metric(r))
         if y is not None:
-            xs.append(float(r["step"]))
+            xs.append(float(r.step))
             ys.append(y)
     return xs, ys
+
+
+def _valid(name: str) -> Metric:
+    """The metric `name` of an epoch record's validation terms."""
+    return lambda r: getattr(r.valid, name) if r.valid is not None else None
+
+
+def _train_nelbo(r: StepRecord) -> float | None:
+    """Training negative ELBO of a step record: rec + KL at beta = 1."""
+    return r.rec + r.kl if _num(r.rec) is not None and _num(r.kl) is not None else None
 
 
 def _no_data(ax, text: str, y: float = 0.5) -> None:
@@ -146,14 +159,14 @@ def _train_vs_valid(
     ax,
     steps: list,
     epochs: list,
-    train_key: str,
-    valid_key: str,
+    train_metric: Metric,
+    valid_metric: Metric,
     title: str,
     ylabel: str,
     train_label: str = "train (per logged step)",
 ) -> None:
-    tx, ty = _series(steps, train_key)
-    vx, vy = _series(epochs, valid_key)
+    tx, ty = _series(steps, train_metric)
+    vx, vy = _series(epochs, valid_metric)
     if tx:
         ax.plot(tx, ty, color=_TRAIN_COLOR, lw=1.2, label=train_label, marker="." if len(tx) < 30 else None)
     if vx:
@@ -173,7 +186,7 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     if not run_dir.is_dir():
         raise CheckpointError(f"no such run directory: {run_dir}")
     records = read_log(run_dir)
-    steps, epochs = _by_step(records, "step"), _by_step(records, "epoch")
+    steps, epochs = _by_step(records, StepRecord), _by_step(records, EpochRecord)
     if not steps and not epochs:
         raise CheckpointError(
             f"{run_dir} has no training log ({LOG} is missing or empty); train with `poetvae train` first"
@@ -183,10 +196,14 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     fig = _new_figure()
     (ax_rec, ax_kl), (ax_beta, ax_nelbo) = fig.subplots(2, 2, sharex=True)
 
-    _train_vs_valid(ax_rec, steps, epochs, "rec", "valid_rec", "Reconstruction (cross-entropy)", "nats per poem")
-    _train_vs_valid(ax_kl, steps, epochs, "kl", "valid_kl", "KL divergence  KL(q(z|x) ‖ p(z))", "nats per poem")
+    _train_vs_valid(
+        ax_rec, steps, epochs, lambda r: r.rec, _valid("rec"), "Reconstruction (cross-entropy)", "nats per poem"
+    )
+    _train_vs_valid(
+        ax_kl, steps, epochs, lambda r: r.kl, _valid("kl"), "KL divergence  KL(q(z|x) ‖ p(z))", "nats per poem"
+    )
 
-    bx, by = _series(steps, "beta")
+    bx, by = _series(steps, lambda r: r.beta)
     if bx:
         ax_beta.plot(bx, by, color="tab:green", lw=1.5, drawstyle="steps-post")
         top = max(by)
@@ -196,13 +213,8 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     _style(ax_beta, "KL weight β (annealing schedule)", "β (dimensionless)")
 
     # Training negative ELBO (rec + KL at β = 1) as a faint reference for the validation one.
-    train_nelbo = [
-        dict(r, _nelbo=r["rec"] + r["kl"])
-        for r in steps
-        if _num(r.get("rec")) is not None and _num(r.get("kl")) is not None
-    ]
-    nx, ny = _series(train_nelbo, "_nelbo")
-    vx, vy = _series(epochs, "valid_nelbo")
+    nx, ny = _series(steps, _train_nelbo)
+    vx, vy = _series(epochs, _valid("nelbo"))
     if nx:
         ax_nelbo.plot(nx, ny, color=_TRAIN_COLOR, lw=1.0, alpha=0.35, label="train (rec + KL)")
     if vx:
@@ -228,13 +240,13 @@ def plot_training(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     _style(ax_nelbo, "Validation negative ELBO", "nats per poem")
 
     # Summary line: how far the run went.
-    last_step = max([float(r["step"]) for r in steps + epochs])
+    last_step = max([float(r.step) for r in steps + epochs])
     parts = [f"step {last_step:g}"]
-    ep = [e for e in (_num(r.get("epoch")) for r in epochs) if e is not None]
+    ep = [e for e in (_num(r.epoch) for r in epochs) if e is not None]
     if ep:
         parts.append(f"epoch {max(ep):g}")
-    latest = max(steps + epochs, key=lambda r: (float(r["step"]), r.get("kind") == "epoch"))
-    secs = _num(latest.get("seconds"))
+    latest = max(steps + epochs, key=lambda r: (float(r.step), isinstance(r, EpochRecord)))
+    secs = _num(latest.seconds)
     if secs is not None:
         parts.append(f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.1f} s")
     if vy:
@@ -317,7 +329,7 @@ def _display_texts(texts: Sequence[str]) -> tuple[list[str], list[str] | None]:
 
 
 # ---- latent space -------------------------------------------------------------------------
-def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Project rows of `x` (N, Z) onto their first two principal components.
 
     Returns the (N, 2) coordinates and the two explained-variance ratios. With Z == 1 (or
@@ -371,7 +383,7 @@ def plot_latent(
     if len(labels) != n:
         raise PlotError(f"got {len(labels)} labels for {n} poems")
 
-    coords, ratios = _pca2(x)
+    coords, ratios = pca2(x)
     counts = Counter(labels)
     top = [lab for lab, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(0, max_labels)]]
     others = n - sum(counts[lab] for lab in top)

@@ -10,6 +10,14 @@ Determinism: `train.seed` fixes initialisation; the batch order of epoch e comes
 generator seeded by (seed, e) alone, so a resumed run can skip to the middle of an epoch;
 all other noise (dropout, word dropout, z ~ q) draws from torch's global RNG, whose state
 is saved in every resume point.
+
+The loop reads as its steps: `_set_up` (device and process group, the model from the
+prepared embeddings, the optimizer, the resume point), then per epoch `_train_epoch` and
+`_validate_and_checkpoint`, and `_interrupt` on Ctrl-C. A `TrainState` (step, elapsed
+time, best score, ...) is what they hand on; a `TrainSetup` what they share. The log
+records are poetvae.records's. `elbo_terms` is the validation pass (`poetvae evaluate`
+reports it too): training needs the model alone, and importing this module loads no
+decoding, controls, prosody or Poet code.
 """
 
 from __future__ import annotations
@@ -18,10 +26,10 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,11 +40,11 @@ from poetvae import rundir
 from poetvae.config import Config, TrainConfig
 from poetvae.distributed import Dist, global_mean, setup, teardown
 from poetvae.errors import ConfigError
-from poetvae.evaluate import elbo_terms
 from poetvae.form import FORM
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData
+from poetvae.records import ElboTerms, EpochRecord, LogRecord, StepRecord, append_log
 
 
 def kl_weight(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -81,25 +89,67 @@ def learning_rate(cfg: TrainConfig) -> float:
 
 @dataclass
 class TrainResult:
+    """What `train` returns: how far the run went and its validation terms."""
+
     run_dir: Path
     steps: int
     epochs: int  # completed epochs
     seconds: float
-    valid: dict[str, float] = field(default_factory=dict)  # last validation
-    best_valid: dict[str, float] = field(default_factory=dict)
+    valid: ElboTerms | None = None  # the last validation (None: no validation split, or none yet)
+    best_valid: ElboTerms | None = None
     interrupted: bool = False
 
 
-StepCallback = Callable[[dict[str, Any]], None]
+LogCallback = Callable[[LogRecord], None]
 
 
+# ---- the validation pass ----------------------------------------------------------------
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """model.eval() for the duration (no dropout), then back to the caller's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def elbo_terms(model: PoetVAE, tokens: Tensor, *, batch_size: int = 1024, seed: int | None = None) -> ElboTerms | None:
+    """Mean per-poem reconstruction, KL and negative ELBO (beta = 1, no free bits, z sampled
+    once from q(z|x)), and perplexity per token position (20 characters + <eos> = 21 per
+    poem whatever the tokenizer, so char and word models compare). None for no tokens.
+
+    z comes from torch's global RNG; with `seed`, from a forked copy seeded with it, so that
+    the result is fixed by the seed and the caller's random state is left as it was."""
+    if seed is not None:
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return elbo_terms(model, tokens, batch_size=batch_size)
+    rec_sum = kl_sum = 0.0
+    n = tokens.size(0)
+    with eval_mode(model):
+        for i in range(0, n, batch_size):
+            batch = tokens[i : i + batch_size]
+            terms = model.loss(batch, model(batch))
+            rec_sum += terms["rec"].sum().item()
+            kl_sum += terms["kl"].sum().item()
+    if n == 0:
+        return None
+    rec, kl = rec_sum / n, kl_sum / n
+    return ElboTerms(rec=rec, kl=kl, nelbo=rec + kl, ppl=math.exp((rec + kl) / FORM.seq_len), poems=n)
+
+
+# ---- one optimizer step -----------------------------------------------------------------
 def draw_noise(batch: int, cfg: Config, device: torch.device) -> tuple[Tensor, Tensor | None]:
     """The randomness of one training step for a whole (global) batch: eps for z and the
     word-dropout mask. Drawn in one place so that every process of a multi-process run
     draws the same numbers and keeps its own slice."""
     eps = torch.randn(batch, cfg.model.latent_dim, device=device)
-    wd = cfg.train.word_dropout
-    drop = torch.rand(batch, FORM.seq_len, device=device) < wd if wd > 0 else None
+    word_dropout = cfg.train.word_dropout
+    drop = torch.rand(batch, FORM.seq_len, device=device) < word_dropout if word_dropout > 0 else None
     return eps, drop
 
 
@@ -107,30 +157,74 @@ def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     tokens: Tensor,
-    beta: float,
-    cfg: Config,
     noise: tuple[Tensor, Tensor | None],
+    cfg: Config,
+    *,
+    beta: float,
     use_amp: bool = False,
-    ctx: Dist = Dist(),
+    process: Dist = Dist(),
 ) -> dict[str, Tensor]:
-    """One optimizer step on `tokens` (this process's share of the batch). `model` may be
-    wrapped in DistributedDataParallel. Returns the loss terms (detached)."""
-    raw = model.module if isinstance(model, DDP) else model
+    """One optimizer step on `tokens` (this process's share of the batch) with `noise`
+    (draw_noise's, sliced the same way) at KL weight `beta`. `model` may be wrapped in
+    DistributedDataParallel. Returns the loss terms (detached)."""
+    raw_model = model.module if isinstance(model, DDP) else model
     eps, drop = noise
     with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=use_amp):
         out = model(tokens, cfg.train.word_dropout, eps=eps, drop=drop)
-    batch_mean = functools.partial(global_mean, ctx=ctx, differentiable=True) if ctx.active else None
-    terms = raw.loss(tokens, out, beta, cfg.train.free_bits, batch_mean)
+    batch_mean = functools.partial(global_mean, process=process, differentiable=True) if process.active else None
+    terms = raw_model.loss(tokens, out, beta, cfg.train.free_bits, batch_mean)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     if cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip)
     optimizer.step()
     return {k: v.detach() for k, v in terms.items()}
 
 
+# ---- the training loop ------------------------------------------------------------------
+@dataclass
+class TrainSetup:
+    """What a training session works with; fixed once set up."""
+
+    cfg: Config  # with model.vocab_size set from the data
+    run_dir: Path
+    process: Dist  # this process's rank among `world` (rank 0 of 1 when alone)
+    device: torch.device
+    raw_model: PoetVAE
+    model: torch.nn.Module  # what the step calls: raw_model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    train_tokens: Tensor  # (N, FORM.seq_len) on the device for the whole run
+    valid_tokens: Tensor
+    batch_size: int  # the global batch
+    steps_per_epoch: int
+    total_steps: int
+    share: slice  # this process's rows of every global batch
+    use_amp: bool
+    on_log: LogCallback | None
+
+
+@dataclass
+class TrainState:
+    """Where the run stands. step, elapsed and best are what a resume point saves beside the
+    weights, the optimizer moments and the RNG state."""
+
+    step: int = 0  # optimizer steps done
+    elapsed: float = 0.0  # seconds of training, over every session of the run
+    best: float = math.inf  # lowest validation -ELBO so far (-step without a validation split)
+    clock_start: float = 0.0  # time.perf_counter() at which `elapsed` would have been 0
+    loss_sums: Tensor | None = None  # rec, kl, loss summed since the last step record
+    steps_since_log: int = 0
+    valid: ElboTerms | None = None  # the last validation
+    best_valid: ElboTerms | None = None
+    interrupted: bool = False
+
+    def clock(self) -> float:
+        """Seconds of training so far (this session plus the sessions before a resume)."""
+        return time.perf_counter() - self.clock_start
+
+
 def train(
-    cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = False, on_log: StepCallback | None = None
+    cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = False, on_log: LogCallback | None = None
 ) -> TrainResult:
     """Fit the VAE; write config, vocabulary, checkpoints and log.jsonl into run_dir.
 
@@ -140,9 +234,27 @@ def train(
     Launched by torchrun, each process trains on its slice of every batch (see
     poetvae.distributed); only rank 0 writes anything.
     """
-    run_dir = Path(run_dir)
-    tc = cfg.train
-    ctx, device = setup(resolve_device(tc.device))
+    run, state = _set_up(cfg, data, Path(run_dir), resume=resume, on_log=on_log)
+    try:
+        while state.step < run.total_steps:
+            _train_epoch(run, state)
+            _validate_and_checkpoint(run, state)
+            if _out_of_time(run, state.elapsed):
+                break
+    except KeyboardInterrupt:
+        _interrupt(run, state)
+    finally:
+        teardown()
+    return _result(run, state)
+
+
+def _set_up(
+    cfg: Config, data: PreparedData, run_dir: Path, *, resume: bool, on_log: LogCallback | None
+) -> tuple[TrainSetup, TrainState]:
+    """Device and process group, the model from the prepared embeddings, the optimizer, the
+    batch geometry, and the state: fresh (writing the run's header) or from the resume point."""
+    train_cfg = cfg.train
+    process, device = setup(resolve_device(train_cfg.device))
     if device.type == "cpu":
         keep_freed_memory()
     if data.embeddings.size(1) != cfg.model.embed_dim:
@@ -154,133 +266,176 @@ def train(
     if not data.splits["train"]:
         raise ConfigError("the training split is empty")
 
-    torch.manual_seed(tc.seed)
-    raw = PoetVAE(cfg.model)
-    with torch.no_grad():
-        raw.embedding.weight.copy_(data.embeddings)
-        raw.token_chars.copy_(data.vocab.token_chars())
-    raw.embedding.weight.requires_grad_(not tc.freeze_embeddings)
-    raw.to(device)
+    raw_model = _model_from_embeddings(cfg, data, device)
     optimizer = torch.optim.AdamW(
-        [p for p in raw.parameters() if p.requires_grad], lr=learning_rate(tc), weight_decay=tc.weight_decay
+        [p for p in raw_model.parameters() if p.requires_grad],
+        lr=learning_rate(train_cfg),
+        weight_decay=train_cfg.weight_decay,
     )
 
     train_tokens = data.tokens("train").to(device)
     valid_tokens = data.tokens("valid").to(device)
     n = train_tokens.size(0)
-    batch = min(tc.batch_size, n)
-    if batch % ctx.world:
-        raise ConfigError(f"batch_size {batch} does not split evenly over {ctx.world} processes")
-    steps_per_epoch = n // batch  # drop the ragged last batch: every step sees the same shape
-    total_steps = tc.epochs * steps_per_epoch
-    if tc.max_steps:
-        total_steps = min(total_steps, tc.max_steps)
+    batch_size = min(train_cfg.batch_size, n)
+    if batch_size % process.world:
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {process.world} processes")
+    steps_per_epoch = n // batch_size  # drop the ragged last batch: every step sees the same shape
+    total_steps = train_cfg.epochs * steps_per_epoch
+    if train_cfg.max_steps:
+        total_steps = min(total_steps, train_cfg.max_steps)
 
-    step, elapsed, best = 0, 0.0, math.inf
+    state = TrainState()
     if resume:
         tensors, meta = ckpt.load_tensors(run_dir / rundir.LAST)
-        ckpt.restore_train_state(raw, optimizer, tensors, meta)
-        step, elapsed, best = meta["step"], meta["elapsed"], meta["best"]
-    elif ctx.is_main:
+        ckpt.restore_train_state(raw_model, optimizer, tensors, meta)
+        state.step, state.elapsed, state.best = meta["step"], meta["elapsed"], meta["best"]
+    elif process.is_main:
         rundir.RunDir(run_dir).create(cfg, data.vocab)
-    model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else raw
+    model = raw_model
+    if process.active:
+        model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def log(record: dict[str, Any]) -> None:
-        if ctx.is_main:
-            ckpt.append_log(run_dir, record)
-            if on_log is not None:
-                on_log(record)
-
-    def save_resume_point() -> None:
-        if ctx.is_main:
-            tensors, opt_meta = ckpt.flatten_train_state(raw, optimizer)
-            ckpt.save_tensors(
-                run_dir / rundir.LAST, tensors, {"step": step, "elapsed": elapsed, "best": best, "optimizer": opt_meta}
-            )
-
-    use_amp = tc.amp and device.type == "cuda"
-    result = TrainResult(run_dir, step, step // steps_per_epoch, elapsed)
+    per_process = batch_size // process.world
+    run = TrainSetup(
+        cfg=cfg,
+        run_dir=run_dir,
+        process=process,
+        device=device,
+        raw_model=raw_model,
+        model=model,
+        optimizer=optimizer,
+        train_tokens=train_tokens,
+        valid_tokens=valid_tokens,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        share=slice(process.rank * per_process, (process.rank + 1) * per_process),
+        use_amp=train_cfg.amp and device.type == "cuda",
+        on_log=on_log,
+    )
     model.train()
-    started = time.perf_counter() - elapsed
-    sums = torch.zeros(3, device=device)  # rec, kl, loss since the last log line
-    since_log = 0
-    share = slice(ctx.rank * (batch // ctx.world), (ctx.rank + 1) * (batch // ctx.world))
-    try:
-        while step < total_steps:
-            epoch, first = divmod(step, steps_per_epoch)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch)).to(device)
-            for i in range(first, steps_per_epoch):
-                tokens = train_tokens[order[i * batch : (i + 1) * batch][share]]  # this process's share
-                eps, drop = draw_noise(batch, cfg, device)  # for the whole batch: every process draws the same
-                beta = kl_weight(step, total_steps, tc)
-                terms = train_step(
-                    model,
-                    optimizer,
-                    tokens,
-                    beta,
-                    cfg,
-                    (eps[share], drop[share] if drop is not None else None),
-                    use_amp,
-                    ctx,
-                )
-                step += 1
-                sums += torch.stack([terms["rec"].mean(), terms["kl"].mean(), terms["loss"]])
-                since_log += 1
-                if step % tc.log_every == 0 or step == total_steps:
-                    rec, kl, loss = (global_mean(sums, ctx) / since_log).tolist()
-                    elapsed = time.perf_counter() - started
-                    log(
-                        {
-                            "kind": "step",
-                            "step": step,
-                            "total_steps": total_steps,
-                            "epoch": epoch,
-                            "rec": rec,
-                            "kl": kl,
-                            "loss": loss,
-                            "beta": beta,
-                            "seconds": elapsed,
-                        }
-                    )
-                    sums.zero_()
-                    since_log = 0
-                out_of_time = tc.max_minutes > 0 and time.perf_counter() - started >= tc.max_minutes * 60
-                if step >= total_steps or out_of_time:
-                    break
-            elapsed = time.perf_counter() - started
-            valid = {}
-            if valid_tokens.size(0) and ctx.is_main:
-                # Validation draws its own z: on a forked, fixed RNG, so that it neither
-                # shifts the training noise nor differs between ranks (which skip it).
-                valid = elbo_terms(raw, valid_tokens, seed=tc.seed)
-            score = valid.get("nelbo", -step)  # with no validation split, the newest is the best
-            if score < best:
-                best = score
-                result.best_valid = valid
-                if ctx.is_main:
-                    ckpt.save_tensors(run_dir / rundir.BEST, raw.state_dict(), {"step": step, "valid": valid})
-            save_resume_point()
-            result.valid = valid
-            log(
-                {
-                    "kind": "epoch",
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 3),
-                    "seconds": elapsed,
-                    **{f"valid_{k}": v for k, v in valid.items()},
-                }
-            )
-            if tc.max_minutes > 0 and elapsed >= tc.max_minutes * 60:
-                break
-    except KeyboardInterrupt:
-        elapsed = time.perf_counter() - started
-        save_resume_point()
-        if ctx.is_main and not (run_dir / rundir.BEST).exists():
-            ckpt.save_tensors(run_dir / rundir.BEST, raw.state_dict(), {"step": step, "valid": {}})
-        result.interrupted = True
-    finally:
-        teardown()
-    result.steps, result.epochs, result.seconds = step, step // steps_per_epoch, elapsed
-    if not result.best_valid and (run_dir / rundir.BEST).exists():
-        result.best_valid = ckpt.load_tensors(run_dir / rundir.BEST)[1].get("valid", {})
-    return result
+    state.clock_start = time.perf_counter() - state.elapsed
+    state.loss_sums = torch.zeros(3, device=device)
+    return run, state
+
+
+def _model_from_embeddings(cfg: Config, data: PreparedData, device: torch.device) -> PoetVAE:
+    """A fresh model (initialised from train.seed) whose embedding table is the prepared
+    word2vec matrix, frozen when freeze_embeddings is set."""
+    torch.manual_seed(cfg.train.seed)
+    model = PoetVAE(cfg.model)
+    with torch.no_grad():
+        model.embedding.weight.copy_(data.embeddings)
+        model.token_chars.copy_(data.vocab.token_chars())
+    model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
+    return model.to(device)
+
+
+def _train_epoch(run: TrainSetup, state: TrainState) -> None:
+    """Steps from state.step to the end of its epoch, of the run or of the time budget,
+    whichever comes first."""
+    train_cfg = run.cfg.train
+    epoch, first = divmod(state.step, run.steps_per_epoch)
+    # The batch order of an epoch depends on (seed, epoch) alone: a resumed run finds it again.
+    epoch_rng = torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch)
+    order = torch.randperm(run.train_tokens.size(0), generator=epoch_rng).to(run.device)
+    for i in range(first, run.steps_per_epoch):
+        batch_rows = order[i * run.batch_size : (i + 1) * run.batch_size]
+        tokens = run.train_tokens[batch_rows[run.share]]  # this process's share
+        eps, drop = draw_noise(run.batch_size, run.cfg, run.device)  # for the whole batch: every process draws the same
+        beta = kl_weight(state.step, run.total_steps, train_cfg)
+        terms = train_step(
+            run.model,
+            run.optimizer,
+            tokens,
+            (eps[run.share], drop[run.share] if drop is not None else None),
+            run.cfg,
+            beta=beta,
+            use_amp=run.use_amp,
+            process=run.process,
+        )
+        state.step += 1
+        state.loss_sums += torch.stack([terms["rec"].mean(), terms["kl"].mean(), terms["loss"]])
+        state.steps_since_log += 1
+        if state.step % train_cfg.log_every == 0 or state.step == run.total_steps:
+            _log_step(run, state, epoch=epoch, beta=beta)
+        if state.step >= run.total_steps or _out_of_time(run, state.clock()):
+            break
+
+
+def _log_step(run: TrainSetup, state: TrainState, *, epoch: int, beta: float) -> None:
+    """A step record of the mean terms since the last one (over every process)."""
+    rec, kl, loss = (global_mean(state.loss_sums, run.process) / state.steps_since_log).tolist()
+    state.elapsed = state.clock()
+    _log(run, StepRecord(state.step, run.total_steps, epoch, rec, kl, loss, beta, state.elapsed))
+    state.loss_sums.zero_()
+    state.steps_since_log = 0
+
+
+def _validate_and_checkpoint(run: TrainSetup, state: TrainState) -> None:
+    """At the end of an epoch: validate, keep the best weights, write a resume point and
+    the epoch record."""
+    state.elapsed = state.clock()
+    valid = None
+    if run.valid_tokens.size(0) and run.process.is_main:
+        # Validation draws its own z: on a forked, fixed RNG, so that it neither
+        # shifts the training noise nor differs between ranks (which skip it).
+        valid = elbo_terms(run.raw_model, run.valid_tokens, seed=run.cfg.train.seed)
+    score = valid.nelbo if valid is not None else -state.step  # with no validation split, the newest is the best
+    if score < state.best:
+        state.best = score
+        state.best_valid = valid
+        if run.process.is_main:
+            _save_best(run, state.step, valid)
+    _save_resume_point(run, state)
+    state.valid = valid
+    _log(run, EpochRecord(state.step, round(state.step / run.steps_per_epoch, 3), state.elapsed, valid))
+
+
+def _out_of_time(run: TrainSetup, seconds: float) -> bool:
+    max_minutes = run.cfg.train.max_minutes
+    return max_minutes > 0 and seconds >= max_minutes * 60
+
+
+def _interrupt(run: TrainSetup, state: TrainState) -> None:
+    """Ctrl-C: a resume point at the current step, and weights to sample from even when no
+    epoch has finished yet."""
+    state.elapsed = state.clock()
+    _save_resume_point(run, state)
+    if run.process.is_main and not (run.run_dir / rundir.BEST).exists():
+        _save_best(run, state.step, None)
+    state.interrupted = True
+
+
+def _save_best(run: TrainSetup, step: int, valid: ElboTerms | None) -> None:
+    meta = {"step": step, "valid": valid.to_dict() if valid is not None else {}}
+    ckpt.save_tensors(run.run_dir / rundir.BEST, run.raw_model.state_dict(), meta)
+
+
+def _save_resume_point(run: TrainSetup, state: TrainState) -> None:
+    if run.process.is_main:
+        tensors, optimizer_meta = ckpt.flatten_train_state(run.raw_model, run.optimizer)
+        meta = {"step": state.step, "elapsed": state.elapsed, "best": state.best, "optimizer": optimizer_meta}
+        ckpt.save_tensors(run.run_dir / rundir.LAST, tensors, meta)
+
+
+def _log(run: TrainSetup, record: LogRecord) -> None:
+    if run.process.is_main:
+        append_log(run.run_dir, record)
+        if run.on_log is not None:
+            run.on_log(record)
+
+
+def _result(run: TrainSetup, state: TrainState) -> TrainResult:
+    best_valid = state.best_valid
+    if best_valid is None and (run.run_dir / rundir.BEST).exists():
+        best_valid = ElboTerms.from_dict(ckpt.load_tensors(run.run_dir / rundir.BEST)[1].get("valid", {}))
+    return TrainResult(
+        run.run_dir,
+        steps=state.step,
+        epochs=state.step // run.steps_per_epoch,
+        seconds=state.elapsed,
+        valid=state.valid,
+        best_valid=best_valid,
+        interrupted=state.interrupted,
+    )

@@ -9,6 +9,7 @@ import torch
 from poetvae import checkpoint as ckpt
 from poetvae import rundir
 from poetvae.poet import Poet
+from poetvae.records import StepRecord, read_log
 
 FLAGS = [
     "--embed-dim",
@@ -45,7 +46,7 @@ FLAGS = [
 
 
 def steps(run_dir):
-    return [r for r in ckpt.read_log(run_dir) if r["kind"] == "step"]
+    return [r for r in read_log(run_dir) if isinstance(r, StepRecord)]
 
 
 def test_two_processes_follow_the_single_process_run(prep_dir, tmp_path):
@@ -67,9 +68,10 @@ def test_two_processes_follow_the_single_process_run(prep_dir, tmp_path):
     a, b = steps(single), steps(double)
     assert len(a) == len(b) > 5
     for x, y in zip(a, b):
-        assert x["step"] == y["step"] and x["beta"] == y["beta"]
+        assert x.step == y.step and x.beta == y.beta
         for key in ("loss", "rec", "kl"):
-            assert abs(x[key] - y[key]) <= 1e-4 * max(1.0, abs(x[key])), (key, x, y)
+            a, b = getattr(x, key), getattr(y, key)
+            assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (key, x, y)
     # rank 0 alone wrote the run, and it loads and samples like any other
     assert json.loads((double / rundir.CONFIG).read_text(encoding="utf-8"))["model"]["hidden_dim"] == 24
     w1, _ = ckpt.load_tensors(single / rundir.BEST)

@@ -16,6 +16,7 @@ from poetvae.errors import ConfigError
 from poetvae.form import FORM
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet
+from poetvae.train import elbo_terms
 from poetvae.vocab import BOS, EOS, PAD
 
 JINGYESI = ("床前明月光", "疑是地上霜", "举头望明月", "低头思故乡")
@@ -109,7 +110,7 @@ def test_iw_nll_tightens_with_k_from_the_elbo(one_dim_vae, iw_case):
     0.01 for iw10)."""
     exact, iw1, iw10, iw1000 = (float(iw_case[key].mean()) for key in ("exact", "iw1", "iw10", "iw1000"))
     torch.manual_seed(3)
-    nelbo = ev.elbo_terms(one_dim_vae, iw_case["tokens"].repeat(400, 1))["nelbo"]
+    nelbo = elbo_terms(one_dim_vae, iw_case["tokens"].repeat(400, 1)).nelbo
     assert iw1 == pytest.approx(nelbo, abs=0.15)  # K = 1 is the ELBO, in expectation
     assert iw1 > iw10 + 0.1  # the bound is visibly loose at K = 1 here (gap about 0.3)
     assert iw10 > exact - 0.04  # an upper bound in expectation
@@ -305,7 +306,7 @@ def test_well_formed_rate():
 
 def test_sample_stats_keys_and_values():
     stats = ev.sample_stats([JINGYESI, JINGYESI, DENGLOU], [JINGYESI])
-    assert list(stats) == [
+    assert list(stats.to_dict()) == [
         "poems",
         "distinct",
         "distinct_1",
@@ -316,9 +317,9 @@ def test_sample_stats_keys_and_values():
         "tone_rate",
         "well_formed",
     ]
-    assert stats["poems"] == 3 and stats["distinct"] == 2
-    assert stats["copied_poems"] == pytest.approx(2 / 3)
-    assert stats["well_formed"] == 1.0 and stats["rhyme_rate"] == 1.0
+    assert stats.poems == 3 and stats.distinct == 2
+    assert stats.copied_poems == pytest.approx(2 / 3)
+    assert stats.well_formed == 1.0 and stats.rhyme_rate == 1.0
 
 
 # ---- the whole report -------------------------------------------------------------------
@@ -342,7 +343,10 @@ REPORT_KEYS = {
 REPORT_KEYS["reference"] = REPORT_KEYS["samples"]
 
 
-def _check_report(report: dict, heldout: int) -> None:
+def _check_report(report: ev.EvaluationReport, heldout: int) -> None:
+    assert report.meta.poems == heldout
+    assert report.reference.poems == heldout
+    report = report.to_dict()  # the JSON of `poetvae evaluate --json`
     assert set(report) == set(REPORT_KEYS)
     for section, keys in REPORT_KEYS.items():
         assert set(report[section]) == keys, section
@@ -350,8 +354,6 @@ def _check_report(report: dict, heldout: int) -> None:
             if not isinstance(value, str):
                 assert isinstance(value, (int, float)) and math.isfinite(value), (section, key)
     json.dumps(report, allow_nan=False)
-    assert report["meta"]["poems"] == heldout
-    assert report["reference"]["poems"] == heldout
 
 
 def test_evaluate_run_on_a_trained_model(trained_run, prepared):
@@ -359,25 +361,25 @@ def test_evaluate_run_on_a_trained_model(trained_run, prepared):
     test, train = prepared.splits["test"], prepared.splits["train"]
     report = ev.evaluate_run(poet, test, train, samples=50, iw_samples=5, seed=3)
     _check_report(report, len(test))
-    lik, lat = report["likelihood"], report["latent"]
-    assert lik["iw_samples"] == 5
-    assert lik["ppl"] == pytest.approx(math.exp(lik["iw_nll"] / 21))
-    assert lik["nelbo"] == pytest.approx(lik["rec"] + lik["kl"])
-    assert lik["iw_nll"] < lik["nelbo"] + 5  # a bound at least as tight, up to sampling noise
-    assert lat["latent_dim"] == poet.config.model.latent_dim
-    assert 0 <= lat["active_units"] <= lat["latent_dim"]
-    assert lat["mutual_information"] <= math.log(len(test)) + 0.5
-    assert 0 <= lat["reconstruction_accuracy"] <= 1
-    assert report["samples"]["poems"] == 50 and report["samples"]["well_formed"] == 1.0
-    assert report["reference"]["well_formed"] == 1.0
-    assert report["reference"]["copied_poems"] == 0.0  # the splits are disjoint
-    assert report["meta"]["unk_rate"] >= 0 and report["meta"]["scheme"] == "pingshui"
+    lik, lat = report.likelihood, report.latent
+    assert lik.iw_samples == 5
+    assert lik.ppl == pytest.approx(math.exp(lik.iw_nll / 21))
+    assert lik.nelbo == pytest.approx(lik.rec + lik.kl)
+    assert lik.iw_nll < lik.nelbo + 5  # a bound at least as tight, up to sampling noise
+    assert lat.latent_dim == poet.config.model.latent_dim
+    assert 0 <= lat.active_units <= lat.latent_dim
+    assert lat.mutual_information <= math.log(len(test)) + 0.5
+    assert 0 <= lat.reconstruction_accuracy <= 1
+    assert report.samples.poems == 50 and report.samples.well_formed == 1.0
+    assert report.reference.well_formed == 1.0
+    assert report.reference.copied_poems == 0.0  # the splits are disjoint
+    assert report.meta.unk_rate >= 0 and report.meta.scheme == "pingshui"
     # deterministic for a seed, and the caller's global RNG is left alone
     state = torch.get_rng_state()
     again = ev.evaluate_run(poet, test, train, samples=50, iw_samples=5, seed=3)
     assert torch.equal(torch.get_rng_state(), state)
     for section in ("likelihood", "latent", "samples", "reference"):
-        assert again[section] == report[section]
+        assert getattr(again, section) == getattr(report, section)
 
 
 def test_evaluate_run_on_a_no_latent_model(prepared):
@@ -392,14 +394,14 @@ def test_evaluate_run_on_a_no_latent_model(prepared):
     report = ev.evaluate_run(poet, test, train, samples=10, iw_samples=3, scheme="xinyun")
     _check_report(report, len(test))
     # the same numbers, summed in a different order (per poem in float64 vs in float32)
-    assert report["likelihood"]["iw_nll"] == pytest.approx(report["likelihood"]["rec"], rel=1e-6)
-    assert report["likelihood"]["kl"] == 0.0
-    assert report["latent"] == {
-        "latent_dim": 0,
-        "active_units": 0,
-        "mutual_information": 0.0,
-        "reconstruction_accuracy": report["latent"]["reconstruction_accuracy"],
-    }
+    assert report.likelihood.iw_nll == pytest.approx(report.likelihood.rec, rel=1e-6)
+    assert report.likelihood.kl == 0.0
+    assert report.latent == ev.Latent(
+        latent_dim=0,
+        active_units=0,
+        mutual_information=0.0,
+        reconstruction_accuracy=report.latent.reconstruction_accuracy,
+    )
     with pytest.raises(ConfigError):
         ev.evaluate_run(poet, test, train, samples=1, iw_samples=1, scheme="nope")
     with pytest.raises(ValueError):

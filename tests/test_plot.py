@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
 import numpy as np
 import pytest
 
-from poetvae.checkpoint import append_log
 from poetvae.errors import CheckpointError, PoetVAEError
-from poetvae.plot import PlotError, _pca2, plot_latent, plot_training
+from poetvae.plot import PlotError, pca2, plot_latent, plot_training
+from poetvae.records import ElboTerms, EpochRecord, StepRecord, append_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RHYMES = [
@@ -48,33 +49,37 @@ def write_log(run_dir, steps=60, steps_per_epoch=20, valid=True):
         rec, kl = 60 + 40 * math.exp(-step / 15), 3 + 2 * (1 - math.exp(-step / 20))
         append_log(
             run_dir,
-            {
-                "kind": "step",
-                "step": step,
-                "total_steps": steps,
-                "epoch": step // steps_per_epoch,
-                "rec": rec,
-                "kl": kl,
-                "loss": rec + beta * kl,
-                "beta": beta,
-                "seconds": 0.1 * step,
-            },
+            StepRecord(
+                step=step,
+                total_steps=steps,
+                epoch=step // steps_per_epoch,
+                rec=rec,
+                kl=kl,
+                loss=rec + beta * kl,
+                beta=beta,
+                seconds=0.1 * step,
+            ),
         )
         if step % steps_per_epoch == 0:
-            extra = (
-                {
-                    "valid_rec": rec + 3,
-                    "valid_kl": kl - 0.2,
-                    "valid_nelbo": rec + kl + 2.8,
-                    "valid_ppl": math.exp((rec + kl + 2.8) / 24),
-                }
+            terms = (
+                ElboTerms(
+                    rec=rec + 3,
+                    kl=kl - 0.2,
+                    nelbo=rec + kl + 2.8,
+                    ppl=math.exp((rec + kl + 2.8) / 24),
+                    poems=50,
+                )
                 if valid
-                else {}
+                else None
             )
-            append_log(
-                run_dir,
-                {"kind": "epoch", "step": step, "epoch": step / steps_per_epoch, "seconds": 0.1 * step, **extra},
-            )
+            append_log(run_dir, EpochRecord(step, step / steps_per_epoch, 0.1 * step, terms))
+
+
+def append_lines(run_dir, *records):
+    """Hand-written log lines (as an older or foreign log may hold: fields missing, unknown kinds)."""
+    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
 
 
 def test_plot_training_writes_png(tmp_path):
@@ -98,9 +103,12 @@ def test_plot_training_tolerates_partial_logs(tmp_path):
     # no validation split, a line cut short by a crash, a step re-logged after a resume,
     # a record of an unknown kind and a NaN value
     write_log(tmp_path, valid=False)
-    append_log(tmp_path, {"kind": "step", "step": 10, "rec": 70.0, "kl": 4.0, "loss": 74.0, "beta": 0.3})
-    append_log(tmp_path, {"kind": "note", "text": "hello"})
-    append_log(tmp_path, {"kind": "step", "step": 65, "rec": float("nan"), "kl": 4.0, "beta": 1.0})
+    append_lines(
+        tmp_path,
+        {"kind": "step", "step": 10, "rec": 70.0, "kl": 4.0, "loss": 74.0, "beta": 0.3},
+        {"kind": "note", "text": "hello"},
+        {"kind": "step", "step": 65, "rec": float("nan"), "kl": 4.0, "beta": 1.0},
+    )
     with open(tmp_path / "log.jsonl", "a", encoding="utf-8") as f:
         f.write('{"kind": "step", "st')
     with warnings.catch_warnings():
@@ -109,7 +117,7 @@ def test_plot_training_tolerates_partial_logs(tmp_path):
 
 
 def test_plot_training_only_epochs(tmp_path):
-    append_log(
+    append_lines(
         tmp_path,
         {
             "kind": "epoch",
@@ -175,11 +183,11 @@ def test_plot_latent_rejects_bad_input(tmp_path, mu, labels):
 def test_pca2_matches_variance():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(200, 5)) * np.array([5.0, 2.0, 1.0, 0.5, 0.1])
-    coords, ratios = _pca2(x)
+    coords, ratios = pca2(x)
     assert coords.shape == (200, 2)
     assert abs(coords.mean(axis=0)).max() < 1e-9
     var = x.var(axis=0)
     assert ratios[0] == pytest.approx(coords[:, 0].var() / var.sum())
     assert ratios[0] > ratios[1] > 0 and ratios.sum() <= 1
-    coords1, ratios1 = _pca2(x[:, :1])
+    coords1, ratios1 = pca2(x[:, :1])
     assert np.all(coords1[:, 1] == 0) and ratios1[0] == pytest.approx(1.0) and ratios1[1] == 0

@@ -1,14 +1,18 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, tiny
+from helpers import TINY, tiny
 
 from poetvae import checkpoint as ckpt
 from poetvae import rundir
 from poetvae.config import TrainConfig, load_config
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.poet import Poet
+from poetvae.records import ElboTerms, EpochRecord, StepRecord, read_log
 from poetvae.train import kl_weight, train
 
 
@@ -47,13 +51,20 @@ def test_run_directory_contents(trained_run):
         assert (trained_run / name).is_file(), name
     saved = json.loads((trained_run / rundir.CONFIG).read_text(encoding="utf-8"))
     assert saved["model"]["latent_dim"] == TINY.model.latent_dim and saved["model"]["vocab_size"] > 4
-    records = ckpt.read_log(trained_run)
-    steps = [r for r in records if r["kind"] == "step"]
-    epochs = [r for r in records if r["kind"] == "epoch"]
+    records = read_log(trained_run)
+    steps = [r for r in records if isinstance(r, StepRecord)]
+    epochs = [r for r in records if isinstance(r, EpochRecord)]
+    assert len(steps) + len(epochs) == len(records)
     assert len(epochs) == TINY.train.epochs
-    assert all({"rec", "kl", "beta", "loss"} <= r.keys() for r in steps)
-    assert all({"valid_rec", "valid_kl", "valid_nelbo", "valid_ppl"} <= r.keys() for r in epochs)
-    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
+    assert all(None not in (r.rec, r.kl, r.beta, r.loss) for r in steps)
+    assert all(isinstance(r.valid, ElboTerms) and None not in (r.valid.rec, r.valid.nelbo) for r in epochs)
+    assert [r.step for r in steps] == list(range(1, len(steps) + 1))
+    # the file format: these keys in this order
+    lines = [json.loads(line) for line in (trained_run / rundir.LOG).read_text(encoding="utf-8").splitlines()]
+    assert list(lines[0]) == ["kind", "step", "total_steps", "epoch", "rec", "kl", "loss", "beta", "seconds"]
+    epoch_keys = ["kind", "step", "epoch", "seconds", "valid_rec", "valid_kl", "valid_nelbo", "valid_ppl"]
+    assert [list(r) for r in lines if r["kind"] == "epoch"] == [epoch_keys + ["valid_poems"]] * len(epochs)
+    assert [r.to_json() for r in records] == lines  # read back to the same records
     # nothing that loading reads is pickled: safetensors files start with an 8-byte length and '{'
     assert (trained_run / rundir.BEST).read_bytes()[8:9] == b"{"
 
@@ -81,7 +92,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(prepared, tmp_pa
     train(cfg, prepared, tmp_path / "whole")
 
     def ctrl_c_at_step_7(record):
-        if record["kind"] == "step" and record["step"] == 7:  # mid-epoch: 6 steps per epoch
+        if isinstance(record, StepRecord) and record.step == 7:  # mid-epoch: 6 steps per epoch
             raise KeyboardInterrupt
 
     broken = train(cfg, prepared, tmp_path / "cut", on_log=ctrl_c_at_step_7)
@@ -94,7 +105,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(prepared, tmp_pa
     for k in whole:
         if k.startswith(("model.", "optim.")):
             assert torch.allclose(whole[k], cut[k], atol=1e-6), k
-    steps = [r["step"] for r in ckpt.read_log(tmp_path / "cut") if r["kind"] == "step"]
+    steps = [r.step for r in read_log(tmp_path / "cut") if isinstance(r, StepRecord)]
     assert steps == list(range(1, 19))
 
 
@@ -116,7 +127,7 @@ def test_no_latent_baseline_trains(prepared, tmp_path):
 
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, use_latent=False))
     result = train(cfg, prepared, tmp_path / "lm")
-    assert result.valid["kl"] == 0.0
+    assert result.valid.kl == 0.0
     assert Poet.load(tmp_path / "lm").sample(2, seed=0)[0].lines
 
 
@@ -129,3 +140,12 @@ def test_learning_rate_follows_the_square_root_rule_only_when_asked():
     assert learning_rate(TrainConfig(lr=2e-3, batch_size=32, lr_batch=128)) == pytest.approx(1e-3)
     with pytest.raises(ConfigError):
         load_config(overrides={"lr_batch": -1})
+
+
+def test_training_needs_the_model_alone():
+    """Training imports no decoding, controls, prosody or Poet code (a fresh interpreter)."""
+    generation = ("poetvae.decode", "poetvae.controls", "poetvae.prosody", "poetvae.poet")
+    code = f"import poetvae.train, sys; print([m for m in {generation!r} if m in sys.modules])"
+    repo = Path(__file__).resolve().parents[1]
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
