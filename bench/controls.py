@@ -11,15 +11,18 @@ examples per setting.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from poetvae.controls import Controls
 from poetvae.corpus import load_poems
+from poetvae.decode import DecodeOptions
 from poetvae.evaluate import sample_stats
 from poetvae.poet import Poet
 
+# each setting: the DecodeOptions fields it changes
 SETTINGS: dict[str, dict] = {
     "none": {},
     "rhyme": {"controls": Controls(rhyme=True)},
@@ -47,15 +50,17 @@ def main() -> None:
     poet = Poet.load(args.run)
     train = [p.lines for p in load_poems(args.run / "prep" / "train.txt")]
     rows = {}
-    poet.sample(64, temperature=args.temp, seed=args.seed)  # warm-up: tables, allocator, threads
-    for name, kw in SETTINGS.items():
+    base = DecodeOptions(temperature=args.temp, seed=args.seed)
+    poet.sample(64, base)  # warm-up: tables, allocator, threads
+    for name, changes in SETTINGS.items():
+        options = dataclasses.replace(base, **changes)
         seconds = []
         for _ in range(args.repeats):  # a shared machine is noisy: the fastest of a few runs
             start = time.perf_counter()
-            samples = poet.sample(args.n, temperature=args.temp, seed=args.seed, **kw)
+            samples = poet.sample(args.n, options)
             seconds.append(time.perf_counter() - start)
         seconds = min(seconds)
-        scheme = kw["controls"].scheme if "controls" in kw else "pingshui"
+        scheme = options.controls.scheme if options.controls else "pingshui"
         stats = sample_stats([s.lines for s in samples], train, scheme).to_dict()
         stats.update(
             poems_per_s=args.n / seconds,

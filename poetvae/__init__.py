@@ -3,8 +3,9 @@
 The library is the product; the `poetvae` command is a thin layer over it:
 
     from poetvae import Poet
+    from poetvae.decode import DecodeOptions
     poet = Poet.load("runs/default")
-    print(poet.sample(1, temperature=0.8, seed=0)[0].layout())
+    print(poet.sample(1, DecodeOptions(temperature=0.8, seed=0))[0].layout())
 """
 
 from poetvae.config import Config, ModelConfig, PrepConfig, TrainConfig, load_config

@@ -55,7 +55,7 @@ def _lstm_flops(size_in: int, hidden: int, layers: int, directions: int = 1) -> 
 def flops_per_poem(cfg: ModelConfig) -> dict[str, float]:
     """Model FLOPs for one poem of FORM.seq_len = 21 positions, from the layer shapes.
 
-    "sample" counts what generation executes (model.StepDecoder): the first layer's input
+    "sample" counts what generation executes (step_decoder.StepDecoder): the first layer's input
     product is a table lookup per token and position plus one product with z per poem, so
     a step is the recurrent products and the output layer. The vocabulary-sized tables
     are built once per batch and not counted per poem."""
@@ -138,14 +138,14 @@ def bench_size(
     model.eval()
     vocab = _random_vocab(cfg.vocab_size)
     z = torch.randn(sample_batch, cfg.latent_dim, device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
+    generator = torch.Generator(device=device).manual_seed(0)
 
-    prepared = DecodeTables(model, vocab, device)  # once per loaded model, as poetvae.Poet does
+    tables = DecodeTables(model, vocab, device)  # once per loaded model, as poetvae.Poet does
 
-    def sample(opts: DecodeOptions) -> Callable[[], None]:
+    def sample(options: DecodeOptions) -> Callable[[], None]:
         def run() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                generate(model, z, vocab, opts, gen, prepared=prepared)
+                generate(model, z, vocab, options, generator=generator, tables=tables)
 
         return run
 

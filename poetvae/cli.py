@@ -357,16 +357,22 @@ def _controls(
 
 
 def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
-    for s in samples:
+    """Write poet.Sample objects to stdout as they come, in the chosen format."""
+    for poem in samples:
         if fmt == "json":
-            record = {"lines": s.lines, "text": s.oneline(), "logprob": round(s.logprob, 4), "backoff": s.backoff}
+            record = {
+                "lines": poem.lines,
+                "text": poem.oneline(),
+                "logprob": round(poem.logprob, 4),
+                "backoff": poem.backoff,
+            }
             if with_z:
-                record["z"] = [round(v, 5) for v in s.z]
+                record["z"] = [round(v, 5) for v in poem.z]
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif fmt == "oneline":
-            sys.stdout.write(s.oneline() + "\n")
+            sys.stdout.write(poem.oneline() + "\n")
         else:
-            sys.stdout.write(s.layout() + "\n\n")
+            sys.stdout.write(poem.layout() + "\n\n")
     sys.stdout.flush()
 
 
@@ -431,19 +437,20 @@ def sample(
         if infer_z and not controls.prefix:
             raise typer.BadParameter("--infer-z needs --first-line or --prefix")
         poet = Poet.load(model, device=device)
-        opts = DecodeOptions(temp, top_k, top_p, greedy)
-        for batch in poet.iter_sample(
-            n,
-            opts,
-            seed,
-            batch_size,
-            with_z=with_z,
-            controls=controls,
+        options = DecodeOptions(
+            temperature=temp,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
             beam=beam,
             rerank=rerank,
             prosody_weight=prosody_weight,
+            controls=controls,
             infer_z=infer_z,
-        ):
+            seed=seed,
+            batch_size=batch_size,
+        )
+        for batch in poet.iter_sample(n, options, with_z=with_z):
             _emit(batch, fmt, with_z)
 
 
@@ -483,20 +490,20 @@ def interpolate(
     with user_errors():
         a, b = parse_poem(poem_a), parse_poem(poem_b)
         poet = Poet.load(model, device=device)
-        opts = DecodeOptions(temperature=temp, greedy=not sample_)
         controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
-        path = poet.interpolate(a, b, steps, method, opts, seed, allow_unk, controls, beam)
+        options = DecodeOptions(temperature=temp, greedy=not sample_, beam=beam, controls=controls, seed=seed)
+        path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)
     if fmt == "json":
-        for i, s in enumerate(path):
+        for i, point in enumerate(path):
             t = i / (len(path) - 1)
             sys.stdout.write(
                 json.dumps(
                     {
                         "t": round(t, 4),
-                        "lines": s.lines,
-                        "text": s.oneline(),
-                        "logprob": round(s.logprob, 4),
-                        "backoff": s.backoff,
+                        "lines": point.lines,
+                        "text": point.oneline(),
+                        "logprob": round(point.logprob, 4),
+                        "backoff": point.backoff,
                     },
                     ensure_ascii=False,
                 )
@@ -508,8 +515,8 @@ def interpolate(
     table.add_column("poem")
     table.add_column("log p", justify="right")
     table.add_row("A", a.oneline(), "")
-    for i, s in enumerate(path):
-        table.add_row(f"{i / (len(path) - 1):.2f}", s.oneline(), f"{s.logprob:.1f}")
+    for i, point in enumerate(path):
+        table.add_row(f"{i / (len(path) - 1):.2f}", point.oneline(), f"{point.logprob:.1f}")
     table.add_row("B", b.oneline(), "")
     out.print(table)
 

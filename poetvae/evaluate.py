@@ -65,11 +65,11 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> 
 def _rec(model: PoetVAE, tokens: Tensor, z: Tensor) -> Tensor:
     """-log p(x|z) per row (nats): the summed token cross-entropy, <pad> ignored.
 
-    Computed by `model.loss` itself (its "rec" depends only on logits and tokens), so the
-    likelihood here is by construction the same term that training minimises.
+    Computed by `model.reconstruction_loss`, the term `model.loss` uses, so the likelihood
+    here is by construction the same term that training minimises.
     """
     logits, _ = model.decode(z, PoetVAE.teacher_inputs(tokens))
-    return model.loss(tokens, {"logits": logits, "mu": z, "logvar": torch.zeros_like(z)})["rec"]
+    return model.reconstruction_loss(tokens, logits)
 
 
 @torch.no_grad()
@@ -231,7 +231,7 @@ def reconstruction_accuracy(
         for i in range(0, n, batch_size):
             batch = tokens[i : i + batch_size]
             means = model.encode(batch)[0] if mu is None else mu[i : i + batch_size].to(device)
-            ids = generate(model, means, vocab, DecodeOptions(greedy=True), prepared=tables)[0]  # the token rows
+            ids = generate(model, means, vocab, DecodeOptions(greedy=True), tables=tables)[0]  # the token rows
             for got, want in zip(ids.tolist(), batch.tolist()):
                 a, b = "".join(vocab.decode(got)), "".join(vocab.decode(want))
                 matches += sum(x == y for x, y in zip(a[: FORM.chars], b[: FORM.chars]))
@@ -458,7 +458,7 @@ def evaluate_run(
         reconstruction_accuracy=reconstruction_accuracy(model, tokens, poet.vocab, mu=mu),
     )
 
-    drawn = poet.sample(samples, temperature=temperature, seed=seed) if samples > 0 else []
+    drawn = poet.sample(samples, DecodeOptions(temperature=temperature, seed=seed)) if samples > 0 else []
     return EvaluationReport(
         likelihood=Likelihood(
             iw_nll=iw,

@@ -7,7 +7,9 @@
 
 Loss per poem: reconstruction cross-entropy summed over tokens + beta * KL(q(z|x) || N(0, I))
 summed over latent dims (Bowman et al. 2016, "Generating Sentences from a Continuous Space").
-The interface follows PyTorch-VAE: encode / reparameterize / decode / loss / sample.
+The interface follows PyTorch-VAE: encode / reparameterize / decode / loss, and
+sample_prior for z ~ N(0, I). Generation decodes with a faster step-by-step form of the
+same decoder, built from this model: poetvae.step_decoder.StepDecoder.
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ class Decoder(nn.Module):
         self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
 
     def initial_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        hc = torch.tanh(self.init_state(z))  # (B, 2 * L * H)
-        h, c = hc.view(z.size(0), 2, self.layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
+        h_and_c = torch.tanh(self.init_state(z))  # (B, 2 * L * H)
+        h, c = h_and_c.view(z.size(0), 2, self.layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
         return h, c  # each (L, B, H)
 
     def forward(self, x: Tensor, z: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -95,94 +97,10 @@ class Decoder(nn.Module):
         return self.out(self.drop(h)), state
 
 
-class StepDecoder:
-    """The decoder of a model in eval mode, one step for a batch of rows, for generation.
-
-    Same function as `PoetVAE.decode` without dropout (tested to agree), rearranged so that
-    everything that does not depend on a row's state is computed once instead of at every
-    one of the 21 steps. The first LSTM layer's input gates are W_ih [x ; z] + b with
-    x = highway(embedding(prev)) + position(p), which splits into
-      token_gates[prev] + position_gates[p] + z_gates(row),
-    three tables: (V, 4H) for the whole vocabulary, (21, 4H), and (B, 4H) per z. A step is
-    then one lookup and the recurrent matrix products, instead of the highway, the
-    embedding and the input product for every row; the cell itself is torch.nn.LSTM's,
-    with its gates reordered.
-    """
-
-    @torch.no_grad()
-    def __init__(self, model: PoetVAE):
-        lstm, e, h = model.decoder.lstm, model.cfg.embed_dim, model.cfg.hidden_dim
-        self.layers = lstm.num_layers
-        # torch.nn.LSTM stacks its gates as i, f, g, o; as i, f, o, g the three sigmoids are
-        # one call on one contiguous slice
-        order = torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])
-
-        def weight(name: str) -> Tensor:
-            return getattr(lstm, name)[order.to(lstm.weight_ih_l0.device)]
-
-        w_x = weight("weight_ih_l0")[:, :e]
-        tokens = torch.arange(model.cfg.vocab_size, device=w_x.device)
-        with torch.autocast(w_x.device.type, enabled=False):  # tables in fp32, whoever calls
-            self.token_gates = model.highway(model.embedding(tokens)) @ w_x.T  # (V, 4H)
-            self.position_gates = model.position.weight @ w_x.T  # (21, 4H)
-        self.w_z = weight("weight_ih_l0")[:, e:]  # (4H, Z)
-        self.bias_0 = weight("bias_ih_l0") + weight("bias_hh_l0")
-        self.w_hh = [weight(f"weight_hh_l{k}").T.contiguous() for k in range(self.layers)]
-        # layers above the first: input products and biases (index k - 1 for layer k)
-        self.w_ih = [weight(f"weight_ih_l{k}").T.contiguous() for k in range(1, self.layers)]
-        self.bias = [weight(f"bias_ih_l{k}") + weight(f"bias_hh_l{k}") for k in range(1, self.layers)]
-        self.out_w, self.out_b = model.decoder.out.weight.detach(), model.decoder.out.bias.detach()
-        # The LSTM's output lies in (-1, 1), so no logit can exceed this in size.
-        self.logit_bound = float((self.out_w.abs().sum(dim=1) + self.out_b.abs()).max())
-
-    def z_gates(self, z: Tensor) -> Tensor:
-        """(B, Z) -> (B, 4H): the part of the first layer's gates that z fixes for the poem."""
-        return torch.addmm(self.bias_0, z, self.w_z.T)
-
-    @staticmethod
-    def _add_product(x: Tensor, a: Tensor, w: Tensor) -> Tensor:
-        """x += a @ w in place: one GEMM accumulating into x (in fp32), or under autocast the
-        product in the autocast dtype, then added."""
-        if torch.is_autocast_enabled(x.device.type):
-            return x.add_(a @ w)
-        return x.addmm_(a, w)
-
-    @staticmethod
-    def _cell(gates: Tensor, c: Tensor, h_out: Tensor, c_out: Tensor) -> None:
-        """The LSTM cell on fp32 gates (B, 4H) as i, f, o, g, overwritten; writes h_out, c_out."""
-        h = c.size(1)
-        ifo = gates[:, : 3 * h].sigmoid_()
-        g = gates[:, 3 * h :].tanh_()
-        torch.mul(ifo[:, h : 2 * h], c, out=c_out)
-        c_out.addcmul_(ifo[:, :h], g)
-        torch.tanh(c_out, out=h_out).mul_(ifo[:, 2 * h :])
-
-    @torch.no_grad()
-    def __call__(
-        self, prev: Tensor, written: Tensor, z_gates: Tensor, state: tuple[Tensor, Tensor]
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """prev (B,) ids, written (B,) characters so far, z_gates (B, 4H), state (h, c) each
-        (L, B, H) -> hidden (B, H) before the output layer, new state. Every (B, 4H) pass
-        is memory-bound on the CPU, so the gates are built and used in place."""
-        h0, c0 = state
-        h1, c1 = torch.empty_like(h0, dtype=torch.float), torch.empty_like(c0, dtype=torch.float)
-        x = self.token_gates.index_select(0, prev)
-        x += self.position_gates[written.clamp(max=FORM.chars)]
-        x += z_gates
-        self._cell(self._add_product(x, h0[0].to(x.dtype), self.w_hh[0]), c0[0], h1[0], c1[0])
-        for k in range(1, self.layers):
-            gates = self._add_product(
-                torch.addmm(self.bias[k - 1], h1[k - 1], self.w_ih[k - 1]).float(), h0[k].to(h1.dtype), self.w_hh[k]
-            )
-            self._cell(gates, c0[k], h1[k], c1[k])
-        return h1[-1], (h1, c1)
-
-    def logits(self, hidden: Tensor) -> Tensor:
-        """(B, H) -> (B, V) in fp32, the output layer."""
-        return torch.addmm(self.out_b, hidden, self.out_w.T).float()
-
-
 class PoetVAE(nn.Module):
+    """Token embedding and highway layers shared by an Encoder and a Decoder, plus the
+    position embedding the decoder reads (which character of the poem comes next)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size <= len(SPECIALS):
@@ -246,8 +164,10 @@ class PoetVAE(nn.Module):
         """<bos> followed by the poem shifted right: what the decoder reads while writing `tokens`."""
         return torch.cat([tokens.new_full((tokens.size(0), 1), BOS), tokens[:, :-1]], dim=1)
 
-    def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
-        """z ~ N(0, I): (n, Z)."""
+    def sample_prior(
+        self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> Tensor:
+        """n latent codes from the prior, z ~ N(0, I): (n, Z). (Poems come from decoding them.)"""
         return torch.randn(n, self.cfg.latent_dim, device=device, generator=generator)
 
     def forward(
@@ -272,6 +192,16 @@ class PoetVAE(nn.Module):
         logits, _ = self.decode(z, inputs)
         return {"logits": logits, "mu": mu, "logvar": logvar, "z": z}
 
+    @staticmethod
+    def reconstruction_loss(tokens: Tensor, logits: Tensor) -> Tensor:
+        """-log p(x|z) per poem (B,): the cross-entropy of `logits` (B, T, V), decoded from z,
+        summed over the poem's tokens and <eos>, <pad> ignored (nats)."""
+        b, t, v = logits.shape
+        ce = F.cross_entropy(
+            logits.reshape(b * t, v).float(), tokens.reshape(b * t), ignore_index=PAD, reduction="none"
+        )
+        return ce.view(b, t).sum(dim=1)
+
     def loss(
         self,
         tokens: Tensor,
@@ -282,19 +212,15 @@ class PoetVAE(nn.Module):
     ) -> dict[str, Tensor]:
         """Per-poem terms and the scalar objective.
 
-        rec (B): cross-entropy summed over the poem's tokens and <eos> (nats).
+        rec (B): reconstruction_loss, the cross-entropy summed over the poem's tokens and <eos> (nats).
         kl  (B): KL(N(mu, sigma^2) || N(0, I)) in closed form, summed over dims (nats).
         loss: mean(rec) + beta * KL term, where with free bits (Kingma et al. 2016) each
               dim's batch-mean KL counts as at least `free_bits` nats, so the optimiser gains
               nothing by pushing a dim's KL below the floor. `batch_mean` turns the local
               per-dim mean into the global batch's in multi-process training.
         """
-        logits, mu, logvar = out["logits"], out["mu"], out["logvar"]
-        b, t, v = logits.shape
-        ce = F.cross_entropy(
-            logits.reshape(b * t, v).float(), tokens.reshape(b * t), ignore_index=PAD, reduction="none"
-        )
-        rec = ce.view(b, t).sum(dim=1)
+        mu, logvar = out["mu"], out["logvar"]
+        rec = self.reconstruction_loss(tokens, out["logits"])
         kl_dims = 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float())  # (B, Z)
         kl = kl_dims.sum(dim=1)
         if self.encoder is None:

@@ -1,8 +1,9 @@
 """The library's front door: a trained model plus its vocabulary, working on poems as text.
 
     from poetvae import Poet
+    from poetvae.decode import DecodeOptions
     poet = Poet.load("runs/default")
-    for s in poet.sample(4, temperature=0.8, seed=1):
+    for s in poet.sample(4, DecodeOptions(temperature=0.8, seed=1)):
         print(s.layout())
     path = poet.interpolate("床前明月光，疑是地上霜。举头望明月，低头思故乡。",
                             "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", steps=8)
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,20 +36,13 @@ from poetvae.vocab import Vocab
 PoemLike = str | Poem | Sequence[str]
 
 
-@dataclass
-class Sample:
-    lines: list[str]  # 4 lines of 5 characters
-    logprob: float  # log p(poem | z) under the decoder, nats
-    z: list[float] | None = None
-    backoff: list[str] = field(default_factory=list)  # controls relaxed to find a candidate
+@dataclass(frozen=True)
+class Sample(Poem):
+    """A decoded poem (lines; no title or author) with what decoding knows about it."""
 
-    def layout(self) -> str:
-        """Two couplets on two lines: 床前明月光，疑是地上霜。 / 举头望明月，低头思故乡。"""
-        a, b, c, d = self.lines
-        return f"{a}，{b}。\n{c}，{d}。"
-
-    def oneline(self) -> str:
-        return self.layout().replace("\n", "")
+    logprob: float = 0.0  # log p(poem | z) under the decoder, nats
+    z: tuple[float, ...] | None = None  # the latent code it was decoded from, when asked for
+    backoff: tuple[str, ...] = ()  # controls relaxed to find a candidate
 
 
 class Poet:
@@ -101,48 +95,37 @@ class Poet:
         return self.vocab.encode_batch(lines).to(self.device)
 
     def _generator(self, seed: int | None) -> torch.Generator:
-        g = torch.Generator(device=self.device)
+        generator = torch.Generator(device=self.device)
         if seed is None:
-            g.seed()
+            generator.seed()
         else:
-            g.manual_seed(seed)
-        return g
+            generator.manual_seed(seed)
+        return generator
 
-    def _samples(
-        self,
-        z: Tensor,
-        opts: DecodeOptions,
-        generator: torch.Generator,
-        with_z: bool,
-        controls: Controls | None = None,
-        beam: int = 1,
-        rerank: int = 1,
-        prosody_weight: float = 0.0,
-    ) -> list[Sample]:
-        """Decode z; with rerank > 1, decode that many candidates per z and keep the one
-        with the best log-probability + prosody_weight * prosody_score."""
+    def _samples(self, z: Tensor, options: DecodeOptions, generator: torch.Generator, *, with_z: bool) -> list[Sample]:
+        """Decode z; with options.rerank > 1, decode that many candidates per z and keep the
+        one with the best log-probability + prosody_weight * prosody_score."""
+        rerank = options.rerank
         ids, logprob, backoff = generate(
             self.model,
             z.repeat_interleave(rerank, dim=0),
             self.vocab,
-            opts,
-            generator,
-            controls,
-            beam,
-            self.decode_tables,
+            options,
+            generator=generator,
+            tables=self.decode_tables,
         )
         if rerank > 1:  # keep the best candidate of each z
             score = logprob
-            if prosody_weight:
-                scheme = controls.scheme if controls else "pingshui"
+            if options.prosody_weight:
+                scheme = options.controls.scheme if options.controls else "pingshui"
                 prosody = [prosody_score(self.vocab.decode(row), scheme) for row in ids.tolist()]
-                score = score + prosody_weight * torch.tensor(prosody, device=score.device)
+                score = score + options.prosody_weight * torch.tensor(prosody, device=score.device)
             keep = score.view(-1, rerank).argmax(dim=1) + torch.arange(0, ids.size(0), rerank, device=score.device)
             ids, logprob, backoff = ids[keep], logprob[keep], backoff[keep]
-        zs = z.tolist() if with_z else [None] * z.size(0)
+        zs = [tuple(row) for row in z.tolist()] if with_z else [None] * z.size(0)
         return [
-            Sample(self.vocab.decode(row), lp, zz, bo)
-            for row, lp, zz, bo in zip(ids.tolist(), logprob.tolist(), zs, backoff_report(backoff))
+            Sample(self.vocab.decode(row), logprob=lp, z=latent, backoff=tuple(relaxed))
+            for row, lp, latent, relaxed in zip(ids.tolist(), logprob.tolist(), zs, backoff_report(backoff))
         ]
 
     # ---- the operations ----------------------------------------------------------------
@@ -151,20 +134,9 @@ class Poet:
         """Posterior parameters mu, logvar (B, Z) of q(z|x)."""
         return self.model.encode(self.tokens(poems, allow_unk))
 
-    def decode(
-        self,
-        z: Tensor,
-        opts: DecodeOptions = DecodeOptions(),
-        seed: int | None = None,
-        with_z: bool = False,
-        controls: Controls | None = None,
-        beam: int = 1,
-        rerank: int = 1,
-        prosody_weight: float = 0.0,
-    ) -> list[Sample]:
-        return self._samples(
-            z.to(self.device), opts, self._generator(seed), with_z, controls, beam, rerank, prosody_weight
-        )
+    def decode(self, z: Tensor, options: DecodeOptions = DecodeOptions(), *, with_z: bool = False) -> list[Sample]:
+        """A poem for each latent code z (B, Z), decoded with the options (seed: the draws)."""
+        return self._samples(z.to(self.device), options, self._generator(options.seed), with_z=with_z)
 
     def prefix_posterior(self, controls: Controls) -> tuple[Tensor, Tensor]:
         """q(z | prefix): the encoder applied to the given lines followed by <eos>. The
@@ -177,81 +149,40 @@ class Poet:
             return self.model.encode(self.vocab.encode_batch([controls.prefix]).to(self.device))
 
     def iter_sample(
-        self,
-        n: int,
-        opts: DecodeOptions = DecodeOptions(),
-        seed: int | None = None,
-        batch_size: int = 2048,
-        with_z: bool = False,
-        controls: Controls | None = None,
-        beam: int = 1,
-        rerank: int = 1,
-        prosody_weight: float = 0.0,
-        infer_z: bool = False,
+        self, n: int, options: DecodeOptions = DecodeOptions(), *, with_z: bool = False
     ) -> Iterator[list[Sample]]:
-        """n poems, a batch at a time (for streaming large n). z ~ N(0, I), or with infer_z
-        z ~ q(z | the controls' prefix)."""
-        g = self._generator(seed)
-        if infer_z and controls is not None:
-            mu, logvar = self.prefix_posterior(controls)
+        """n poems, options.batch_size at a time (for streaming large n). z ~ N(0, I), or
+        with options.infer_z z ~ q(z | the controls' prefix); seed fixes z and the draws."""
+        generator = self._generator(options.seed)
+        infer_z = options.infer_z and options.controls is not None
+        if infer_z:
+            mu, logvar = self.prefix_posterior(options.controls)
             std = torch.exp(0.5 * logvar)
-        for start in range(0, n, batch_size):
-            size = min(batch_size, n - start)
-            z = self.model.sample(size, self.device, g)
-            if infer_z and controls is not None:
+        for start in range(0, n, options.batch_size):
+            size = min(options.batch_size, n - start)
+            z = self.model.sample_prior(size, self.device, generator)
+            if infer_z:
                 z = mu + std * z
-            yield self._samples(z, opts, g, with_z, controls, beam, rerank, prosody_weight)
+            yield self._samples(z, options, generator, with_z=with_z)
 
-    def sample(
-        self,
-        n: int,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        greedy: bool = False,
-        seed: int | None = None,
-        with_z: bool = False,
-        controls: Controls | None = None,
-        beam: int = 1,
-        rerank: int = 1,
-        prosody_weight: float = 0.0,
-        infer_z: bool = False,
-    ) -> list[Sample]:
-        """n poems. controls: rhyme / tones / acrostic / prefix (poetvae.controls); beam:
-        beam-search width; rerank: candidates per z, the best kept by log-probability plus
-        prosody_weight x prosody score."""
-        opts = DecodeOptions(temperature, top_k, top_p, greedy)
-        return [
-            s
-            for batch in self.iter_sample(
-                n,
-                opts,
-                seed,
-                with_z=with_z,
-                controls=controls,
-                beam=beam,
-                rerank=rerank,
-                prosody_weight=prosody_weight,
-                infer_z=infer_z,
-            )
-            for s in batch
-        ]
+    def sample(self, n: int, options: DecodeOptions = DecodeOptions(), *, with_z: bool = False) -> list[Sample]:
+        """n poems, all at once (see iter_sample). options: temperature, top-k/p, greedy;
+        controls (rhyme / tones / acrostic / prefix, poetvae.controls); beam: beam-search
+        width; rerank: candidates per z, the best kept by log-probability plus
+        prosody_weight x prosody score; seed."""
+        return [s for batch in self.iter_sample(n, options, with_z=with_z) for s in batch]
 
     def interpolate(
         self,
         a: PoemLike,
         b: PoemLike,
+        *,
         steps: int = 8,
         method: str = "linear",
-        opts: DecodeOptions = DecodeOptions(greedy=True),
-        seed: int | None = None,
+        options: DecodeOptions = DecodeOptions(greedy=True),
         allow_unk: bool = False,
-        controls: Controls | None = None,
-        beam: int = 1,
     ) -> list[Sample]:
         """Decode `steps` points from the posterior mean of a to that of b (both included);
         controls apply to every point (e.g. every poem on the path rhymes)."""
         mu, _ = self.encode([a, b], allow_unk)
-        return self.decode(
-            latent_path(mu[0], mu[1], steps, method), opts, seed, with_z=True, controls=controls, beam=beam
-        )
+        return self.decode(latent_path(mu[0], mu[1], steps, method), options, with_z=True)

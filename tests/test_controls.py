@@ -91,7 +91,11 @@ def test_random_models_meet_every_control(seed, controls, words, greedy, beam, t
     ).eval()
     z = torch.randn(12, 3)
     ids, logprob, backoff = generate(
-        model, z, vocab, DecodeOptions(temperature, greedy=greedy), torch.Generator().manual_seed(seed), controls, beam
+        model,
+        z,
+        vocab,
+        DecodeOptions(temperature, greedy=greedy, controls=controls, beam=beam),
+        generator=torch.Generator().manual_seed(seed),
     )
     assert_well_formed(vocab, ids)
     assert torch.isfinite(logprob).all()
@@ -121,7 +125,9 @@ def test_backoff_is_reported_not_crashed():
     ze_only = [c for c in "月日雪白木石竹入出" if tone(c) is Tone.ZE]
     vocab = Vocab(["<pad>", "<unk>", "<bos>", "<eos>"] + ze_only, [0] * 4 + [1] * len(ze_only))
     model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=4, hidden_dim=4, latent_dim=2)).eval()
-    ids, _, backoff = generate(model, torch.randn(3, 2), vocab, DecodeOptions(greedy=True), None, Controls(tones=True))
+    ids, _, backoff = generate(
+        model, torch.randn(3, 2), vocab, DecodeOptions(greedy=True, controls=Controls(tones=True))
+    )
     assert_well_formed(vocab, ids)
     assert backoff[:, 0].all() and not backoff[:, 1].any()
 

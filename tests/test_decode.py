@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -7,8 +8,11 @@ from hypothesis import strategies as st
 
 from poetvae.config import ModelConfig
 from poetvae.decode import DecodeOptions, allowed_by_room, generate, latent_path
-from poetvae.form import FORM
+from poetvae.form import FORM, Poem
 from poetvae.model import PoetVAE
+from poetvae.poet import Poet
+from poetvae.sampling import TokenMask, argmax_in_blocks, choose_token, choose_token_plain, draw_by_cdf
+from poetvae.step_decoder import StepDecoder
 from poetvae.vocab import EOS, PAD, Vocab
 
 HAN = "天地人山水风花雪月春秋日夜云江河明光霜乡"
@@ -62,7 +66,7 @@ def test_random_models_only_write_well_formed_poems(seed, words, temperature, to
         model.decoder.out.bias[:4] += scale  # push <pad>/<unk>/<bos>/<eos> to the top
     z = torch.randn(16, 3)
     ids, logprob, _ = generate(
-        model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy), torch.Generator().manual_seed(seed)
+        model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy), generator=torch.Generator().manual_seed(seed)
     )
     assert ids.shape == (16, FORM.seq_len)
     assert torch.isfinite(logprob).all() and (logprob <= 0).all()
@@ -76,27 +80,21 @@ def test_greedy_is_deterministic_and_seed_fixes_sampling():
     g1 = generate(model, z, vocab, DecodeOptions(greedy=True))[0]
     g2 = generate(model, z, vocab, DecodeOptions(greedy=True))[0]
     assert g1.equal(g2)
-    s1 = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(3))[0]
-    s2 = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(3))[0]
-    s3 = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(4))[0]
+    s1 = generate(model, z, vocab, DecodeOptions(), generator=torch.Generator().manual_seed(3))[0]
+    s2 = generate(model, z, vocab, DecodeOptions(), generator=torch.Generator().manual_seed(3))[0]
+    s3 = generate(model, z, vocab, DecodeOptions(), generator=torch.Generator().manual_seed(4))[0]
     assert s1.equal(s2) and not s1.equal(s3)
+    assert generate(model, z, vocab, DecodeOptions(seed=3))[0].equal(s1)  # no generator: one seeded with the seed
 
 
 def test_logprob_is_the_model_probability_of_the_poem():
     vocab = make_vocab([])
     model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3, dropout=0.0)).eval()
     z = torch.randn(4, 3)
-    ids, logprob, _ = generate(model, z, vocab, DecodeOptions(), torch.Generator().manual_seed(0))
+    ids, logprob, _ = generate(model, z, vocab, DecodeOptions(), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        terms = model.loss(
-            ids,
-            {
-                "logits": model.decode(z, torch.cat([torch.full((4, 1), 2), ids[:, :-1]], 1))[0],
-                "mu": z,
-                "logvar": torch.zeros_like(z),
-            },
-        )
-    assert torch.allclose(-terms["rec"], logprob, atol=1e-4)
+        rec = model.reconstruction_loss(ids, model.decode(z, PoetVAE.teacher_inputs(ids))[0])
+    assert torch.allclose(-rec, logprob, atol=1e-4)
 
 
 def test_room_table():
@@ -125,28 +123,33 @@ def test_latent_path_ends_and_slerp_norm():
 
 
 def test_decode_options_reject_bad_values():
-    for bad in ({"temperature": 0.0}, {"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}):
+    for bad in (
+        {"temperature": 0.0},
+        {"top_k": -1},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"beam": 0},
+        {"rerank": 0},
+        {"batch_size": 0},
+    ):
         with pytest.raises(ValueError):
             DecodeOptions(**bad)
 
 
 def test_draw_follows_the_distribution_and_never_picks_a_masked_token():
-    from poetvae.decode import _draw
-
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0]).expand(40_000, 5)
-    tokens, total = _draw(probs, torch.rand(40_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    u = torch.rand(40_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tokens, total = draw_by_cdf(probs, u)
     freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
     assert freq[1] == 0 and freq[4] == 0
     assert torch.allclose(freq, probs[0], atol=0.01)
 
 
 def test_draw_handles_a_vocabulary_that_is_not_a_whole_number_of_blocks():
-    from poetvae.decode import _draw
-
     weights = torch.zeros(130)
     weights[[0, 63, 64, 127, 128, 129]] = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0, 1.0])
     u = torch.rand(60_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    tokens, total = _draw(weights.expand(60_000, 130), u, block=64)
+    tokens, total = draw_by_cdf(weights.expand(60_000, 130), u, block=64)
     freq = torch.bincount(tokens, minlength=130).float() / tokens.numel()
     assert torch.allclose(total, torch.full_like(total, 10.0, dtype=torch.float64))
     assert set(tokens.unique().tolist()) == {0, 63, 64, 127, 128, 129}
@@ -154,19 +157,15 @@ def test_draw_handles_a_vocabulary_that_is_not_a_whole_number_of_blocks():
 
 
 def test_argmax_in_blocks_equals_torch_argmax_including_ties():
-    from poetvae.decode import _argmax
-
     g = torch.Generator().manual_seed(0)
     for v in (5, 64, 100, 4600):
         x = torch.randint(0, 7, (50, v), generator=g).float()  # many ties: the first must win
-        index, value = _argmax(x)
+        index, value = argmax_in_blocks(x)
         assert index.equal(x.argmax(dim=1)) and value.equal(x.amax(dim=1))
 
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_step_decoder_equals_the_model_decoder(layers):
-    from poetvae.model import StepDecoder
-
     torch.manual_seed(0)
     model = PoetVAE(ModelConfig(vocab_size=30, embed_dim=8, hidden_dim=6, latent_dim=3, decoder_layers=layers)).eval()
     z = torch.randn(4, 3)
@@ -185,38 +184,60 @@ def test_a_temperature_too_low_for_float_range_still_samples_allowed_tokens():
     with torch.no_grad():
         model.decoder.out.bias[:4] += 200.0  # the allowed tokens' probabilities underflow to 0
     ids, logprob, _ = generate(
-        model, torch.randn(6, 3), vocab, DecodeOptions(temperature=0.05), torch.Generator().manual_seed(0)
+        model, torch.randn(6, 3), vocab, DecodeOptions(temperature=0.05), generator=torch.Generator().manual_seed(0)
     )
     assert_well_formed(vocab, ids)
     assert torch.isfinite(logprob).all() and (logprob < -1000).all()
 
 
-@pytest.mark.parametrize(
-    "opts",
-    [DecodeOptions(), DecodeOptions(temperature=0.7), DecodeOptions(temperature=1.6), DecodeOptions(greedy=True)],
-)
-@pytest.mark.parametrize("uniform", [True, False])
-def test_exp_without_max_shift_picks_like_the_softmax_and_gives_exact_logprobs(opts, uniform):
-    """_choose's two ways, the softmax and (for logits known to be small) exp without the
-    row-maximum shift, pick the same tokens for the same uniforms, and both return the
-    model's own log-probability of each (temperature 1, no mask)."""
-    from poetvae.decode import _choose, _Mask
+CHOICES = [
+    {},
+    {"temperature": 0.7},
+    {"temperature": 1.6},
+    {"greedy": True},
+    {"temperature": 0.8, "top_k": 20},
+    {"temperature": 1.3, "top_p": 0.8},
+    {"top_k": 50, "top_p": 0.9},
+]
 
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(400, 300, generator=g) * 3
-    if uniform:
-        mask = _Mask(forbidden=torch.tensor([0, 1, 2, 3, 150]))
+
+@pytest.mark.parametrize("choice", CHOICES)
+@pytest.mark.parametrize("same_for_all_rows", [True, False])
+@pytest.mark.parametrize("vocab_size", [300, 4600])
+def test_choose_token_picks_like_the_plain_algorithm(choice, same_for_all_rows, vocab_size):
+    """choose_token, by each of its ways (the softmax, and exp without the row-maximum shift
+    for logits known to be small), picks the tokens that the plain softmax / filter /
+    CDF inversion picks for the same uniforms, and returns the model's own log-probability
+    of each (temperature 1, no mask)."""
+    g = torch.Generator().manual_seed(vocab_size)
+    logits = torch.randn(400, vocab_size, generator=g) * 3
+    if same_for_all_rows:
+        mask = TokenMask(forbidden=torch.tensor([0, 1, 2, 3, 150]))
     else:
-        mask = _Mask(torch.rand(400, 300, generator=g) < 0.7)
+        mask = TokenMask(allowed=torch.rand(400, vocab_size, generator=g) < 0.7)
+    allowed = mask.dense(logits)
     u = torch.rand(400, 1, dtype=torch.float64, generator=g)
-    want = torch.log_softmax(logits, dim=-1)
-    picked = []
-    for bound in (float(logits.abs().max()), math.inf):  # the fast way, then the softmax
-        token, logp = _choose(logits.clone(), mask, opts, u, None, bound)
-        assert mask.dense(logits).gather(1, token[:, None]).all()
-        assert torch.allclose(logp, want.gather(1, token[:, None]).squeeze(1), atol=1e-4)
-        picked.append(token)
-    assert (picked[0] == picked[1]).float().mean() > 0.99
+    want_token, want_logp = choose_token_plain(logits, allowed, u, **choice)
+    assert torch.allclose(want_logp, torch.log_softmax(logits, dim=-1).gather(1, want_token[:, None]).squeeze(1))
+    for bound in (float(logits.abs().max()), math.inf):  # the fast way (where it applies), then the softmax
+        token, logp = choose_token(logits.clone(), mask, u, logit_bound=bound, **choice)
+        assert allowed.gather(1, token[:, None]).all()
+        same = token == want_token
+        # only rounding at a boundary between two tokens may tell the two apart
+        assert same.float().mean() > 0.99
+        assert torch.allclose(logp[same], want_logp[same], atol=1e-4)
+
+
+def test_the_plain_algorithm_follows_the_filtered_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 3.0]]).expand(40_000, 5)
+    allowed = torch.tensor([[True, True, True, True, False]]).expand(40_000, 5)
+    u = torch.rand(40_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    token, _ = choose_token_plain(logits, allowed, u, temperature=0.5, top_k=3)
+    freq = torch.bincount(token, minlength=5).float() / token.numel()
+    want = torch.softmax(torch.tensor([2.0, 1.0, 0.0]) / 0.5, dim=0)
+    assert torch.allclose(freq[:3], want, atol=0.01) and freq[3:].sum() == 0
+    greedy, _ = choose_token_plain(logits, allowed, None, greedy=True)
+    assert (greedy == 0).all()
 
 
 def test_generation_under_bf16_autocast_is_well_formed():
@@ -228,6 +249,20 @@ def test_generation_under_bf16_autocast_is_well_formed():
     ).eval()
     z = torch.randn(6, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ids, logprob, _ = generate(model, z, vocab, DecodeOptions(temperature=0.8), torch.Generator().manual_seed(0))
+        ids, logprob, _ = generate(
+            model, z, vocab, DecodeOptions(temperature=0.8), generator=torch.Generator().manual_seed(0)
+        )
     assert_well_formed(vocab, ids)
     assert torch.isfinite(logprob).all()
+
+
+def test_poet_samples_are_poems(trained_run):
+    poet = Poet.load(trained_run, device="cpu")
+    samples = poet.sample(3, DecodeOptions(seed=0, rerank=2, prosody_weight=1.0), with_z=True)
+    assert len(samples) == 3
+    for s in samples:
+        assert isinstance(s, Poem) and s.text == "".join(s.lines) and len(s.text) == 20
+        assert len(s.z) == poet.model.cfg.latent_dim and s.logprob < 0 and s.backoff == ()
+    assert poet.sample(3, DecodeOptions(seed=0, rerank=2, prosody_weight=1.0)) == [
+        dataclasses.replace(s, z=None) for s in samples
+    ]

@@ -8,6 +8,7 @@ import torch
 
 from poetvae import checkpoint as ckpt
 from poetvae import rundir
+from poetvae.decode import DecodeOptions
 from poetvae.poet import Poet
 from poetvae.records import StepRecord, read_log
 
@@ -77,4 +78,4 @@ def test_two_processes_follow_the_single_process_run(prep_dir, tmp_path):
     w1, _ = ckpt.load_tensors(single / rundir.BEST)
     w2, _ = ckpt.load_tensors(double / rundir.BEST)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
-    assert len(Poet.load(double).sample(3, seed=0)) == 3
+    assert len(Poet.load(double).sample(3, DecodeOptions(seed=0))) == 3

@@ -25,7 +25,7 @@ def test_shapes():
     out = m(x)
     assert out["logits"].shape == (6, FORM.seq_len, 40)
     assert out["mu"].shape == out["logvar"].shape == out["z"].shape == (6, 5)
-    assert m.sample(3).shape == (3, 5)
+    assert m.sample_prior(3).shape == (3, 5)
     h, c = m.decoder.initial_state(out["z"])
     assert h.shape == c.shape == (CFG.decoder_layers, 6, CFG.hidden_dim)
 
@@ -161,3 +161,10 @@ def test_decoder_knows_the_character_position():
     b, _ = m.decode(z, inp, positions=torch.arange(5).expand(2, 5) + 5)  # as if on line 2
     assert not torch.allclose(a, b)
     assert torch.equal(m.token_chars[inp].cumsum(1)[0], torch.arange(5))
+
+
+def test_reconstruction_loss_is_the_rec_term_of_the_loss():
+    m = PoetVAE(CFG)
+    x = batch()
+    out = m(x)
+    assert torch.equal(m.reconstruction_loss(x, out["logits"]), m.loss(x, out)["rec"])

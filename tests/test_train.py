@@ -10,6 +10,7 @@ from helpers import TINY, tiny
 from poetvae import checkpoint as ckpt
 from poetvae import rundir
 from poetvae.config import TrainConfig, load_config
+from poetvae.decode import DecodeOptions
 from poetvae.errors import CheckpointError, ConfigError
 from poetvae.poet import Poet
 from poetvae.records import ElboTerms, EpochRecord, StepRecord, read_log
@@ -70,9 +71,9 @@ def test_run_directory_contents(trained_run):
 
 
 def test_save_load_same_samples(trained_run):
-    a = Poet.load(trained_run).sample(6, temperature=0.8, seed=11)
-    b = Poet.load(trained_run).sample(6, temperature=0.8, seed=11)
-    c = Poet.load(trained_run).sample(6, temperature=0.8, seed=12)
+    a = Poet.load(trained_run).sample(6, DecodeOptions(temperature=0.8, seed=11))
+    b = Poet.load(trained_run).sample(6, DecodeOptions(temperature=0.8, seed=11))
+    c = Poet.load(trained_run).sample(6, DecodeOptions(temperature=0.8, seed=12))
     assert [s.lines for s in a] == [s.lines for s in b]
     assert [s.lines for s in a] != [s.lines for s in c]
     assert all(len(s.lines) == 4 and all(len(x) == 5 for x in s.lines) for s in a)
@@ -128,7 +129,7 @@ def test_no_latent_baseline_trains(prepared, tmp_path):
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, use_latent=False))
     result = train(cfg, prepared, tmp_path / "lm")
     assert result.valid.kl == 0.0
-    assert Poet.load(tmp_path / "lm").sample(2, seed=0)[0].lines
+    assert Poet.load(tmp_path / "lm").sample(2, DecodeOptions(seed=0))[0].lines
 
 
 def test_learning_rate_follows_the_square_root_rule_only_when_asked():
