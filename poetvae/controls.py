@@ -202,16 +202,16 @@ class ControlTables:
     def initial_state(self, batch: int) -> dict[str, Tensor]:
         device = self.fixed_ok.device
         return {
-            "s": torch.zeros(batch, dtype=torch.long, device=device),  # 粘对 pattern: NONE until decided
+            "tone_pattern": torch.zeros(batch, dtype=torch.long, device=device),  # 粘对: NONE until decided
             "groups": self.start_groups.expand(batch, -1).clone(),  # rhyme groups still open
             "backoff": torch.zeros(batch, len(BACKOFF_NAMES), dtype=torch.bool, device=device),
         }
 
-    def mask(self, base: Tensor, written: Tensor, state: dict[str, Tensor]) -> Tensor:
+    def mask(self, base: Tensor, chars_written: Tensor, state: dict[str, Tensor]) -> Tensor:
         """Allowed tokens (B, V) given the format mask `base` and the rows' positions;
         records back-offs in state["backoff"]."""
         c = self.controls
-        p = written.clamp(max=FORM.chars)
+        p = chars_written.clamp(max=FORM.chars)
         hard = base & self.fixed_ok[p]
         allowed = hard
         if c.wants_rhyme and bool(self.rhyme_at[p].any()):
@@ -219,7 +219,7 @@ class ControlTables:
             allowed = allowed & (~self.rhyme_check[p] | in_group)
         with_rhyme = allowed
         if c.tones:
-            req = self.required[state["s"]]  # (B, 21)
+            req = self.required[state["tone_pattern"]]  # (B, 21)
             for k in range(self.max_chars):
                 r = req.gather(1, (p + k).clamp(max=FORM.chars)[:, None]).squeeze(1)  # (B,)
                 allowed = allowed & self.tone_allowed[k][r]
@@ -235,20 +235,20 @@ class ControlTables:
             allowed = torch.where(stuck[:, None], relaxed, allowed)
         return allowed
 
-    def update(self, token: Tensor, written: Tensor, state: dict[str, Tensor]) -> None:
-        """Advance the rows' state after `token` was written at position `written`."""
+    def update(self, token: Tensor, chars_written: Tensor, state: dict[str, Tensor]) -> None:
+        """Advance the rows' state after `token` was written at position `chars_written`."""
         c = self.controls
         n = self.token_chars[token]
         if c.tones:
             for k in range(self.max_chars):
-                q = (written + k).clamp(max=FORM.chars)
+                q = (chars_written + k).clamp(max=FORM.chars)
                 d = self.definite[token, k]
-                decide = (state["s"] == NONE) & (n > k) & self.pattern_pos[q] & (d != NONE)
-                s = torch.where(self.same_as_s[q], d, PING + ZE - d)
-                state["s"] = torch.where(decide, s, state["s"])
+                decide = (state["tone_pattern"] == NONE) & (n > k) & self.pattern_pos[q] & (d != NONE)
+                pattern = torch.where(self.same_as_s[q], d, PING + ZE - d)
+                state["tone_pattern"] = torch.where(decide, pattern, state["tone_pattern"])
         if c.wants_rhyme:
             g = self.end_groups[token]  # (B, G)
-            sets_group = self.rhyme_check[written.clamp(max=FORM.chars), token]
+            sets_group = self.rhyme_check[chars_written.clamp(max=FORM.chars), token]
             narrowed = state["groups"] & g
             # after a back-off the chosen ending may share no open group: start from it
             narrowed = torch.where(narrowed.any(dim=1, keepdim=True), narrowed, g & self.start_groups)
