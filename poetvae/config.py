@@ -11,12 +11,54 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from poetvae.errors import ConfigError
+
+# One range for every seed in poetvae (train.seed, prep.split_seed, the --seed of sample,
+# interpolate and evaluate): numpy and gensim take seeds in [0, 2**32), and the epoch order's
+# seed * 100_003 + epoch (poetvae.train) then stays far below 2**63.
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 2**31 - 1  # the largest count a setting may hold (steps, epochs, windows, ...)
+# Sizes beyond these are typing errors, not models: they would fail deep inside torch.
+MAX_UPPER = {"embed_dim": 2**16, "hidden_dim": 2**16, "latent_dim": 2**16, "batch_size": 2**20}
+MAX_UPPER |= {name: 64 for name in ("highway_layers", "encoder_layers", "decoder_layers")}
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether `value` is an int or a float that is neither NaN nor infinite (bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def check_finite(name: str, value: Any) -> float:
+    """`value` as a float; ConfigError when it is not a finite number."""
+    if not is_finite_number(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_seed(name: str, value: Any) -> int:
+    """`value` as a seed; ConfigError unless it is an int in [0, MAX_SEED]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        shown = value if not isinstance(value, int) or value.bit_length() <= 64 else "a number beyond 64 bits"
+        raise ConfigError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {shown!r}")
+    return value
+
+
+def check_device(name: str) -> str:
+    """`name` if it names a device poetvae can run on; ConfigError otherwise."""
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise ConfigError(f"unknown device {name!r} (expected {DEVICE_NAMES})")
+    return name
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -113,7 +155,10 @@ def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
     )
     if not ok:
         raise ConfigError(f"{section}.{f.name} must be {want.__name__}, got {value!r}")
-    value = want(value)
+    try:
+        value = want(value)
+    except OverflowError:  # an int too large for a float
+        raise ConfigError(f"{section}.{f.name} must be a finite number, got a number beyond 64 bits") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{section}.{f.name} must be one of {', '.join(choices)}, got {value!r}")
@@ -122,6 +167,17 @@ def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
 
 def _validate(cfg: Config) -> Config:
     m, t, p = cfg.model, cfg.train, cfg.prep
+    for section, f in user_fields():
+        name, v = f"{section}.{f.name}", getattr(getattr(cfg, section), f.name)
+        if isinstance(v, float):
+            check_finite(name, v)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if f.name in ("seed", "split_seed"):
+                check_seed(name, v)
+            elif v > (upper := MAX_UPPER.get(f.name, MAX_COUNT)):
+                shown = v if v.bit_length() <= 64 else "a number beyond 64 bits"
+                raise ConfigError(f"{name} must be at most {upper:,}, got {shown}")
+    check_device(t.device)
     positive = {
         "model.embed_dim": m.embed_dim,
         "model.hidden_dim": m.hidden_dim,
@@ -193,7 +249,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"no such config file: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # TOMLDecodeError, UnicodeDecodeError, a 5000-digit number
             raise ConfigError(f"{path} is not valid TOML: {e}") from None
         for section, table in data.items():
             if section not in SECTIONS:
@@ -212,6 +268,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 def config_from_json(text: str) -> Config:
     """The config saved in a run directory (config.json)."""
     try:
-        return build_config(json.loads(text))
-    except json.JSONDecodeError as e:
+        values = json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or a number too long to read
         raise ConfigError(f"config.json is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config.json must hold an object of sections, not {type(values).__name__}")
+    return build_config(values)

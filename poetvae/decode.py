@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from poetvae.config import check_seed
 from poetvae.controls import BACKOFF_NAMES, Controls, ControlTables
 from poetvae.form import FORM
 from poetvae.model import PoetVAE
@@ -52,8 +53,12 @@ class DecodeOptions:
     batch_size: int = 2048  # poems decoded together
 
     def __post_init__(self) -> None:
-        if not self.greedy and not self.temperature > 0:
-            raise ValueError("temperature must be positive")
+        if not self.greedy and not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError("temperature must be positive and finite")
+        if not math.isfinite(self.prosody_weight):
+            raise ValueError("prosody_weight must be finite")
+        if self.seed is not None:
+            check_seed("seed", self.seed)
         if self.top_k < 0:
             raise ValueError("top_k must not be negative")
         if not 0 < self.top_p <= 1:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from poetvae.config import check_seed
 from poetvae.decode import DecodeOptions, DecodeTables, generate
 from poetvae.form import FORM, Poem
 from poetvae.model import PoetVAE
@@ -438,6 +439,7 @@ def evaluate_run(
     """
     start = time.perf_counter()
     check_scheme(scheme)
+    check_seed("seed", seed)
     if not heldout:
         raise ValueError("evaluate_run needs at least one held-out poem")
     model, device = poet.model, poet.device

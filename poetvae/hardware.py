@@ -8,19 +8,22 @@ import functools
 
 import torch
 
+from poetvae.config import check_device
 from poetvae.errors import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda when there is one, else cpu; otherwise the named device, checked."""
-    if name == "auto":
+    """ "auto" -> cuda when there is one, else cpu; otherwise the named device, checked:
+    only auto, cpu, cuda, cuda:N and mps (torch's others, such as meta, hold no data)."""
+    if check_device(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name} asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} asked for, but this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name} asked for, but MPS is not available here")
     return device
 
 
