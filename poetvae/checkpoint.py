@@ -2,6 +2,7 @@
 
     save_tensors(path, tensors, meta)            one file: the tensors + a JSON object
     tensors, meta = load_tensors(path)
+    tensors, meta = load_resume_point(path)      load_tensors, checked to be a resume point
     flatten_train_state(model, optimizer)        the whole training state as flat tensors
     restore_train_state(model, optimizer, ...)   + JSON (optimizer scalars, RNG), and back
 
@@ -12,6 +13,7 @@ run directory holds, and what each is for, is poetvae.rundir's business.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,55 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
         meta = json.loads(header.get("__metadata__", {}).get("poetvae", "{}"))
-    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+    except (SafetensorError, ValueError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its poetvae metadata is not a JSON object")
     return tensors, meta
+
+
+def load_resume_point(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """load_tensors for a resume point (what _save_resume_point in poetvae.train writes),
+    checked: CheckpointError naming the file when it is something else, such as a copy of
+    model.safetensors (weights alone: no optimizer moments, no random state, no step)."""
+    tensors, meta = load_tensors(path)
+    if "optimizer" not in meta and "rng.cpu" not in tensors:
+        raise CheckpointError(
+            f"{path} holds model weights only, not a resume point (no optimizer or random state, "
+            "is it a copy of model.safetensors?): it cannot be resumed from"
+        )
+    problem = _resume_point_problem(tensors, meta)
+    if problem:
+        raise CheckpointError(f"{path} is not a valid resume point: {problem}")
+    return tensors, meta
+
+
+def _resume_point_problem(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str | None:
+    """What is wrong with a resume point's tensors and metadata, or None."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    step, elapsed, best, opt = meta.get("step"), meta.get("elapsed"), meta.get("best"), meta.get("optimizer")
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        return f"step must be a whole number >= 0, got {step!r}"
+    if not (number(elapsed) and math.isfinite(elapsed) and elapsed >= 0):
+        return f"elapsed must be seconds >= 0, got {elapsed!r}"
+    if not (number(best) and not math.isnan(best)):
+        return f"best must be a number, got {best!r}"
+    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)):
+        return "no optimizer param_groups"
+    scalars = opt.get("scalars")
+    if not (isinstance(scalars, dict) and all(k.isdigit() and isinstance(v, dict) for k, v in scalars.items())):
+        return "optimizer scalars must map parameter ids to objects"
+    if "rng.cpu" not in tensors or tensors["rng.cpu"].dtype != torch.uint8:
+        return "no random state (rng.cpu)"
+    for k in tensors:
+        if k.startswith("optim.") and (k.count(".") < 2 or not k.split(".")[1].isdigit()):
+            return f"unexpected tensor {k!r}"
+    if not any(k.startswith(MODEL_PREFIX) for k in tensors):
+        return "no model weights"
+    return None
 
 
 # ---- optimizer and RNG state as flat tensors + JSON -------------------------------------
@@ -78,10 +126,25 @@ def model_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def restore_train_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    source: str | Path = "the resume point",
 ) -> None:
     """The inverse of flatten_train_state: model, optimizer and RNG as they were saved.
-    `meta["optimizer"]` is the JSON half that flatten_train_state returned."""
+    `meta["optimizer"]` is the JSON half that flatten_train_state returned. CheckpointError
+    (naming `source`) when they do not fit the model and optimizer."""
+    try:
+        _restore(model, optimizer, tensors, meta)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{source} does not fit this model and optimizer ({first})") from None
+
+
+def _restore(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
     model.load_state_dict(model_state(tensors))
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():

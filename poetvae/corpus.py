@@ -173,6 +173,8 @@ def _parse_jsonl(text: str, path: Path) -> Iterator[_Candidate]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise CorpusError(f"{path} line {lineno}: invalid JSON: {e.msg}") from e
+        except (ValueError, RecursionError) as e:  # nested too deep, or a number too long to read
+            raise CorpusError(f"{path} line {lineno}: unreadable JSON ({type(e).__name__}: {e})") from None
         if not isinstance(obj, dict):
             raise CorpusError(f"{path} line {lineno}: expected a JSON object")
         body = obj.get("body", obj.get("paragraphs"))
@@ -194,6 +196,8 @@ def _parse_chinese_poetry(text: str, path: Path) -> Iterator[_Candidate]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise CorpusError(f"{path} line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from e
+    except (ValueError, RecursionError) as e:  # nested too deep, or a number too long to read
+        raise CorpusError(f"{path}: unreadable JSON ({type(e).__name__}: {e})") from None
     if not isinstance(data, list):
         raise CorpusError(f"{path}: expected a JSON list of poems")
     for i, obj in enumerate(data):

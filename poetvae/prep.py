@@ -133,5 +133,14 @@ def load_prepared(prep_dir: str | Path) -> PreparedData:
         name: load_poems(split_file(prep_dir, name)) if split_file(prep_dir, name).stat().st_size else []
         for name in SPLITS
     }
-    tensors, _ = load_tensors(prep_dir / "embeddings.safetensors")
-    return PreparedData(vocab, splits, tensors["weight"])
+    path = prep_dir / "embeddings.safetensors"
+    tensors, _ = load_tensors(path)
+    weight = tensors.get("weight")
+    if weight is None:
+        raise CheckpointError(f"{path} has no tensor named 'weight' (it holds: {', '.join(tensors) or 'nothing'})")
+    if weight.dim() != 2 or weight.size(0) != len(vocab) or not weight.is_floating_point():
+        raise CheckpointError(
+            f"{path}: 'weight' must be a float matrix of {len(vocab)} rows (one per token of vocab.json), "
+            f"got {weight.dtype} of shape {tuple(weight.shape)}"
+        )
+    return PreparedData(vocab, splits, weight)

@@ -178,6 +178,8 @@ class RunDir:
             )
         try:
             config = config_from_json(self.config_file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{self.config_file} is not UTF-8 text") from None
         except ConfigError as e:
             raise CheckpointError(f"{self.config_file}: {e}") from None
         return RunHeader(config, Vocab.load(self.vocab_file))

@@ -286,8 +286,8 @@ def _set_up(
 
     state = TrainState()
     if resume:
-        tensors, meta = ckpt.load_tensors(run_dir / rundir.LAST)
-        ckpt.restore_train_state(raw_model, optimizer, tensors, meta)
+        tensors, meta = ckpt.load_resume_point(run_dir / rundir.LAST)
+        ckpt.restore_train_state(raw_model, optimizer, tensors, meta, source=run_dir / rundir.LAST)
         state.step, state.elapsed, state.best = meta["step"], meta["elapsed"], meta["best"]
     elif process.is_main:
         rundir.RunDir(run_dir).create(cfg, data.vocab)

@@ -147,8 +147,27 @@ class Vocab:
     def from_json(cls, text: str, source: str = "vocab.json") -> Vocab:
         try:
             d = json.loads(text)
-            return cls(list(d["tokens"]), list(d["counts"]), d["tokenizer"], int(d["min_count"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, VocabError) as e:
+            tokens, counts, tokenizer, min_count = d["tokens"], d["counts"], d["tokenizer"], d["min_count"]
+        except (KeyError, TypeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError
+            raise CheckpointError(f"{source} is not a poetvae vocabulary ({e})") from None
+        problem = (
+            "tokens must be a list of distinct non-empty strings"
+            if not (isinstance(tokens, list) and all(isinstance(t, str) and t for t in tokens))
+            or len(set(tokens)) != len(tokens)
+            else "counts must be one whole number per token"
+            if not (isinstance(counts, list) and len(counts) == len(tokens))
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in counts)
+            else f"unknown tokenizer {tokenizer!r}"
+            if tokenizer not in ("char", "jieba")
+            else "min_count must be a whole number"
+            if not isinstance(min_count, int) or isinstance(min_count, bool)
+            else None
+        )
+        if problem:
+            raise CheckpointError(f"{source} is not a poetvae vocabulary ({problem})")
+        try:
+            return cls(tokens, counts, tokenizer, min_count)
+        except VocabError as e:
             raise CheckpointError(f"{source} is not a poetvae vocabulary ({e})") from None
 
     @classmethod
@@ -157,3 +176,5 @@ class Vocab:
             return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
         except FileNotFoundError:
             raise CheckpointError(f"no vocabulary at {path}") from None
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{path} is not UTF-8 text") from None
