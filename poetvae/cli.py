@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,20 +23,42 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from poetvae.config import load_config, user_fields
+from poetvae.config import MAX_SEED, check_device, load_config, user_fields
 from poetvae.distributed import env_rank
-from poetvae.errors import PoetVAEError
+from poetvae.errors import ConfigError, PoetVAEError
+
+
+class _Group(typer.core.TyperGroup):
+    """The command group, plus one thing: a reader that closes the pipe early
+    (`poetvae sample | head -1`) ends the command quietly, as it does `yes` or `cat`."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            with contextlib.suppress(OSError, ValueError):  # no real stdout under a test runner
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+            raise typer.Exit(128 + 13) from None  # the shell's code for a command ended by SIGPIPE
+
 
 app = typer.Typer(
+    cls=_Group,
     help="Learn and write classical Chinese five-character quatrains (五言绝句) with a text VAE.",
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup off: paths, poems and settings are printed as given ("runs/[bold]x" stays that);
+# styling is done with rich Text and styles, never by markup inside a string.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def _styled(text: str, style: str) -> Text:
+    return Text(text, style=style)
 
 
 @contextlib.contextmanager
@@ -42,10 +66,34 @@ def user_errors() -> Iterator[None]:
     """Turn what a user can cause into one line and exit code 1, never a traceback."""
     try:
         yield
+    except BrokenPipeError:
+        raise  # stdout closed by its reader: not an error (see _Group)
     except (PoetVAEError, OSError) as e:
         msg = " ".join(str(e).split())  # one line, whatever the library put in it
-        err.print(f"[red]error:[/] {msg}", markup=True)
+        err.print(Text.assemble(("error:", "red"), " ", msg))
         raise typer.Exit(1) from None
+
+
+def _finite(value: float | None) -> float | None:
+    """Typer callback of every float flag: NaN and infinity are not values (a range check
+    alone lets NaN through: every comparison with NaN is false)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, not {value}")
+    return value
+
+
+def _device(value: str) -> str:
+    """Typer callback of --device: a device poetvae can run on (not torch's meta, ...)."""
+    try:
+        return check_device(value)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _number(value: float, spec: str) -> str:
+    """`value` formatted with `spec`, or in 3 significant digits when that would be a
+    wall of digits (a diverged perplexity is 1e+200, not 200 digits)."""
+    return format(value, spec) if math.isfinite(value) and abs(value) < 1e9 else f"{value:.3g}"
 
 
 # ---- config settings as flags: one name everywhere (field latent_dim = --latent-dim) ------
@@ -104,7 +152,8 @@ def _with_config_flags(sections: set[str], extra_fields: set[str] = frozenset())
 
 
 ConfigFile = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML file with \\[prep], \\[model], \\[train] sections")
+    Path | None,
+    typer.Option("--config", "-c", readable=False, help="TOML file with \\[prep], \\[model], \\[train] sections"),
 ]
 
 
@@ -113,7 +162,7 @@ def _print_prep(result: Any) -> None:
     r = result.report
     table = Table(title=f"prepared corpus → {result.prep_dir}", show_header=False, title_justify="left")
     for f in r.files:
-        table.add_row("file", f"{f}  [dim]({r.formats.get(f, '?')})[/]")
+        table.add_row("file", Text.assemble(str(f), "  ", (f"({r.formats.get(f, '?')})", "dim")))
     table.add_row("poems read", f"{r.read:,}")
     table.add_row("kept", f"{r.kept:,}")
     table.add_row("duplicates dropped", f"{r.duplicates:,}")
@@ -122,7 +171,7 @@ def _print_prep(result: Any) -> None:
     for reason, count in r.skipped.most_common():
         table.add_row(f"skipped: {reason}", f"{count:,}")
         for example in r.examples.get(reason, [])[:3]:
-            table.add_row("", f"[dim]e.g. {escape(example)}[/]")
+            table.add_row("", _styled(f"e.g. {example}", "dim"))
     table.add_row("splits", "  ".join(f"{k} {v:,}" for k, v in result.split_sizes.items()))
     table.add_row("vocabulary", f"{result.vocab_size:,} tokens")
     table.add_row("<unk> rate", "  ".join(f"{k} {v:.3%}" for k, v in result.unk_rate.items()))
@@ -132,7 +181,9 @@ def _print_prep(result: Any) -> None:
 @app.command()
 @_with_config_flags({"prep"}, {"embed_dim"})
 def prep(
-    corpus: Annotated[list[Path], typer.Argument(help="corpus files: text, JSONL or chinese-poetry JSON")],
+    corpus: Annotated[
+        list[Path], typer.Argument(help="corpus files: text, JSONL or chinese-poetry JSON", readable=False)
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="directory to write")] = Path("prep"),
     config: ConfigFile = None,
     settings: dict[str, Any] | None = None,
@@ -153,7 +204,7 @@ def prep(
 def _config_table(cfg: Any) -> Table:
     table = Table(title="config", show_header=False, title_justify="left")
     for section, values in cfg.to_dict().items():
-        table.add_row(f"[bold]{section}[/]", "  ".join(f"{k}={v}" for k, v in values.items()))
+        table.add_row(_styled(section, "bold"), "  ".join(f"{k}={v}" for k, v in values.items()))
     return table
 
 
@@ -162,11 +213,13 @@ def _config_table(cfg: Any) -> Table:
 def train(
     corpus: Annotated[
         list[Path] | None,
-        typer.Argument(help="corpus files or a prep directory (default: the corpus shipped in data/)"),
+        typer.Argument(help="corpus files or a prep directory (default: the corpus shipped in data/)", readable=False),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="run directory (default: runs/default)")] = None,
     config: ConfigFile = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="continue the run in this directory", readable=False)
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="replace a run already in the output directory")
     ] = False,
@@ -185,6 +238,7 @@ def train(
     settings = dict(settings or {})
     if no_latent:
         settings["use_latent"] = False
+    _refuse_prep_flags(corpus, settings)
     if devices > 1:
         with user_errors():
             raise typer.Exit(
@@ -220,6 +274,20 @@ def train(
     if result.interrupted and main_process:
         err.print(f"interrupted at step {result.steps}; continue with: poetvae train --resume {run_dir}")
         raise typer.Exit(130)
+
+
+def _refuse_prep_flags(corpus: list[Path] | None, settings: dict[str, Any]) -> None:
+    """A prep directory was prepared with its own settings: flags that would prepare it
+    differently cannot apply, so they are refused rather than ignored (and recorded)."""
+    if not (corpus and len(corpus) == 1 and corpus[0].is_dir()):
+        return
+    prep_keys = {f.name for section, f in user_fields() if section == "prep"}
+    given = sorted(_flag(k) for k in settings if k in prep_keys)
+    if given:
+        raise typer.BadParameter(
+            f"{', '.join(given)} set how a corpus is prepared, but {corpus[0]} is already prepared: "
+            "give corpus files, or run `poetvae prep` again with these flags"
+        )
 
 
 def _flags(settings: dict[str, Any]) -> list[str]:
@@ -304,7 +372,7 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> An
             v = r.valid
             line = (
                 f"step {r.step:>6}  epoch {r.epoch:.1f}  valid rec {v.rec:.2f}  "
-                f"KL {v.kl:.2f}  -ELBO {v.nelbo:.2f}  ppl {v.ppl:.2f}  "
+                f"KL {v.kl:.2f}  -ELBO {v.nelbo:.2f}  ppl {_number(v.ppl, '.2f')}  "
                 f"({r.seconds:.0f}s)"
             )
             progress.console.print(line) if live else out.print(line)
@@ -320,13 +388,16 @@ def _print_train_result(result: Any) -> None:
         if terms is not None:
             table.add_row(
                 name,
-                "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in terms.to_dict().items()),
+                "  ".join(
+                    f"{k} {_number(v, '.3f')}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in terms.to_dict().items()
+                ),
             )
     out.print(table)
 
 
 # ---- sample -------------------------------------------------------------------------------
-RunDir = Annotated[Path, typer.Option("--model", "-m", help="run directory written by `poetvae train`")]
+RunDir = Annotated[Path, typer.Option("--model", "-m", help="run directory written by `poetvae train`", readable=False)]
 Rhyme = Annotated[
     bool,
     typer.Option("--rhyme", help="lines 2 and 4 (and a 平 line 1) share a rhyme group", rich_help_panel="controls"),
@@ -341,8 +412,10 @@ Scheme = Annotated[
 Tones = Annotated[
     bool, typer.Option("--tones", help="二四异 and the 粘对 pattern of the regular 五绝", rich_help_panel="controls")
 ]
-Beam = Annotated[int, typer.Option("--beam", min=1, help="beam-search width (1: sample)", rich_help_panel="controls")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N")]
+Beam = Annotated[
+    int, typer.Option("--beam", min=1, max=256, help="beam-search width (1: sample)", rich_help_panel="controls")
+]
+Device = Annotated[str, typer.Option("--device", callback=_device, help="auto, cpu, cuda, cuda:N, mps")]
 
 
 def _controls(
@@ -352,7 +425,9 @@ def _controls(
     from poetvae.controls import Controls
     from poetvae.form import split_verse
 
-    lines = tuple(split_verse(prefix)) if prefix else ()
+    lines = tuple(split_verse(prefix)) if prefix is not None else ()
+    if prefix is not None and not lines:
+        raise typer.BadParameter(f"the given lines {prefix!r} hold no characters", param_hint="--first-line/--prefix")
     return Controls(rhyme=rhyme, rhyme_group=rhyme_group, scheme=scheme, tones=tones, acrostic=acrostic, prefix=lines)
 
 
@@ -380,10 +455,12 @@ def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
 def sample(
     model: RunDir,
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="how many poems")] = 10,
-    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="sampling temperature")] = 0.8,
-    seed: Annotated[int | None, typer.Option("--seed", help="fixes z and the draws")] = None,
+    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 0.8,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="fixes z and the draws")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=0, help="sample from the k likeliest tokens (0: all)")] = 0,
-    top_p: Annotated[float, typer.Option("--top-p", min=1e-6, max=1.0, help="nucleus sampling mass")] = 1.0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", min=1e-6, max=1.0, callback=_finite, help="nucleus sampling mass")
+    ] = 1.0,
     greedy: Annotated[bool, typer.Option("--greedy", help="most likely token at every step")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text | oneline | json")] = "text",
     with_z: Annotated[bool, typer.Option("--with-z", help="include z in --format json")] = False,
@@ -412,12 +489,18 @@ def sample(
     ] = False,
     beam: Beam = 1,
     rerank: Annotated[
-        int, typer.Option("--rerank", min=1, help="candidates per z; keep the most likely", rich_help_panel="controls")
+        int,
+        typer.Option(
+            "--rerank", min=1, max=1024, help="candidates per z; keep the most likely", rich_help_panel="controls"
+        ),
     ] = 1,
     prosody_weight: Annotated[
         float,
         typer.Option(
-            "--prosody-weight", help="with --rerank: weight of the rhyme/tone score", rich_help_panel="controls"
+            "--prosody-weight",
+            callback=_finite,
+            help="with --rerank: weight of the rhyme/tone score",
+            rich_help_panel="controls",
         ),
     ] = 0.0,
 ) -> None:
@@ -463,8 +546,10 @@ def interpolate(
     steps: Annotated[int, typer.Option("--steps", min=2, help="points on the path, both ends included")] = 8,
     method: Annotated[str, typer.Option("--method", help="linear | slerp")] = "linear",
     sample_: Annotated[bool, typer.Option("--sample", help="sample at each point instead of greedy decoding")] = False,
-    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="temperature with --sample")] = 0.8,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    temp: Annotated[
+        float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="temperature with --sample")
+    ] = 0.8,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED)] = None,
     allow_unk: Annotated[bool, typer.Option("--allow-unk", help="read unknown characters as <unk>")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
     device: Device = "auto",
@@ -525,12 +610,14 @@ def interpolate(
 def _print_report(report: Any, source: str) -> None:
     lk, lt, meta = report.likelihood, report.latent, report.meta
     table = Table(title=f"{meta.poems:,} held-out poems ({source})", show_header=False, title_justify="left")
-    table.add_row("[bold]likelihood[/]", "")
-    table.add_row(f"IW-NLL (K={lk.iw_samples})", f"{lk.iw_nll:.2f} nats/poem   ppl {lk.ppl:.1f} per token")
+    table.add_row(_styled("likelihood", "bold"), "")
+    table.add_row(
+        f"IW-NLL (K={lk.iw_samples})", f"{_number(lk.iw_nll, '.2f')} nats/poem   ppl {_number(lk.ppl, '.1f')} per token"
+    )
     table.add_row("reconstruction", f"{lk.rec:.2f} nats/poem")
     table.add_row("KL", f"{lk.kl:.2f} nats/poem")
     table.add_row("negative ELBO", f"{lk.nelbo:.2f} nats/poem")
-    table.add_row("[bold]latent[/]", "")
+    table.add_row(_styled("latent", "bold"), "")
     table.add_row("active units", f"{lt.active_units} of {lt.latent_dim}")
     table.add_row("mutual information", f"{lt.mutual_information:.2f} nats")
     table.add_row("reconstruction accuracy", f"{lt.reconstruction_accuracy:.1%}")
@@ -559,11 +646,13 @@ def _print_report(report: Any, source: str) -> None:
 @app.command()
 def evaluate(
     model: RunDir,
-    corpus: Annotated[list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)")] = None,
+    corpus: Annotated[
+        list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)", readable=False)
+    ] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="poems drawn from the prior")] = 1000,
     iw: Annotated[int, typer.Option("--iw", min=1, help="importance samples K for the IW-NLL")] = 100,
-    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, help="sampling temperature")] = 1.0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
     scheme: Scheme = "pingshui",
     as_json: Annotated[
         bool, typer.Option("--json", help="print the report as JSON (keys: poetvae.evaluate.evaluate_run)")
@@ -595,7 +684,7 @@ def evaluate(
 # ---- plot ---------------------------------------------------------------------------------
 @app.command()
 def plot(
-    model: Annotated[Path, typer.Argument(help="run directory")],
+    model: Annotated[Path, typer.Argument(help="run directory", readable=False)],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="where to write the PNGs (default RUN/plots)")
     ] = None,
