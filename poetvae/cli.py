@@ -204,7 +204,7 @@ def train(
             if corpus or output or settings or config:
                 raise typer.BadParameter("--resume takes the run's own data and config; give no corpus or settings")
             run_dir, stage = resume, None
-            held.enter_context(rundir.RunDir(run_dir).lock())
+            held.enter_context(rundir.RunDir(run_dir).lock(resume=True))
             inputs = rundir.RunDir(run_dir).open_for_resume()
             cfg, data = inputs.config, inputs.data
         else:
@@ -260,7 +260,7 @@ def _launch_torchrun(
     env = {**os.environ, rundir.LOCK_HELD_ENV: "1"}
     with contextlib.ExitStack() as held:
         if resume is not None:
-            held.enter_context(rundir.RunDir(resume).lock())
+            held.enter_context(rundir.RunDir(resume).lock(resume=True))
             inputs = rundir.RunDir(resume).open_for_resume()
             global_batch(inputs.config.train, len(inputs.data.splits["train"]), devices)
             args = ["--resume", str(resume)]

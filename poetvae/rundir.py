@@ -17,8 +17,8 @@
         run.refuse_existing(overwrite=False)    # a new run never replaces an old one silently
         with run.staging() as stage:            # built beside it, in .default.staging-XXXX
             data = stage.run.load_training_data(corpus, cfg)  # corpus files or a prep dir -> prep/
-            train(cfg, data, run.path, staging=stage)  # stage.publish() at its first resume point
-    run.create(cfg, data.vocab)                 # config.json + vocab.json, a fresh log
+            train(cfg, data, run.path, staging=stage)  # publishes it at its first resume point
+    run.create(cfg, data.vocab)                 # (what train does) config.json + vocab.json, a fresh log
     header = run.read_header()                  # RunHeader(config, vocab), checked
 
 A new run is never seen half made: it is built in a hidden staging directory beside RUN
@@ -174,14 +174,15 @@ class RunDir:
         return path.with_name(f".{path.name}.{suffix}")
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, *, resume: bool = False) -> Iterator[None]:
         """Hold the run's lock for the duration: one training per run directory at a time.
 
         An exclusive flock on .NAME.lock beside the run (the file stays; the kernel drops
         the lock when the process ends, kill -9 included). RunLocked when another process
         holds it. The launcher of `train --devices N` holds it for its torchrun workers,
-        and a torchrun worker other than rank 0 never takes it."""
-        if fcntl is None or os.environ.get(LOCK_HELD_ENV) or env_rank() != 0:
+        and a torchrun worker other than rank 0 never takes it. With `resume`, a directory
+        that is not there is not locked (opening it fails anyway) and nothing is created."""
+        if fcntl is None or os.environ.get(LOCK_HELD_ENV) or env_rank() != 0 or (resume and not self.path.is_dir()):
             yield
             return
         path = self._beside("lock")
@@ -323,9 +324,10 @@ class Staging:
         if inherited:
             return cls(target, Path(inherited))
         prefix = target._beside("staging-")
-        for leftover in prefix.parent.glob(prefix.name + "*"):
-            shutil.rmtree(leftover, ignore_errors=True)
         prefix.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in prefix.parent.iterdir():  # not glob: the name may hold [ or *
+            if leftover.name.startswith(prefix.name):
+                shutil.rmtree(leftover, ignore_errors=True)
         while True:
             path = prefix.with_name(prefix.name + secrets.token_hex(4))
             try:

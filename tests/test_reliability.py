@@ -37,7 +37,8 @@ def cli(*args) -> object:
 def assert_error(result, fragment: str) -> None:
     """Exit 1 with `error: …fragment…` as the last line, and no traceback."""
     assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error:") and fragment in last, result.output
 
@@ -222,6 +223,18 @@ def test_what_a_killed_training_left_is_removed_by_the_next(prep_dir, tmp_path):
     (leftover / "prep").mkdir(parents=True)
     assert cli("train", prep_dir, "-o", target, *FLAGS, "--epochs", "1").exit_code == 0
     assert not leftover.exists() and beside(target) == []
+
+
+def test_staging_leftovers_are_matched_by_name_not_by_pattern(prep_dir, tmp_path):
+    other = tmp_path / ".ab.staging-1234"  # the staging directory of run "ab", not of "a[b]"
+    other.mkdir()
+    assert cli("train", prep_dir, "-o", tmp_path / "a[b]", *FLAGS, "--epochs", "1").exit_code == 0
+    assert other.is_dir() and rundir.RunDir(tmp_path / "a[b]").exists()
+
+
+def test_resuming_what_is_not_there_creates_nothing(tmp_path):
+    assert_error(cli("train", "--resume", tmp_path / "no" / "run"), "no such run directory")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_directory_of_other_files_is_not_replaced(prep_dir, tmp_path):
