@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -252,23 +253,26 @@ def train(
                     settings=settings,
                 )
             )
-    with user_errors():
+    with user_errors(), contextlib.ExitStack() as held:
         if resume is not None:
             if corpus or output or settings or config:
                 raise typer.BadParameter("--resume takes the run's own data and config; give no corpus or settings")
-            run_dir = resume
+            run_dir, stage = resume, None
+            held.enter_context(rundir.RunDir(run_dir).lock(resume=True))
             inputs = rundir.RunDir(run_dir).open_for_resume()
             cfg, data = inputs.config, inputs.data
         else:
             run_dir = output or rundir.DEFAULT_RUN
             run = rundir.RunDir(run_dir)
+            held.enter_context(run.lock())  # until training ends: one training per run directory
             run.refuse_existing(overwrite=overwrite)
             cfg = load_config(config, settings)
-            data = run.load_training_data(corpus or None, cfg)
+            stage = held.enter_context(run.staging())  # None on torchrun ranks > 0, which write nothing
+            data = (stage.run if stage else run).load_training_data(corpus or None, cfg)
         main_process = env_rank() == 0  # under torchrun only rank 0 speaks
         if main_process:
             out.print(_config_table(cfg))
-        result = _train_with_progress(cfg, data, run_dir, resume is not None)
+        result = _train_with_progress(cfg, data, run_dir, resume is not None, stage)
     if main_process:
         _print_train_result(result)
     if result.interrupted and main_process:
@@ -309,42 +313,97 @@ def _launch_torchrun(
     overwrite: bool,
     settings: dict[str, Any],
 ) -> int:
-    """Prepare the data once here, then run `poetvae train` under torchrun with N processes."""
+    """Prepare the data once here, then run `poetvae train` under torchrun with N processes.
+
+    This process holds the run's lock and its staging directory for the workers (they
+    learn so from the environment), and checks the batch split before any starts."""
+    import os
+    import signal
     import subprocess
 
     from poetvae import rundir
+    from poetvae.prep import load_prepared
+    from poetvae.train import global_batch
 
-    if resume is not None:
-        args = ["--resume", str(resume)]
-    else:
-        run_dir = output or rundir.DEFAULT_RUN
-        run = rundir.RunDir(run_dir)
-        run.refuse_existing(overwrite=overwrite)
-        # into RUN_DIR/prep once here, which every process then reads
-        source = run.prepare_data(corpus or None, load_config(config, settings))
-        args = [
-            str(source),
-            "-o",
-            str(run_dir),
-            *(["-c", str(config)] if config else []),
-            *(["--overwrite"] if overwrite else []),
-            *_flags(settings),
+    env = {**os.environ, rundir.LOCK_HELD_ENV: "1"}
+    with contextlib.ExitStack() as held:
+        if resume is not None:
+            held.enter_context(rundir.RunDir(resume).lock(resume=True))
+            inputs = rundir.RunDir(resume).open_for_resume()
+            global_batch(inputs.config.train, len(inputs.data.splits["train"]), devices)
+            args = ["--resume", str(resume)]
+        else:
+            run_dir = output or rundir.DEFAULT_RUN
+            run = rundir.RunDir(run_dir)
+            held.enter_context(run.lock())
+            run.refuse_existing(overwrite=overwrite)
+            cfg = load_config(config, settings)
+            stage = held.enter_context(run.staging())
+            env[rundir.STAGING_ENV] = str(stage.path)
+            # into the staged run's prep/ once here, which every process then reads
+            source = stage.run.prepare_data(corpus or None, cfg)
+            global_batch(cfg.train, len(load_prepared(source).splits["train"]), devices)
+            args = [
+                str(source),
+                "-o",
+                str(run_dir),
+                *(["-c", str(config)] if config else []),
+                *(["--overwrite"] if overwrite else []),
+                *_flags(settings),
+            ]
+        cmd = [
+            sys.executable,
+            "-c",
+            _TORCHRUN,
+            "--standalone",
+            f"--nproc-per-node={devices}",
+            "--signals-to-handle=SIGTERM,SIGHUP,SIGQUIT",  # and SIGINT as _TORCHRUN says
+            "-m",
+            "poetvae",
+            "train",
+            *args,
         ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={devices}",
-        "-m",
-        "poetvae",
-        "train",
-        *args,
-    ]
-    return subprocess.call(cmd)
+        # Ctrl-C here waits for torchrun (a handler, not SIG_IGN, which torchrun would inherit)
+        own_signals = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, _ignore_signal) if own_signals else None
+        try:
+            return subprocess.call(cmd, env=env)
+        finally:
+            if own_signals:
+                signal.signal(signal.SIGINT, previous)
 
 
-def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> Any:
+def _ignore_signal(signum: int, frame: Any) -> None:
+    pass
+
+
+# torchrun, with a worker's failure as its exit status (the worker printed its error, or
+# "interrupted ...", already: torchrun's traceback would add nothing). Its workers run in
+# sessions of their own, so the terminal's Ctrl-C reaches torchrun alone: the first one
+# shuts the workers down as torchrun does (SIGINT to each, which stops it at a step
+# boundary with its resume point written), and later ones cannot cut that short.
+_TORCHRUN = """
+import signal
+import sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import main
+
+def first_ctrl_c(signum, frame):
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    raise SignalException("Ctrl-C", sigval=signal.Signals(signum))
+
+signal.signal(signal.SIGINT, first_ctrl_c)
+try:
+    main()
+except ChildFailedError as e:
+    sys.exit(e.get_first_failure()[1].exitcode or 1)
+except SignalException:
+    sys.exit(130)
+"""
+
+
+def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool, staging: Any = None) -> Any:
     from poetvae.records import EpochRecord, LogRecord, StepRecord
     from poetvae.train import train as train_run
 
@@ -378,7 +437,7 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool) -> An
             progress.console.print(line) if live else out.print(line)
 
     with progress:
-        return train_run(cfg, data, run_dir, resume=resume, on_log=on_log)
+        return train_run(cfg, data, run_dir, resume=resume, on_log=on_log, staging=staging)
 
 
 def _print_train_result(result: Any) -> None:

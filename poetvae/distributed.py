@@ -60,8 +60,27 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
 
 
 def teardown() -> None:
+    global _flag_group
+    _flag_group = None
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+_flag_group = None  # a gloo group for any_process: its all-reduce never waits on the GPU
+
+
+def any_process(flag: bool, process: Dist) -> bool:
+    """Whether `flag` is set in any process (the flag itself when alone). Every process
+    must call it at the same point. The flag travels on the CPU, so the call adds no GPU
+    synchronisation to a training step."""
+    global _flag_group
+    if not process.active:
+        return flag
+    if _flag_group is None:
+        _flag_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_flag_group)
+    return bool(t.item())
 
 
 def global_mean(t: torch.Tensor, process: Dist, *, differentiable: bool = False) -> torch.Tensor:

@@ -19,3 +19,11 @@ class ConfigError(PoetVAEError):
 
 class CheckpointError(PoetVAEError):
     """A directory that is not a prep or run directory, or a damaged one."""
+
+
+class TrainingDiverged(PoetVAEError):
+    """The training loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
+
+
+class RunLocked(PoetVAEError):
+    """Another training holds the run directory."""

@@ -2,6 +2,7 @@
 
     append_log(run_dir, StepRecord(...))   # train.py: every log_every steps, and per epoch
     read_log(run_dir)                      # -> [StepRecord | EpochRecord, ...] (CLI, plots)
+    truncate_log(run_dir, step)            # on resume: drop what came after the resume point
 
 Each record is a dataclass with one name per metric. `to_json` is the one place a record
 becomes a line of the file (its keys and their order are the file format) and `read_log`
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poetvae.files import atomic_write
 from poetvae.rundir import LOG
 
 
@@ -116,3 +118,29 @@ def read_log(run_dir: Path) -> list[LogRecord]:
         if record is not None:
             out.append(record)
     return out
+
+
+def truncate_log(run_dir: Path, step: int) -> None:
+    """Keep only the lines of RUN_DIR/log.jsonl up to optimizer step `step` (the resume
+    point), so that a resumed run appends after them without repeating a step: records of
+    steps a killed run did past its last resume point are dropped, and so is a line cut
+    short. Rewritten atomically, and only when something is dropped."""
+    path = Path(run_dir) / LOG
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _up_to(line, step)]
+    if kept != lines:
+        atomic_write(path, "".join(kept))
+
+
+def _up_to(line: str, step: int) -> bool:
+    """Whether a log line is whole and belongs to a step <= `step`."""
+    if not line.endswith("\n"):
+        return False  # cut short by a crash
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    at = obj.get("step") if isinstance(obj, dict) else None
+    return not (isinstance(at, (int, float)) and at > step)

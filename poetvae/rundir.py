@@ -13,10 +13,19 @@
       plots/             the charts of `poetvae plot`
 
     run = RunDir("runs/default")
-    run.refuse_existing(overwrite=False)        # a new run never replaces an old one silently
-    data = run.load_training_data(corpus, cfg)  # corpus files or a prep dir -> RUN_DIR/prep
-    run.create(cfg, data.vocab)                 # config.json + vocab.json, a fresh log
+    with run.lock():                            # one training per run directory at a time
+        run.refuse_existing(overwrite=False)    # a new run never replaces an old one silently
+        with run.staging() as stage:            # built beside it, in .default.staging-XXXX
+            data = stage.run.load_training_data(corpus, cfg)  # corpus files or a prep dir -> prep/
+            train(cfg, data, run.path, staging=stage)  # publishes it at its first resume point
+    run.create(cfg, data.vocab)                 # (what train does) config.json + vocab.json, a fresh log
     header = run.read_header()                  # RunHeader(config, vocab), checked
+
+A new run is never seen half made: it is built in a hidden staging directory beside RUN
+and becomes RUN in one rename once it has a resume point; replacing an old run
+(--overwrite) swaps the two directories in one step, then deletes the old one. Killed
+before that, RUN is as it was; the staging directory left behind is removed by the next
+training into RUN.
 
 The file formats live elsewhere: safetensors and the train state in poetvae.checkpoint,
 the vocabulary in poetvae.vocab, the prepared corpus in poetvae.prep.
@@ -24,9 +33,14 @@ the vocabulary in poetvae.vocab, the prepared corpus in poetvae.prep.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
+import os
+import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +50,7 @@ from poetvae.checkpoint import load_tensors, model_state
 from poetvae.config import Config, config_from_json
 from poetvae.corpus import load_poems, read_corpus
 from poetvae.distributed import env_rank, launched_by_torchrun
-from poetvae.errors import CheckpointError, ConfigError, PoetVAEError
+from poetvae.errors import CheckpointError, ConfigError, PoetVAEError, RunLocked
 from poetvae.files import atomic_write
 from poetvae.form import Poem
 from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare, split_file
@@ -50,6 +64,16 @@ LOG = "log.jsonl"
 PREP_SUBDIR = "prep"
 PLOTS_SUBDIR = "plots"
 DEFAULT_RUN = Path("runs/default")  # where `poetvae train` writes without --output
+LAYOUT = frozenset({CONFIG, VOCAB, BEST, LAST, LOG, PREP_SUBDIR, PLOTS_SUBDIR})
+# `train --devices N` holds the lock and the staging directory for its torchrun workers,
+# and tells them so in these environment variables.
+LOCK_HELD_ENV = "POETVAE_RUN_LOCK_HELD"
+STAGING_ENV = "POETVAE_STAGING"
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no run locking
+    fcntl = None  # type: ignore[assignment]
 
 CorpusSource = str | Path | Sequence[str | Path] | None
 
@@ -76,6 +100,11 @@ class ResumeInputs:
 
     config: Config
     data: PreparedData
+
+
+def _is_temporary(name: str) -> bool:
+    """An atomic write's temporary file (poetvae.files) left by a crash."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 class RunDir:
@@ -122,11 +151,65 @@ class RunDir:
         return self.config_file.is_file() and self.vocab_file.is_file()
 
     def refuse_existing(self, *, overwrite: bool) -> None:
-        """Raise unless this directory is free for a new run (or `overwrite` allows replacing it)."""
+        """Raise unless this directory is free for a new run (or `overwrite` allows replacing it).
+        A new run replaces the directory whole, so one that holds anything but a run's own
+        files (another project, the current directory) is refused too."""
+        if self.path.exists() and not self.path.is_dir():
+            raise PoetVAEError(f"{self.path} is not a directory")
         if self.exists() and not overwrite:
             raise PoetVAEError(
                 f"{self.path} already holds a run: --resume {self.path} continues it, --overwrite replaces it"
             )
+        if self.path.is_dir():
+            foreign = sorted(e.name for e in self.path.iterdir() if e.name not in LAYOUT and not _is_temporary(e.name))
+            if foreign:
+                raise PoetVAEError(
+                    f"{self.path} holds files that are not a run's ({foreign[0]}, ...); choose another --output"
+                )
+
+    # ---- one training at a time, and a new run in one step --------------------------------
+    def _beside(self, suffix: str) -> Path:
+        """A hidden name beside the run: .NAME.<suffix> in the same parent directory."""
+        path = Path(os.path.abspath(self.path))
+        return path.with_name(f".{path.name}.{suffix}")
+
+    @contextmanager
+    def lock(self, *, resume: bool = False) -> Iterator[None]:
+        """Hold the run's lock for the duration: one training per run directory at a time.
+
+        An exclusive flock on .NAME.lock beside the run (the file stays; the kernel drops
+        the lock when the process ends, kill -9 included). RunLocked when another process
+        holds it. The launcher of `train --devices N` holds it for its torchrun workers,
+        and a torchrun worker other than rank 0 never takes it. With `resume`, a directory
+        that is not there is not locked (opening it fails anyway) and nothing is created."""
+        if fcntl is None or os.environ.get(LOCK_HELD_ENV) or env_rank() != 0 or (resume and not self.path.is_dir()):
+            yield
+            return
+        path = self._beside("lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLocked(f"{self.path} is in use by another training; wait for it to end") from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextmanager
+    def staging(self) -> Iterator[Staging | None]:
+        """A Staging for a new run here (call with the lock held), removed on the way out
+        unless published; None on torchrun workers other than rank 0, which write nothing.
+        Under `train --devices N`, rank 0 takes over the launcher's."""
+        if env_rank() != 0:
+            yield None
+            return
+        stage = Staging.begin(self)
+        try:
+            yield stage
+        finally:
+            stage.discard()
 
     def create(self, config: Config, vocab: Vocab) -> None:
         """Start a run here: write config.json and vocab.json, and begin an empty log."""
@@ -221,3 +304,91 @@ class RunDir:
             if poems:
                 return HeldOut(poems, f"the run's {split} split")
         raise CheckpointError(f"{self.path} has no held-out poems; pass a corpus to evaluate on")
+
+
+# ---- staging: a new run becomes RUN in one step -----------------------------------------
+class Staging:
+    """A new run in the making: a hidden directory .NAME.staging-XXXX beside its target,
+    written like a run directory (`.run`), that `publish` makes the target in one step."""
+
+    def __init__(self, target: RunDir, path: Path):
+        self.target = target
+        self.path = path
+        self.run = RunDir(path)
+        self.published = False
+
+    @classmethod
+    def begin(cls, target: RunDir) -> Staging:
+        """A fresh, empty staging directory for `target` (with its lock held), after removing
+        what an earlier training into it left behind when killed. Under `train --devices N`,
+        the one the launcher made (STAGING_ENV)."""
+        inherited = os.environ.get(STAGING_ENV)
+        if inherited:
+            return cls(target, Path(inherited))
+        prefix = target._beside("staging-")
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in prefix.parent.iterdir():  # not glob: the name may hold [ or *
+            if leftover.name.startswith(prefix.name):
+                shutil.rmtree(leftover, ignore_errors=True)
+        while True:
+            path = prefix.with_name(prefix.name + secrets.token_hex(4))
+            try:
+                path.mkdir()  # the mode of any directory (0o777 less the umask), unlike mkdtemp's 0o700
+            except FileExistsError:
+                continue
+            return cls(target, path)
+
+    def publish(self) -> None:
+        """Make the staged run the target in one step: a rename when there is no target,
+        else an exchange of the two directories; then delete the old one."""
+        target = Path(os.path.abspath(self.target.path))
+        if not target.exists():
+            os.rename(self.path, target)
+        elif not _exchange(self.path, target):
+            # No renameat2 (not Linux, or a file system without RENAME_EXCHANGE): move the
+            # old run aside, then the new one in. Not one step: killed between the two
+            # renames, RUN is missing until the old run is moved back by hand.
+            aside = self.path.with_name(self.path.name + "-old")
+            os.rename(target, aside)
+            os.rename(self.path, target)
+            os.rename(aside, self.path)
+        self.published = True
+        _sync_directory(target.parent)
+        shutil.rmtree(self.path, ignore_errors=True)  # the old run, now at the staging name
+
+    def discard(self) -> None:
+        """Remove the staging directory: the unpublished run, or after publish the old one."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE); False where the
+    system or the file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _sync_directory(path: Path) -> None:
+    """fsync a directory, so that a rename in it survives a crash of the machine."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -13,7 +13,13 @@ is saved in every resume point.
 
 The loop reads as its steps: `_set_up` (device and process group, the model from the
 prepared embeddings, the optimizer, the resume point), then per epoch `_train_epoch` and
-`_validate_and_checkpoint`, and `_interrupt` on Ctrl-C. A `TrainState` (step, elapsed
+`_validate_and_checkpoint`, and `_interrupt` on Ctrl-C.
+
+Reliability: Ctrl-C only asks the loop to stop; it stops at the next step boundary and
+writes its resume point there, so a resumed run redoes nothing and matches the
+uninterrupted one exactly. A non-finite loss (checked at every log step, and with the
+weights before every save: no extra host sync per step) raises TrainingDiverged before
+anything non-finite reaches the disk. A `TrainState` (step, elapsed
 time, best score, ...) is what they hand on; a `TrainSetup` what they share. The log
 records are poetvae.records's. `elbo_terms` is the validation pass (`poetvae evaluate`
 reports it too): training needs the model alone, and importing this module loads no
@@ -25,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,13 +46,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from poetvae import checkpoint as ckpt
 from poetvae import rundir
 from poetvae.config import Config, TrainConfig
-from poetvae.distributed import Dist, global_mean, setup, teardown
-from poetvae.errors import ConfigError
+from poetvae.distributed import Dist, any_process, global_mean, setup, teardown
+from poetvae.errors import ConfigError, TrainingDiverged
 from poetvae.form import FORM
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData
-from poetvae.records import ElboTerms, EpochRecord, LogRecord, StepRecord, append_log
+from poetvae.records import ElboTerms, EpochRecord, LogRecord, StepRecord, append_log, truncate_log
 
 
 def kl_weight(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -85,6 +93,15 @@ def learning_rate(cfg: TrainConfig) -> float:
     if cfg.lr_batch <= 0:
         return cfg.lr
     return cfg.lr * math.sqrt(cfg.batch_size / cfg.lr_batch)
+
+
+def global_batch(train_cfg: TrainConfig, n_train: int, world: int = 1) -> int:
+    """The batch every step takes: batch_size, or the whole training split when that is
+    smaller. ConfigError unless it splits evenly over `world` processes."""
+    batch_size = min(train_cfg.batch_size, n_train)
+    if batch_size % world:
+        raise ConfigError(f"batch_size {batch_size} does not split evenly over {world} processes")
+    return batch_size
 
 
 @dataclass
@@ -201,6 +218,8 @@ class TrainSetup:
     share: slice  # this process's rows of every global batch
     use_amp: bool
     on_log: LogCallback | None
+    staging: rundir.Staging | None  # a new run not yet published: run_dir is its staging directory
+    stop: StopRequest  # Ctrl-C
 
 
 @dataclass
@@ -217,39 +236,85 @@ class TrainState:
     valid: ElboTerms | None = None  # the last validation
     best_valid: ElboTerms | None = None
     interrupted: bool = False
+    saved_step: int | None = None  # the step of the resume point on disk (None: none yet)
 
     def clock(self) -> float:
         """Seconds of training so far (this session plus the sessions before a resume)."""
         return time.perf_counter() - self.clock_start
 
 
+class StopRequest:
+    """Ctrl-C during training: SIGINT only records the request (in the main thread, where
+    signals arrive; the previous handler is back on exit), and the loop stops at the next
+    step boundary. A second Ctrl-C while the resume point is written is the same request."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: object = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def train(
-    cfg: Config, data: PreparedData, run_dir: str | Path, resume: bool = False, on_log: LogCallback | None = None
+    cfg: Config,
+    data: PreparedData,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_log: LogCallback | None = None,
+    *,
+    staging: rundir.Staging | None = None,
 ) -> TrainResult:
     """Fit the VAE; write config, vocabulary, checkpoints and log.jsonl into run_dir.
 
     resume=True continues from run_dir/last.safetensors (same optimizer moments, schedule
-    position, RNG state). Ctrl-C (KeyboardInterrupt) writes a resume point and returns
-    with `interrupted=True`. `on_log` receives every log record (steps and epochs).
-    Launched by torchrun, each process trains on its slice of every batch (see
-    poetvae.distributed); only rank 0 writes anything.
+    position, RNG state). Ctrl-C stops at the next step boundary, writes a resume point
+    there and returns with `interrupted=True` (so does a KeyboardInterrupt raised by
+    `on_log`). `on_log` receives every log record (steps and epochs). A non-finite loss
+    raises TrainingDiverged; the resume point and best weights on disk stay the last
+    finite ones. With `staging` (a new run; see rundir.Staging) the run is written there
+    and published as run_dir at its first resume point. Launched by torchrun, each
+    process trains on its slice of every batch (see poetvae.distributed); only rank 0
+    writes anything.
     """
-    run, state = _set_up(cfg, data, Path(run_dir), resume=resume, on_log=on_log)
-    try:
-        while state.step < run.total_steps:
-            _train_epoch(run, state)
-            _validate_and_checkpoint(run, state)
-            if _out_of_time(run, state.elapsed):
-                break
-    except KeyboardInterrupt:
-        _interrupt(run, state)
-    finally:
-        teardown()
+    with StopRequest() as stop:
+        run, state = _set_up(cfg, data, Path(run_dir), resume=resume, on_log=on_log, staging=staging, stop=stop)
+        try:
+            while state.step < run.total_steps:
+                if not _train_epoch(run, state):  # Ctrl-C: stopped at a step boundary
+                    _interrupt(run, state)
+                    break
+                _validate_and_checkpoint(run, state)
+                if _stop_requested(run):  # Ctrl-C during validation or the save
+                    _interrupt(run, state)
+                    break
+                if _out_of_time(run, state.elapsed):
+                    break
+        except KeyboardInterrupt:
+            _interrupt(run, state)
+        finally:
+            teardown()
     return _result(run, state)
 
 
 def _set_up(
-    cfg: Config, data: PreparedData, run_dir: Path, *, resume: bool, on_log: LogCallback | None
+    cfg: Config,
+    data: PreparedData,
+    run_dir: Path,
+    *,
+    resume: bool,
+    on_log: LogCallback | None,
+    staging: rundir.Staging | None,
+    stop: StopRequest,
 ) -> tuple[TrainSetup, TrainState]:
     """Device and process group, the model from the prepared embeddings, the optimizer, the
     batch geometry, and the state: fresh (writing the run's header) or from the resume point."""
@@ -276,9 +341,7 @@ def _set_up(
     train_tokens = data.tokens("train").to(device)
     valid_tokens = data.tokens("valid").to(device)
     n = train_tokens.size(0)
-    batch_size = min(train_cfg.batch_size, n)
-    if batch_size % process.world:
-        raise ConfigError(f"batch_size {batch_size} does not split evenly over {process.world} processes")
+    batch_size = global_batch(train_cfg, n, process.world)
     steps_per_epoch = n // batch_size  # drop the ragged last batch: every step sees the same shape
     total_steps = train_cfg.epochs * steps_per_epoch
     if train_cfg.max_steps:
@@ -286,10 +349,17 @@ def _set_up(
 
     state = TrainState()
     if resume:
+        if staging is not None:
+            raise ValueError("a resumed run is not staged")
         tensors, meta = ckpt.load_resume_point(run_dir / rundir.LAST)
         ckpt.restore_train_state(raw_model, optimizer, tensors, meta, source=run_dir / rundir.LAST)
         state.step, state.elapsed, state.best = meta["step"], meta["elapsed"], meta["best"]
+        state.saved_step = state.step
+        if process.is_main:
+            truncate_log(run_dir, state.step)  # what a killed session logged past its resume point
     elif process.is_main:
+        if staging is not None:
+            run_dir = staging.path
         rundir.RunDir(run_dir).create(cfg, data.vocab)
     model = raw_model
     if process.active:
@@ -312,6 +382,8 @@ def _set_up(
         share=slice(process.rank * per_process, (process.rank + 1) * per_process),
         use_amp=train_cfg.amp and device.type == "cuda",
         on_log=on_log,
+        staging=staging if process.is_main else None,
+        stop=stop,
     )
     model.train()
     state.clock_start = time.perf_counter() - state.elapsed
@@ -331,9 +403,9 @@ def _model_from_embeddings(cfg: Config, data: PreparedData, device: torch.device
     return model.to(device)
 
 
-def _train_epoch(run: TrainSetup, state: TrainState) -> None:
+def _train_epoch(run: TrainSetup, state: TrainState) -> bool:
     """Steps from state.step to the end of its epoch, of the run or of the time budget,
-    whichever comes first."""
+    whichever comes first (True), or to a Ctrl-C (False)."""
     train_cfg = run.cfg.train
     epoch, first = divmod(state.step, run.steps_per_epoch)
     # The batch order of an epoch depends on (seed, epoch) alone: a resumed run finds it again.
@@ -359,13 +431,18 @@ def _train_epoch(run: TrainSetup, state: TrainState) -> None:
         state.steps_since_log += 1
         if state.step % train_cfg.log_every == 0 or state.step == run.total_steps:
             _log_step(run, state, epoch=epoch, beta=beta)
+        if _stop_requested(run):
+            return False
         if state.step >= run.total_steps or _out_of_time(run, state.clock()):
             break
+    return True
 
 
 def _log_step(run: TrainSetup, state: TrainState, *, epoch: int, beta: float) -> None:
     """A step record of the mean terms since the last one (over every process)."""
     rec, kl, loss = (global_mean(state.loss_sums, run.process) / state.steps_since_log).tolist()
+    if not all(map(math.isfinite, (rec, kl, loss))):
+        _diverged(run, state, f"the loss is {loss}")
     state.elapsed = state.clock()
     _log(run, StepRecord(state.step, run.total_steps, epoch, rec, kl, loss, beta, state.elapsed))
     state.loss_sums.zero_()
@@ -373,8 +450,9 @@ def _log_step(run: TrainSetup, state: TrainState, *, epoch: int, beta: float) ->
 
 
 def _validate_and_checkpoint(run: TrainSetup, state: TrainState) -> None:
-    """At the end of an epoch: validate, keep the best weights, write a resume point and
-    the epoch record."""
+    """At the end of an epoch: validate, keep the best weights, write the epoch record and
+    a resume point (in this order: a resumed run drops records past its resume point)."""
+    _check_finite(run, state)
     state.elapsed = state.clock()
     valid = None
     if run.valid_tokens.size(0) and run.process.is_main:
@@ -387,9 +465,9 @@ def _validate_and_checkpoint(run: TrainSetup, state: TrainState) -> None:
         state.best_valid = valid
         if run.process.is_main:
             _save_best(run, state.step, valid)
-    _save_resume_point(run, state)
     state.valid = valid
     _log(run, EpochRecord(state.step, round(state.step / run.steps_per_epoch, 3), state.elapsed, valid))
+    _save_resume_point(run, state)
 
 
 def _out_of_time(run: TrainSetup, seconds: float) -> bool:
@@ -397,14 +475,41 @@ def _out_of_time(run: TrainSetup, seconds: float) -> bool:
     return max_minutes > 0 and seconds >= max_minutes * 60
 
 
+def _stop_requested(run: TrainSetup) -> bool:
+    """Whether Ctrl-C was pressed, in any process: every process stops after the same step."""
+    return any_process(run.stop.requested, run.process)
+
+
 def _interrupt(run: TrainSetup, state: TrainState) -> None:
     """Ctrl-C: a resume point at the current step, and weights to sample from even when no
     epoch has finished yet."""
-    state.elapsed = state.clock()
-    _save_resume_point(run, state)
+    if state.saved_step != state.step:
+        _check_finite(run, state)
+        state.elapsed = state.clock()
+        _save_resume_point(run, state)
     if run.process.is_main and not (run.run_dir / rundir.BEST).exists():
         _save_best(run, state.step, None)
     state.interrupted = True
+
+
+def _check_finite(run: TrainSetup, state: TrainState) -> None:
+    """Before a save: TrainingDiverged unless the loss since the last log step and every
+    weight are finite (the same answer on every process: their weights are the same)."""
+    if not torch.isfinite(global_mean(state.loss_sums, run.process)).all().item():
+        _diverged(run, state, "the loss is not finite")
+    weights_finite = torch.stack([p.detach().isfinite().all() for p in run.raw_model.parameters()]).all()
+    if not weights_finite.item():
+        _diverged(run, state, "the weights are not finite")
+
+
+def _diverged(run: TrainSetup, state: TrainState, what: str) -> None:
+    if state.saved_step is None:
+        kept = "nothing was saved"
+    else:
+        kept = f"{run.run_dir} keeps its last finite resume point (step {state.saved_step}) and best weights"
+    raise TrainingDiverged(
+        f"training diverged by step {state.step} ({what}); {kept}. Train again with a lower --lr or a --grad-clip"
+    )
 
 
 def _save_best(run: TrainSetup, step: int, valid: ElboTerms | None) -> None:
@@ -413,10 +518,15 @@ def _save_best(run: TrainSetup, step: int, valid: ElboTerms | None) -> None:
 
 
 def _save_resume_point(run: TrainSetup, state: TrainState) -> None:
+    """last.safetensors at this step; a staged new run is published with its first one."""
     if run.process.is_main:
         tensors, optimizer_meta = ckpt.flatten_train_state(run.raw_model, run.optimizer)
         meta = {"step": state.step, "elapsed": state.elapsed, "best": state.best, "optimizer": optimizer_meta}
         ckpt.save_tensors(run.run_dir / rundir.LAST, tensors, meta)
+        if run.staging is not None and not run.staging.published:
+            run.staging.publish()
+            run.run_dir = Path(run.staging.target.path)
+    state.saved_step = state.step
 
 
 def _log(run: TrainSetup, record: LogRecord) -> None:
