@@ -272,23 +272,9 @@ def _xinyun_info(readings: tuple[str, ...]) -> _CharInfo:
 
 
 @functools.cache
-def _xinyun_readings() -> dict[str, tuple[str, ...]]:
-    """character -> the tone-marked readings the xinyun scheme uses, primary first.
-
-    pypinyin's single-character dictionary (about 42k characters) lists every reading it
-    knows, the common one first, and many lists carry rare or spurious ones (惊 liáng,
-    年 nìng, 台 sì, 肥 bǐ, 舒 yù). A reading counts when it is the first one, or when
-    pypinyin's phrase dictionary uses it for that character in some word: 行 háng
-    (银行), 重 chóng (重复), 看 kān (看守) stay; 惊 liáng, 年 nìng do not. Phrase
-    readings that are not in the character's own list (tone sandhi such as 不 bú in
-    some versions) add nothing.
-
-    The dictionaries are read directly, once. ``load_single_dict`` and
-    ``load_phrases_dict`` edit these same dictionaries, so customisations made before
-    the first xinyun lookup are seen.
-    """
+def _attested_readings() -> dict[str, frozenset[str]]:
+    """character -> every reading pypinyin's phrase dictionary gives it in some word."""
     from pypinyin.phrases_dict import phrases_dict
-    from pypinyin.pinyin_dict import pinyin_dict
 
     attested: dict[str, set[str]] = {}
     for phrase, phrase_readings in phrases_dict.items():
@@ -296,17 +282,38 @@ def _xinyun_readings() -> dict[str, tuple[str, ...]]:
             continue
         for ch, rs in zip(phrase, phrase_readings):
             attested.setdefault(ch, set()).update(rs)
-    table: dict[str, tuple[str, ...]] = {}
-    for code, listed in pinyin_dict.items():
-        ch = chr(code)
-        primary, *others = listed.split(",")
-        seen = attested.get(ch, ())
-        table[ch] = (primary, *(r for r in others if r in seen and r != primary))
-    return table
+    return {ch: frozenset(rs) for ch, rs in attested.items()}
 
 
+def _xinyun_readings(ch: str) -> tuple[str, ...]:
+    """The tone-marked readings the xinyun scheme uses for ``ch``, primary first.
+
+    pypinyin's single-character dictionary (about 42k characters) lists every reading it
+    knows, the common one first, and many lists carry rare or spurious ones (惊 liáng,
+    年 nìng, 台 sì, 肥 bǐ, 舒 yù). A reading counts when it is the first one, or when
+    pypinyin's phrase dictionary uses it for that character in some word: 行 háng
+    (银行), 重 chóng (重复), 看 kān (看守) stay; 惊 liáng, 年 nìng do not. Phrase
+    readings that are not in the character's own list add nothing.
+
+    The dictionaries are read directly. ``load_single_dict`` and ``load_phrases_dict``
+    edit these same dictionaries, so customisations made before the first xinyun lookup
+    are seen. Empty when pypinyin does not know the character.
+    """
+    from pypinyin.pinyin_dict import pinyin_dict
+
+    listed = pinyin_dict.get(ord(ch))
+    if not listed:
+        return ()
+    if "," not in listed:  # one reading (~80% of characters): no phrase lookup needed
+        return (listed,)
+    primary, *others = listed.split(",")
+    seen = _attested_readings().get(ch, frozenset())
+    return (primary, *(r for r in others if r in seen and r != primary))
+
+
+@functools.lru_cache(maxsize=65536)
 def _xinyun_char(ch: str) -> _CharInfo:
-    readings = _xinyun_readings().get(ch)
+    readings = _xinyun_readings(ch)
     return _xinyun_info(readings) if readings else _EMPTY
 
 
@@ -316,9 +323,12 @@ def _xinyun_members() -> dict[tuple[str, Tone | None], frozenset[str]]:
     readings as ``rhyme_groups`` and ``tone_class`` (see ``_xinyun_readings``)."""
     # Group characters by their readings first: ~42k characters share a few thousand
     # distinct reading tuples, so the per-group bookkeeping runs once per tuple.
+    from pypinyin.pinyin_dict import pinyin_dict
+
     by_readings: dict[tuple[str, ...], list[str]] = {}
-    for ch, readings in _xinyun_readings().items():
-        by_readings.setdefault(readings, []).append(ch)
+    for code in pinyin_dict:
+        ch = chr(code)
+        by_readings.setdefault(_xinyun_readings(ch), []).append(ch)
     acc: dict[tuple[str, Tone | None], set[str]] = {}
     for readings, chars in by_readings.items():
         for g, ts in _xinyun_info(readings).group_tones:
