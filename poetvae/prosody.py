@@ -8,8 +8,12 @@ kept as well. When several traditional characters collapse onto one simplified
 character, it belongs to the union of their groups.
 
 ``xinyun`` -- 中华新韵 (2005), modern readings. It is derived at run time from
-``pypinyin``'s single-character heteronym readings, so every reading of a character
-counts.
+``pypinyin``: a character's readings are the first (primary) one of its single-character
+entry, plus each further listed reading that pypinyin's phrase dictionary uses for that
+character in some word. So 行 keeps háng (银行) beside xíng, and 重 keeps chóng beside
+zhòng, while readings no word attests (惊 liáng, 年 nìng, 台 sì, 肥 bǐ) are dropped:
+with them, 惊/妆 or 亭/年 would pass as rhymes. Tone class, rhyme groups and group
+members all come from these same readings.
 
 Group naming
 ------------
@@ -39,7 +43,7 @@ pingshui: PING if every group of the character is a 平 group, ZE if every one i
 group, BOTH if it has both (多音两读, e.g. 看 寒/翰, 思 支/寘, 听 青/径), UNKNOWN if the
 character is not in the table. xinyun: modern tones 1 and 2 are 平, 3 and 4 are 仄. A
 neutral tone (轻声) says nothing about 平仄 and is ignored for the tone class. A character
-whose readings include both classes is BOTH.
+whose readings (primary and attested, as above) include both classes is BOTH.
 
 Rhyming
 -------
@@ -267,35 +271,67 @@ def _xinyun_info(readings: tuple[str, ...]) -> _CharInfo:
     )
 
 
+@functools.cache
+def _attested_readings() -> dict[str, frozenset[str]]:
+    """character -> every reading pypinyin's phrase dictionary gives it in some word."""
+    from pypinyin.phrases_dict import phrases_dict
+
+    attested: dict[str, set[str]] = {}
+    for phrase, phrase_readings in phrases_dict.items():
+        if len(phrase) != len(phrase_readings):  # not one reading list per character
+            continue
+        for ch, rs in zip(phrase, phrase_readings):
+            attested.setdefault(ch, set()).update(rs)
+    return {ch: frozenset(rs) for ch, rs in attested.items()}
+
+
+def _xinyun_readings(ch: str) -> tuple[str, ...]:
+    """The tone-marked readings the xinyun scheme uses for ``ch``, primary first.
+
+    pypinyin's single-character dictionary (about 42k characters) lists every reading it
+    knows, the common one first, and many lists carry rare or spurious ones (惊 liáng,
+    年 nìng, 台 sì, 肥 bǐ, 舒 yù). A reading counts when it is the first one, or when
+    pypinyin's phrase dictionary uses it for that character in some word: 行 háng
+    (银行), 重 chóng (重复), 看 kān (看守) stay; 惊 liáng, 年 nìng do not. Phrase
+    readings that are not in the character's own list add nothing.
+
+    The dictionaries are read directly. ``load_single_dict`` and ``load_phrases_dict``
+    edit these same dictionaries, so customisations made before the first xinyun lookup
+    are seen. Empty when pypinyin does not know the character.
+    """
+    from pypinyin.pinyin_dict import pinyin_dict
+
+    listed = pinyin_dict.get(ord(ch))
+    if not listed:
+        return ()
+    if "," not in listed:  # one reading (~80% of characters): no phrase lookup needed
+        return (listed,)
+    primary, *others = listed.split(",")
+    seen = _attested_readings().get(ch, frozenset())
+    return (primary, *(r for r in others if r in seen and r != primary))
+
+
 @functools.lru_cache(maxsize=65536)
 def _xinyun_char(ch: str) -> _CharInfo:
-    from pypinyin import Style, pinyin
-
-    # heteronym=True gives every reading pypinyin knows for the character.
-    readings = pinyin(ch, style=Style.TONE, heteronym=True, errors="ignore")
-    return _xinyun_info(tuple(readings[0])) if readings else _EMPTY
+    readings = _xinyun_readings(ch)
+    return _xinyun_info(readings) if readings else _EMPTY
 
 
 @functools.cache
 def _xinyun_members() -> dict[tuple[str, Tone | None], frozenset[str]]:
-    """Members of every xinyun group, keyed by (group, tone filter).
-
-    The universe is every character in pypinyin's single-character dictionary (about
-    42k). For speed this reads that dictionary directly: for a single character,
-    ``pinyin(ch, heteronym=True)`` returns exactly its comma-separated entry (checked
-    over the whole dictionary for pypinyin 0.55), so both paths agree. Customisations
-    made with ``load_single_dict`` edit the same dictionary, so they are seen too.
-    """
+    """Members of every xinyun group, keyed by (group, tone filter), from the same
+    readings as ``rhyme_groups`` and ``tone_class`` (see ``_xinyun_readings``)."""
+    # Group characters by their readings first: ~42k characters share a few thousand
+    # distinct reading tuples, so the per-group bookkeeping runs once per tuple.
     from pypinyin.pinyin_dict import pinyin_dict
 
-    # Group characters by their reading string first: ~42k characters share ~9k
-    # distinct strings, so the per-group bookkeeping runs once per string.
-    by_readings: dict[str, list[str]] = {}
-    for code, readings in pinyin_dict.items():
-        by_readings.setdefault(readings, []).append(chr(code))
+    by_readings: dict[tuple[str, ...], list[str]] = {}
+    for code in pinyin_dict:
+        ch = chr(code)
+        by_readings.setdefault(_xinyun_readings(ch), []).append(ch)
     acc: dict[tuple[str, Tone | None], set[str]] = {}
     for readings, chars in by_readings.items():
-        for g, ts in _xinyun_info(tuple(readings.split(","))).group_tones:
+        for g, ts in _xinyun_info(readings).group_tones:
             for key in ((g, None), *((g, t) for t in ts)):
                 acc.setdefault(key, set()).update(chars)
     return {k: frozenset(v) for k, v in acc.items()}

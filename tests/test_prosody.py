@@ -197,3 +197,61 @@ def test_xinyun_group_members_with_tone() -> None:
     assert {"光", "霜", "乡", "阳"} <= ping
     assert "想" not in ping and "想" in group_members("十唐", "xinyun", tone=Tone.ZE)
     assert "想" in group_members("十唐", "xinyun")
+
+
+# Pairs that rhymed only through a reading no word attests: 期 qī / 肥 féi (bǐ), 惊 jīng
+# (liáng) / 妆 zhuāng, 人 rén / 儿 ér (rén), 亭 tíng / 年 nián (nìng), 时 shí / 台 tái (sì).
+@pytest.mark.parametrize("a, b", ["期肥", "惊妆", "人儿", "亭年", "时台"])
+def test_xinyun_spurious_readings_do_not_rhyme(a: str, b: str) -> None:
+    assert not rhymes(a, b, "xinyun")
+    assert not rhyme_groups(a, "xinyun") & rhyme_groups(b, "xinyun")
+
+
+# Genuine rhymes in the common readings: huā/jiā, rén/chūn (九文), shān/jiān, liú/lóu,
+# guāng/shuāng.
+@pytest.mark.parametrize("a, b", ["花家", "人春", "山间", "流楼", "光霜"])
+def test_xinyun_genuine_rhymes(a: str, b: str) -> None:
+    assert rhymes(a, b, "xinyun")
+    assert rhymes(a, b, "xinyun", tone=Tone.PING)
+
+
+def test_xinyun_attested_alternates_are_kept() -> None:
+    # 行 xíng (行走) and háng (银行); 重 zhòng (轻重) and chóng (重复).
+    assert rhyme_groups("行", "xinyun") == {"十唐", "十一庚"}
+    assert rhymes("行", "唐", "xinyun") and rhymes("行", "庚", "xinyun")
+    assert rhyme_groups("行", "xinyun", tone=Tone.PING) == {"十唐", "十一庚"}
+    assert tone_class("行", "xinyun") is Tone.BOTH  # xíng / hàng
+    assert tone_class("重", "xinyun") is Tone.BOTH  # chóng / zhòng
+    assert rhyme_groups("重", "xinyun", tone=Tone.PING) == {"十一庚"}
+    assert rhyme_groups("重", "xinyun", tone=Tone.ZE) == {"十一庚"}
+    assert tone_class("看", "xinyun") is Tone.BOTH  # kàn / kān (看守)
+
+
+def test_xinyun_spurious_readings_leave_group_members() -> None:
+    # The masks ask for members; they come from the same readings as rhyme_groups.
+    assert {"惊", "亭", "听"} <= group_members("十一庚", "xinyun")
+    assert "惊" not in group_members("十唐", "xinyun")  # liáng is not a reading
+    assert "年" not in group_members("十一庚", "xinyun")  # nìng is not a reading
+    assert "行" in group_members("十唐", "xinyun") and "行" in group_members("十一庚", "xinyun")
+    assert "行" in group_members("十唐", "xinyun", tone=Tone.ZE)  # hàng
+    for ch in "惊年台肥舒行重":
+        for g in group_names("xinyun"):
+            for t in (None, Tone.PING, Tone.ZE):
+                assert (ch in group_members(g, "xinyun", tone=t)) == (g in rhyme_groups(ch, "xinyun", tone=t))
+
+
+@pytest.mark.parametrize(
+    "ch, tone",
+    [
+        ("年", Tone.PING),  # nián, not nìng
+        ("肥", Tone.PING),  # féi, not bǐ
+        ("舒", Tone.PING),  # shū, not yù
+        ("台", Tone.PING),  # tái / tāi, not sì
+        ("春", Tone.PING),  # chūn
+        ("明", Tone.PING),  # míng
+        ("听", Tone.PING),  # tīng, not yǐn
+        ("与", Tone.ZE),  # yǔ / yù
+    ],
+)
+def test_xinyun_tone_class_single_without_spurious_readings(ch: str, tone: Tone) -> None:
+    assert tone_class(ch, "xinyun") is tone
