@@ -269,7 +269,7 @@ def test_closed_pipe_is_quiet(trained_run):
         "-m",
         str(trained_run),
         "-n",
-        "400",
+        "3000",  # ~216 KB: more than the pipe buffer holds, so the writer is still writing at the close
         "-f",
         "oneline",
         "--seed",
