@@ -416,8 +416,12 @@ class EvaluationReport:
     meta: ReportMeta
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """The JSON-ready form: one dict per section, the fields in their order."""
-        return dataclasses.asdict(self)
+        """The JSON-ready form: one dict per section, the fields in their order; a number
+        that is not finite (a model with NaN or infinite weights) is None (JSON null)."""
+        return {
+            section: {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
+            for section, fields in dataclasses.asdict(self).items()
+        }
 
 
 def evaluate_run(
@@ -463,7 +467,7 @@ def evaluate_run(
         likelihood=Likelihood(
             iw_nll=iw,
             iw_samples=iw_samples,
-            ppl=math.exp(iw / FORM.seq_len),
+            ppl=math.exp(iw / FORM.seq_len) if iw / FORM.seq_len < 709 else math.inf,  # inf past float range
             rec=elbo.rec,
             kl=elbo.kl,
             nelbo=elbo.nelbo,
