@@ -490,6 +490,11 @@ def _controls(
     return Controls(rhyme=rhyme, rhyme_group=rhyme_group, scheme=scheme, tones=tones, acrostic=acrostic, prefix=lines)
 
 
+def _json_number(x: float, digits: int) -> float | None:
+    """x rounded for JSON; None (null) when x is NaN or infinite (a model with broken weights)."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
 def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
     """Write poet.Sample objects to stdout as they come, in the chosen format."""
     for poem in samples:
@@ -497,11 +502,11 @@ def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
             record = {
                 "lines": poem.lines,
                 "text": poem.oneline(),
-                "logprob": round(poem.logprob, 4),
+                "logprob": _json_number(poem.logprob, 4),
                 "backoff": poem.backoff,
             }
             if with_z:
-                record["z"] = [round(v, 5) for v in poem.z]
+                record["z"] = [_json_number(v, 5) for v in poem.z]
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif fmt == "oneline":
             sys.stdout.write(poem.oneline() + "\n")
@@ -646,7 +651,7 @@ def interpolate(
                         "t": round(t, 4),
                         "lines": point.lines,
                         "text": point.oneline(),
-                        "logprob": round(point.logprob, 4),
+                        "logprob": _json_number(point.logprob, 4),
                         "backoff": point.backoff,
                     },
                     ensure_ascii=False,

@@ -6,7 +6,7 @@ The form is enforced inside the decoder, step by step, by masking what may not c
 next, never by rejection or retries: at each step a token is allowed only if it is a
 real token (no <pad>/<unk>/<bos>) that fits in what is left of the current line; once
 20 characters are out, only <eos> is allowed, and after <eos> only <pad>. Whatever the
-weights, the output is well formed.
+weights, even NaN or infinite ones, the output is well formed.
 
 The whole batch is decoded together: one decoder call per step for all poems
 (poetvae.step_decoder), masks precomputed once per vocabulary, no Python work per poem
@@ -27,7 +27,7 @@ from poetvae.config import check_seed
 from poetvae.controls import BACKOFF_NAMES, Controls, ControlTables
 from poetvae.form import FORM
 from poetvae.model import PoetVAE
-from poetvae.sampling import TokenMask, choose_token, uniforms
+from poetvae.sampling import TokenMask, choose_allowed, choose_token, uniforms
 from poetvae.step_decoder import StepDecoder
 from poetvae.vocab import BOS, EOS, PAD, UNK, Vocab
 
@@ -158,6 +158,11 @@ def generate(
             rows.select(parent)
             logp = logp[parent]
             token = (flat % v).view(-1)
+            # NaN scores (weights gone wrong) can pick a forbidden token: such a row takes
+            # its parent's most likely allowed one instead
+            again = (~mask.allows(token, v, rows=parent)).nonzero().squeeze(1)
+            if again.numel():
+                token[again] = choose_allowed(logp[again], mask.rows(parent[again], v), None, greedy=True)
             token_logp = logp.gather(1, token[:, None]).squeeze(1)
         _advance(rows, t, token, token_logp, tables.token_chars, control_tables)
     best = torch.arange(b, device=device) * beam  # beam 0 of each z

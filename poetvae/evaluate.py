@@ -34,6 +34,7 @@ from poetvae.form import FORM, Poem
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet
 from poetvae.prosody import check_scheme, rhyme_ok, tone_24_ok
+from poetvae.records import perplexity
 from poetvae.train import elbo_terms, eval_mode
 from poetvae.vocab import Vocab
 
@@ -417,8 +418,12 @@ class EvaluationReport:
     meta: ReportMeta
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """The JSON-ready form: one dict per section, the fields in their order."""
-        return dataclasses.asdict(self)
+        """The JSON-ready form: one dict per section, the fields in their order; a number
+        that is not finite (a model with NaN or infinite weights) is None (JSON null)."""
+        return {
+            section: {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
+            for section, fields in dataclasses.asdict(self).items()
+        }
 
 
 def evaluate_run(
@@ -465,7 +470,7 @@ def evaluate_run(
         likelihood=Likelihood(
             iw_nll=iw,
             iw_samples=iw_samples,
-            ppl=math.exp(iw / FORM.seq_len),
+            ppl=perplexity(iw),
             rec=elbo.rec,
             kl=elbo.kl,
             nelbo=elbo.nelbo,

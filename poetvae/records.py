@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from poetvae.files import atomic_write
+from poetvae.form import FORM
 from poetvae.rundir import LOG
+
+
+def perplexity(nats_per_poem: float) -> float:
+    """Perplexity per token position: exp(nats / 21), 20 characters + <eos> whatever the
+    tokenizer, so char and word models compare; inf where exp leaves the float range (a
+    diverged model), NaN stays NaN."""
+    per_token = nats_per_poem / FORM.seq_len
+    return math.exp(per_token) if not per_token > 700 else math.inf
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,10 @@ each of which costs about as much as copying it on the CPU (memory-bound):
 - the greedy maximum is found in two levels the same way: torch.argmax is a scalar loop
   on the CPU, 6x slower;
 - a mask that is the same for every row is a list of forbidden columns (TokenMask).
+
+Whatever the logits (NaN, +-inf or huge, from weights gone wrong), the token is an allowed
+one: the chosen tokens (B,) are checked against the mask, and the rare rows that fail, or
+whose allowed weights sum to no positive number, are chosen again by `choose_allowed`.
 """
 
 from __future__ import annotations
@@ -58,6 +62,23 @@ class TokenMask:
         if self.allowed is not None:
             return self.allowed
         return torch.ones_like(like, dtype=torch.bool).index_fill_(1, self.forbidden, False)
+
+    def rows(self, index: Tensor, vocab_size: int) -> Tensor:
+        """The allowed tokens of the rows `index` (n,), as an (n, V) bool."""
+        if self.allowed is not None:
+            return self.allowed[index]
+        allowed = torch.ones(index.numel(), vocab_size, dtype=torch.bool, device=index.device)
+        return allowed.index_fill_(1, self.forbidden, False)
+
+    def allows(self, token: Tensor, vocab_size: int, rows: Tensor | None = None) -> Tensor:
+        """(B,) bool: whether each token (B,) is allowed in its row, or in row rows[i] when
+        given; B lookups, no pass over (B, V)."""
+        if self.allowed is None:
+            ok = torch.ones(vocab_size, dtype=torch.bool, device=token.device)
+            return ok.index_fill_(0, self.forbidden, False)[token]
+        if rows is None:
+            return self.allowed.gather(1, token[:, None]).squeeze(1)
+        return self.allowed[rows, token]
 
 
 def uniforms(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
@@ -106,6 +127,38 @@ def choose_token_plain(
     return token, torch.log_softmax(logits, dim=-1).gather(1, token[:, None]).squeeze(1)
 
 
+def choose_allowed(
+    logits: Tensor,
+    allowed: Tensor,
+    u: Tensor | None,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+) -> Tensor:
+    """choose_token_plain's token for logits of any value: always an allowed one, for rows
+    with at least one allowed token. NaN counts as -inf; a row with +inf among its allowed
+    logits chooses among those, and a row with no finite allowed logit among all its
+    allowed tokens, each as likely as the other. For the few rows that choose_token cannot
+    serve; one pass over (n, V) more than the plain algorithm."""
+    x = logits.masked_fill(~allowed | logits.isnan(), -math.inf)
+    top = x.amax(dim=1, keepdim=True)
+    x = torch.where(top == math.inf, torch.where(x == math.inf, 0.0, -math.inf), x)
+    x = torch.where(top == -math.inf, torch.where(allowed, 0.0, -math.inf), x)
+    if greedy:
+        return x.argmax(dim=1)
+    x = x - x.amax(dim=1, keepdim=True)  # the largest is 0, whatever the temperature
+    probs = torch.softmax(filter_logits(x, temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
+    return draw_by_cdf(probs, u)[0]
+
+
+def _rows_to_choose_again(token: Tensor, total: Tensor, mask: TokenMask, vocab_size: int) -> Tensor:
+    """The rows whose token the mask forbids (NaN or infinite logits) or whose allowed
+    weights do not sum to a positive finite number (all underflowed to 0 in fp32, or NaN)."""
+    return (~((total > 0) & (total < math.inf)) | ~mask.allows(token, vocab_size)).nonzero().squeeze(1)
+
+
 def choose_token(
     logits: Tensor,
     mask: TokenMask,
@@ -123,8 +176,9 @@ def choose_token(
 
     The two can differ only where rounding puts u on the other side of a boundary between
     two tokens, and for rows whose every allowed probability underflows to 0 in fp32 (a
-    very low temperature, or controls that force what the model finds very unlikely):
-    those are drawn again from the masked logits, with a fresh uniform from `generator`.
+    very low temperature, or controls that force what the model finds very unlikely) or
+    whose logits are not finite numbers: those are chosen again by choose_allowed, with a
+    fresh uniform from `generator`, so that the token is always an allowed one.
     `logit_bound`: a bound on |logit| (StepDecoder.logit_bound); when it, divided by the
     temperature, is at most EXP_SAFE, exp needs no shift and there is no softmax.
     May overwrite logits.
@@ -132,7 +186,7 @@ def choose_token(
     filtered = top_k > 0 or top_p < 1.0
     scale = 1.0 if greedy or filtered else 1.0 / temperature
     if not filtered and logit_bound * max(scale, 1.0) <= EXP_SAFE:
-        return _choose_unshifted(logits, mask, greedy, u, scale)
+        return _choose_unshifted(logits, mask, greedy, u, scale, generator)
     probs = mask.fill_(torch.softmax(logits, dim=-1), 0.0)
     if greedy:
         token, total = argmax_in_blocks(probs)
@@ -147,15 +201,17 @@ def choose_token(
         else:
             weights = probs
         token, total = draw_by_cdf(weights, u)
-    # rows whose every allowed token underflowed to 0: again from the masked logits themselves
-    stuck = (total <= 0).nonzero().squeeze(1)
-    if stuck.numel():
-        masked = logits[stuck].masked_fill(~mask.dense(logits)[stuck], -math.inf)
-        if greedy:
-            token[stuck] = masked.argmax(dim=-1)
-        else:
-            weights = torch.softmax(filter_logits(masked, temperature=temperature, top_k=top_k, top_p=top_p), dim=-1)
-            token[stuck] = draw_by_cdf(weights, uniforms(stuck.numel(), logits.device, generator))[0]
+    again = _rows_to_choose_again(token, total, mask, logits.size(1))
+    if again.numel():
+        token[again] = choose_allowed(
+            logits[again],
+            mask.rows(again, logits.size(1)),
+            None if greedy else uniforms(again.numel(), logits.device, generator),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+        )
     logp = probs.gather(1, token[:, None]).squeeze(1).log()
     lost = (~torch.isfinite(logp)).nonzero().squeeze(1)  # probabilities below float range
     if lost.numel():
@@ -164,7 +220,7 @@ def choose_token(
 
 
 def _choose_unshifted(
-    logits: Tensor, mask: TokenMask, greedy: bool, u: Tensor | None, scale: float
+    logits: Tensor, mask: TokenMask, greedy: bool, u: Tensor | None, scale: float, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
     """choose_token for logits whose exp, at temperature 1 and at 1 / scale, is a normal fp32
     number whatever the row (see EXP_SAFE): weights exp(scale * logits) in place, and the
@@ -182,11 +238,17 @@ def _choose_unshifted(
         weights = logits.mul_(scale).exp_()
     mask.fill_(weights, 0.0)
     if greedy:
-        token = argmax_in_blocks(weights)[0]
+        token, total = argmax_in_blocks(weights)
     else:
-        token, allowed_mass = draw_by_cdf(weights, u)
+        token, total = draw_by_cdf(weights, u)
         if scale == 1.0 and same_for_all_rows:
-            norm = norm + allowed_mass
+            norm = norm + total
+    # only a row of NaN logits (a NaN in the decoder's state) fails here; log(weights) are
+    # the logits at the temperature
+    again = _rows_to_choose_again(token, total, mask, weights.size(1))
+    if again.numel():
+        u_again = None if greedy else uniforms(again.numel(), weights.device, generator)
+        token[again] = choose_allowed(weights[again].log(), mask.rows(again, weights.size(1)), u_again, greedy=greedy)
     logp = weights.gather(1, token[:, None]).squeeze(1).double().log() / scale - norm.log()
     return token, logp.float()
 

@@ -52,7 +52,7 @@ from poetvae.form import FORM
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData
-from poetvae.records import ElboTerms, EpochRecord, LogRecord, StepRecord, append_log, truncate_log
+from poetvae.records import ElboTerms, EpochRecord, LogRecord, StepRecord, append_log, perplexity, truncate_log
 
 
 def kl_weight(step: int, total_steps: int, cfg: TrainConfig) -> float:
@@ -156,7 +156,7 @@ def elbo_terms(model: PoetVAE, tokens: Tensor, *, batch_size: int = 1024, seed: 
     if n == 0:
         return None
     rec, kl = rec_sum / n, kl_sum / n
-    return ElboTerms(rec=rec, kl=kl, nelbo=rec + kl, ppl=math.exp((rec + kl) / FORM.seq_len), poems=n)
+    return ElboTerms(rec=rec, kl=kl, nelbo=rec + kl, ppl=perplexity(rec + kl), poems=n)
 
 
 # ---- one optimizer step -----------------------------------------------------------------
