@@ -243,8 +243,9 @@ def train(
 
     Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
 
-    Pretrain, then fine-tune: [bold]poetvae train stanzas.jsonl -o runs/pre[/], then
+    Pretrain, then fine-tune: [bold]poetvae train stanzas.txt quatrains.txt -o runs/pre[/], then
     [bold]poetvae train quatrains.txt --init runs/pre -o runs/fine --epochs 6 --lr 5e-4[/]
+    (the weights, vocabulary and model settings of runs/pre; the schedule of this command)
     """
     from poetvae import rundir
 

@@ -112,7 +112,7 @@ class InitRun:
     def fixed_settings(self) -> dict[str, object]:
         """The settings a run started from this one cannot change (load_config's `fixed`):
         the model (the weights fix it) and how tokens are cut (the vocabulary fixes it)."""
-        model = {k: v for k, v in dataclasses.asdict(self.config.model).items() if k != "vocab_size"}
+        model = dataclasses.asdict(self.config.model)
         return {**model, "tokenizer": self.vocab.tokenizer, "min_count": self.vocab.min_count}
 
     def record(self) -> dict[str, object]:
