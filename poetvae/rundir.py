@@ -329,7 +329,8 @@ class RunDir:
             )
         weights, meta = load_tensors(self.best)
         try:
-            PoetVAE(header.config.model).load_state_dict(weights)
+            with torch.random.fork_rng(devices=[]):  # building the model draws; leave the caller's state alone
+                PoetVAE(header.config.model).load_state_dict(weights)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{self.best} does not fit the model of {self.config_file} ({first})") from None
