@@ -228,17 +228,32 @@ def train(
     devices: Annotated[
         int, typer.Option("--devices", min=1, help="processes (GPUs) for DDP training; >1 launches torchrun")
     ] = 1,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            "--init",
+            help="fine-tune: start from this run's best weights, vocabulary and model settings "
+            "(the corpus is prepared with its vocabulary; the schedule is this command's)",
+            readable=False,
+        ),
+    ] = None,
     settings: dict[str, Any] | None = None,
 ) -> None:
     """Train the VAE; writes config, vocabulary, checkpoints and log.jsonl to the run directory.
 
     Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
+
+    Pretrain, then fine-tune: [bold]poetvae train stanzas.txt quatrains.txt -o runs/pre[/], then
+    [bold]poetvae train quatrains.txt --init runs/pre -o runs/fine --epochs 6 --lr 5e-4[/]
+    (the weights, vocabulary and model settings of runs/pre; the schedule of this command)
     """
     from poetvae import rundir
 
     settings = dict(settings or {})
     if no_latent:
         settings["use_latent"] = False
+    if init is not None and resume is not None:
+        raise typer.BadParameter("--init starts a new run and --resume continues one: give one of them")
     _refuse_prep_flags(corpus, settings)
     if devices > 1:
         with user_errors():
@@ -251,33 +266,77 @@ def train(
                     resume=resume,
                     overwrite=overwrite,
                     settings=settings,
+                    init=init,
                 )
             )
     with user_errors(), contextlib.ExitStack() as held:
         if resume is not None:
             if corpus or output or settings or config:
                 raise typer.BadParameter("--resume takes the run's own data and config; give no corpus or settings")
-            run_dir, stage = resume, None
+            run_dir, stage, init_run = resume, None, None
             held.enter_context(rundir.RunDir(run_dir).lock(resume=True))
             inputs = rundir.RunDir(run_dir).open_for_resume()
             cfg, data = inputs.config, inputs.data
         else:
             run_dir = output or rundir.DEFAULT_RUN
+            init_run = _open_init(init, settings)
             run = rundir.RunDir(run_dir)
             held.enter_context(run.lock())  # until training ends: one training per run directory
             run.refuse_existing(overwrite=overwrite)
-            cfg = load_config(config, settings)
+            cfg = load_config(config, settings, fixed=init_run.fixed_settings() if init_run else None)
             stage = held.enter_context(run.staging())  # None on torchrun ranks > 0, which write nothing
-            data = (stage.run if stage else run).load_training_data(corpus or None, cfg)
+            data = (stage.run if stage else run).load_training_data(corpus or None, cfg, init_run)
         main_process = env_rank() == 0  # under torchrun only rank 0 speaks
         if main_process:
             out.print(_config_table(cfg))
-        result = _train_with_progress(cfg, data, run_dir, resume is not None, stage)
+            if init_run is not None:
+                _print_init(init_run, data)
+        result = _train_with_progress(cfg, data, run_dir, resume is not None, stage, init_run)
     if main_process:
         _print_train_result(result)
     if result.interrupted and main_process:
         err.print(f"interrupted at step {result.steps}; continue with: poetvae train --resume {run_dir}")
         raise typer.Exit(130)
+
+
+def _open_init(init: Path | None, settings: dict[str, Any]) -> Any:
+    """The run given to --init (None without one); flags that would change what it fixes
+    (its model, its tokenizer) are usage errors, named."""
+    from poetvae import rundir
+
+    if init is None:
+        return None
+    init_run = rundir.RunDir(init).open_for_init()
+    fixed = init_run.fixed_settings()
+    clashes = [
+        f"{_flags({k: v})[0] if isinstance(v, bool) else ' '.join(_flags({k: v}))} (it has {fixed[k]})"
+        for k, v in settings.items()
+        if k in fixed and v != fixed[k]
+    ]
+    if clashes:
+        raise typer.BadParameter(
+            f"{', '.join(clashes)}: the model and tokenizer come from the --init run {init}; leave these flags out"
+        )
+    return init_run
+
+
+def _print_init(init_run: Any, data: Any) -> None:
+    """Where the run starts, and how much of its corpus the init run's vocabulary lacks."""
+    from collections import Counter
+
+    from poetvae.prep import count_unknown
+
+    table = Table(title=f"starts from {init_run.path}", show_header=False, title_justify="left")
+    table.add_row("weights", f"model.safetensors, step {init_run.step}, sha256 {init_run.sha256[:12]}")
+    cells, unknown = [], Counter()
+    for split, poems in data.splits.items():
+        total, missing = count_unknown(data.vocab, poems)
+        cells.append(f"{split} {missing.total():,} of {total:,}")
+        unknown += missing
+    table.add_row("tokens it lacks (<unk>)", "  ".join(cells))
+    if unknown:
+        table.add_row("", _styled("e.g. " + " ".join(f"{t}×{n}" for t, n in unknown.most_common(10)), "dim"))
+    out.print(table)
 
 
 def _refuse_prep_flags(corpus: list[Path] | None, settings: dict[str, Any]) -> None:
@@ -312,6 +371,7 @@ def _launch_torchrun(
     resume: Path | None,
     overwrite: bool,
     settings: dict[str, Any],
+    init: Path | None = None,
 ) -> int:
     """Prepare the data once here, then run `poetvae train` under torchrun with N processes.
 
@@ -334,14 +394,15 @@ def _launch_torchrun(
             args = ["--resume", str(resume)]
         else:
             run_dir = output or rundir.DEFAULT_RUN
+            init_run = _open_init(init, settings)
             run = rundir.RunDir(run_dir)
             held.enter_context(run.lock())
             run.refuse_existing(overwrite=overwrite)
-            cfg = load_config(config, settings)
+            cfg = load_config(config, settings, fixed=init_run.fixed_settings() if init_run else None)
             stage = held.enter_context(run.staging())
             env[rundir.STAGING_ENV] = str(stage.path)
             # into the staged run's prep/ once here, which every process then reads
-            source = stage.run.prepare_data(corpus or None, cfg)
+            source = stage.run.prepare_data(corpus or None, cfg, init_run)
             global_batch(cfg.train, len(load_prepared(source).splits["train"]), devices)
             args = [
                 str(source),
@@ -349,6 +410,7 @@ def _launch_torchrun(
                 str(run_dir),
                 *(["-c", str(config)] if config else []),
                 *(["--overwrite"] if overwrite else []),
+                *(["--init", str(init)] if init else []),
                 *_flags(settings),
             ]
         cmd = [
@@ -403,7 +465,9 @@ except SignalException:
 """
 
 
-def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool, staging: Any = None) -> Any:
+def _train_with_progress(
+    cfg: Any, data: Any, run_dir: Path, resume: bool, staging: Any = None, init: Any = None
+) -> Any:
     from poetvae.records import EpochRecord, LogRecord, StepRecord
     from poetvae.train import train as train_run
 
@@ -437,7 +501,8 @@ def _train_with_progress(cfg: Any, data: Any, run_dir: Path, resume: bool, stagi
             progress.console.print(line) if live else out.print(line)
 
     with progress:
-        return train_run(cfg, data, run_dir, resume=resume, on_log=on_log, staging=staging)
+        fine_tune = {"init": init} if init is not None else {}  # without --init, the call as it always was
+        return train_run(cfg, data, run_dir, resume=resume, on_log=on_log, staging=staging, **fine_tune)
 
 
 def _print_train_result(result: Any) -> None:

@@ -240,8 +240,14 @@ def build_config(values: dict[str, dict[str, Any]]) -> Config:
     return _validate(Config(**parts))
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the TOML file at `path`, then `overrides` (flat keys: {"latent_dim": 16})."""
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, fixed: dict[str, Any] | None = None
+) -> Config:
+    """Defaults, then the TOML file at `path`, then `overrides` (flat keys: {"latent_dim": 16}).
+
+    `fixed` (flat keys too) holds settings that are not free, such as the model of a run that
+    training starts from (its weights fix the sizes): they take the place of the defaults,
+    and a value from the file or the overrides that differs raises ConfigError naming it."""
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     if path is not None:
         path = Path(path)
@@ -262,15 +268,36 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if key not in section_of:
             raise ConfigError(f"unknown setting {key}")
         values[section_of[key]][key] = value
+    fixed_values = {s: {} for s in SECTIONS}
+    for key, value in (fixed or {}).items():
+        section = section_of.get(key) or ("model" if key == "vocab_size" else None)
+        if section is None:
+            raise ConfigError(f"unknown setting {key}")
+        fixed_values[section][key] = value
+    clashes = [
+        f"{section}.{key} = {values[section][key]!r} (it has {value!r})"
+        for section, table in fixed_values.items()
+        for key, value in table.items()
+        if key in values[section] and values[section][key] != value
+    ]
+    if clashes:
+        raise ConfigError(f"settings contradict the run that training starts from: {', '.join(clashes)}")
+    for section, table in fixed_values.items():
+        values[section].update(table)
     return build_config(values)
 
 
+INIT_FROM = "init_from"  # config.json's record of the run a fine-tuning run started from (poetvae.rundir)
+
+
 def config_from_json(text: str) -> Config:
-    """The config saved in a run directory (config.json)."""
+    """The config saved in a run directory (config.json). Its INIT_FROM entry, when there is
+    one, is a record of where the run started, not a setting: it is read by poetvae.rundir."""
     try:
         values = json.loads(text)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, or a number too long to read
         raise ConfigError(f"config.json is not valid JSON: {e}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config.json must hold an object of sections, not {type(values).__name__}")
+    values.pop(INIT_FROM, None)
     return build_config(values)

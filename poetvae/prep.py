@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -49,6 +50,8 @@ class PrepResult:
     vocab_size: int
     unk_rate: dict[str, float]  # share of tokens that are <unk>, per split
     embed_dim: int
+    unk_count: dict[str, int] = dataclasses.field(default_factory=dict)  # <unk> tokens, per split
+    unknown: dict[str, int] = dataclasses.field(default_factory=dict)  # token -> times it became <unk>
 
 
 @dataclass
@@ -74,33 +77,73 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def count_unknown(vocab: Vocab, poems: Sequence[Poem]) -> tuple[int, Counter[str]]:
+    """The number of tokens of `poems`, and how often each one `vocab` lacks occurs (each
+    occurrence becomes an <unk>)."""
+    total, unknown = 0, Counter()
+    for p in poems:
+        for line in p.lines:
+            tokens = vocab.tokenize_line(line)
+            total += len(tokens)
+            unknown.update(t for t in tokens if t not in vocab.index)
+    return total, unknown
+
+
 def prepare(
-    corpus: Sequence[str | Path], prep_dir: str | Path, cfg: PrepConfig = PrepConfig(), embed_dim: int = 128
+    corpus: Sequence[str | Path],
+    prep_dir: str | Path,
+    cfg: PrepConfig = PrepConfig(),
+    embed_dim: int = 128,
+    *,
+    vocab: Vocab | None = None,
+    embeddings: torch.Tensor | None = None,
 ) -> PrepResult:
-    """Read, clean, split, build the vocabulary and word2vec embeddings; write prep_dir."""
+    """Read, clean, split, build the vocabulary and word2vec embeddings; write prep_dir.
+
+    `vocab` (a run's, to fine-tune it: `train --init`) is used instead of one built from
+    the training split: tokens it lacks become <unk>, counted in the result and the
+    manifest. `embeddings` (a (len(vocab), embed_dim) matrix: that run's embedding table)
+    are written instead of training word2vec."""
     prep_dir = Path(prep_dir)
     poems, report = read_corpus(corpus, t2s=cfg.t2s)
     splits = split_corpus(poems, cfg.valid_fraction, cfg.test_fraction, cfg.split_seed)
     train_lines = [p.lines for p in splits["train"]]
-    vocab = Vocab.build(train_lines, cfg.tokenizer, cfg.min_count)
-    # word2vec sees the poem as the tokenizer cuts it, one sentence per poem.
-    sentences = [[t for line in lines for t in vocab.tokenize_line(line)] for lines in train_lines]
+    given_vocab = vocab is not None
+    if vocab is None:
+        vocab = Vocab.build(train_lines, cfg.tokenizer, cfg.min_count)
+    if embeddings is not None and tuple(embeddings.shape) != (len(vocab), embed_dim):
+        raise ValueError(f"embeddings must be ({len(vocab)}, {embed_dim}), got {tuple(embeddings.shape)}")
     prep_dir.mkdir(parents=True, exist_ok=True)
     (prep_dir / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete until the end
-    matrix = train_word2vec(
-        sentences, vocab, embed_dim, cfg.w2v_epochs, cfg.w2v_window, cfg.split_seed, save_to=prep_dir / "word2vec.txt"
-    )
+    if embeddings is not None:
+        matrix = embeddings.detach().to("cpu", torch.float32)
+    else:
+        # word2vec sees the poem as the tokenizer cuts it, one sentence per poem.
+        sentences = [[t for line in lines for t in vocab.tokenize_line(line)] for lines in train_lines]
+        matrix = train_word2vec(
+            sentences,
+            vocab,
+            embed_dim,
+            cfg.w2v_epochs,
+            cfg.w2v_window,
+            cfg.split_seed,
+            save_to=prep_dir / "word2vec.txt",
+        )
     for name in SPLITS:
         write_poems(split_file(prep_dir, name), splits[name])
     atomic_write(prep_dir / "vocab.json", vocab.to_json())
     save_tensors(prep_dir / "embeddings.safetensors", {"weight": matrix})
+    counted = {k: count_unknown(vocab, v) for k, v in splits.items()}
+    unknown = {k: c for k, (_, c) in counted.items()}
     result = PrepResult(
         prep_dir,
         report,
         {k: len(v) for k, v in splits.items()},
         len(vocab),
-        {k: vocab.unk_rate([p.lines for p in v]) for k, v in splits.items()},
+        {k: c.total() / max(n, 1) for k, (n, c) in counted.items()},  # as Vocab.unk_rate
         embed_dim,
+        unk_count={k: c.total() for k, c in unknown.items()},
+        unknown=dict(sum(unknown.values(), Counter()).most_common()),
     )
     manifest = {
         "versions": _versions(),
@@ -115,6 +158,10 @@ def prepare(
         "splits": result.split_sizes,
         "vocab_size": len(vocab),
         "unk_rate": result.unk_rate,
+        "unk_count": result.unk_count,
+        "unknown": dict(list(result.unknown.items())[:100]),  # the most frequent ones
+        "vocab_from": "given" if given_vocab else "train split",
+        "embeddings_from": "given" if embeddings is not None else "word2vec",
     }
     atomic_write(prep_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
     return result

@@ -19,7 +19,8 @@
             data = stage.run.load_training_data(corpus, cfg)  # corpus files or a prep dir -> prep/
             train(cfg, data, run.path, staging=stage)  # publishes it at its first resume point
     run.create(cfg, data.vocab)                 # (what train does) config.json + vocab.json, a fresh log
-    header = run.read_header()                  # RunHeader(config, vocab), checked
+    header = run.read_header()                  # RunHeader(config, vocab, init_from), checked
+    init = RunDir("runs/stanzas").open_for_init()  # to fine-tune: best weights + vocab + model
 
 A new run is never seen half made: it is built in a hidden staging directory beside RUN
 and becomes RUN in one rename once it has a resume point; replacing an old run
@@ -34,7 +35,9 @@ the vocabulary in poetvae.vocab, the prepared corpus in poetvae.prep.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -47,12 +50,13 @@ from pathlib import Path
 import torch
 
 from poetvae.checkpoint import load_tensors, model_state
-from poetvae.config import Config, config_from_json
+from poetvae.config import INIT_FROM, Config, config_from_json
 from poetvae.corpus import load_poems, read_corpus
 from poetvae.distributed import env_rank, launched_by_torchrun
 from poetvae.errors import CheckpointError, ConfigError, PoetVAEError, RunLocked
 from poetvae.files import atomic_write
 from poetvae.form import Poem
+from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare, split_file
 from poetvae.vocab import Vocab
 
@@ -84,6 +88,36 @@ class RunHeader:
 
     config: Config
     vocab: Vocab
+    init_from: dict | None = None  # a fine-tuning run's InitRun.record(); None: trained from scratch
+
+
+@dataclass(frozen=True)
+class InitRun:
+    """A run that a new one starts from (`train --init`, pretrain then fine-tune): the new
+    run takes its best weights, its vocabulary (the new corpus is prepared with it) and its
+    model settings; everything else (the [train] schedule, the output) is its own."""
+
+    path: Path
+    config: Config
+    vocab: Vocab
+    weights: dict[str, torch.Tensor]  # model.safetensors, checked to fit config.model
+    step: int | None  # the step those weights were saved at
+    sha256: str  # of model.safetensors
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """The (V, embed_dim) embedding table of the weights (what word2vec would give)."""
+        return self.weights["embedding.weight"]
+
+    def fixed_settings(self) -> dict[str, object]:
+        """The settings a run started from this one cannot change (load_config's `fixed`):
+        the model (the weights fix it) and how tokens are cut (the vocabulary fixes it)."""
+        model = dataclasses.asdict(self.config.model)
+        return {**model, "tokenizer": self.vocab.tokenizer, "min_count": self.vocab.min_count}
+
+    def record(self) -> dict[str, object]:
+        """What config.json keeps of it, under INIT_FROM."""
+        return {"run": os.path.abspath(self.path), "weights": BEST, "step": self.step, "sha256": self.sha256}
 
 
 @dataclass(frozen=True)
@@ -211,16 +245,23 @@ class RunDir:
         finally:
             stage.discard()
 
-    def create(self, config: Config, vocab: Vocab) -> None:
-        """Start a run here: write config.json and vocab.json, and begin an empty log."""
-        atomic_write(self.config_file, json.dumps(config.to_dict(), indent=2, ensure_ascii=False))
+    def create(self, config: Config, vocab: Vocab, init_from: InitRun | None = None) -> None:
+        """Start a run here: write config.json (with `init_from`'s record when the run starts
+        from another) and vocab.json, and begin an empty log."""
+        saved: dict[str, object] = dict(config.to_dict())
+        if init_from is not None:
+            saved[INIT_FROM] = init_from.record()
+        atomic_write(self.config_file, json.dumps(saved, indent=2, ensure_ascii=False))
         atomic_write(self.vocab_file, vocab.to_json())
         self.log.unlink(missing_ok=True)
 
-    def prepare_data(self, source: CorpusSource, config: Config) -> Path:
+    def prepare_data(self, source: CorpusSource, config: Config, init: InitRun | None = None) -> Path:
         """The prep directory the run reads: RUN_DIR/prep, made from `source` (a prep
         directory, copied; corpus files, prepared into it; None, the corpus shipped in data/).
-        Under torchrun, ranks other than 0 read a given prep directory where it is."""
+        Under torchrun, ranks other than 0 read a given prep directory where it is.
+
+        With `init`, corpus files are prepared with its vocabulary and embedding table (no
+        new vocabulary, no word2vec), and a prep directory must hold that vocabulary."""
         from poetvae.data_files import default_corpus
 
         target = self.prep
@@ -233,6 +274,11 @@ class RunDir:
                 raise CheckpointError(
                     f"{sources[0]} is a directory but not a prepared corpus; run `poetvae prep` on corpus files"
                 )
+            if init is not None and Vocab.load(sources[0] / VOCAB).tokens != init.vocab.tokens:
+                raise ConfigError(
+                    f"{sources[0]} was prepared with its own vocabulary, not that of {init.path}: "
+                    "give the corpus files, which are then prepared with the vocabulary of the run it starts from"
+                )
             if launched_by_torchrun() and env_rank() != 0:
                 return sources[0]  # rank 0 alone copies it into the run
             if sources[0].resolve() != target.resolve():
@@ -242,13 +288,15 @@ class RunDir:
                 "multi-process training reads a prepared corpus: run `poetvae prep` first, "
                 "or use `poetvae train --devices N`, which does"
             )
+        elif init is not None:
+            prepare(sources, target, config.prep, config.model.embed_dim, vocab=init.vocab, embeddings=init.embeddings)
         else:
             prepare(sources, target, config.prep, config.model.embed_dim)
         return target
 
-    def load_training_data(self, source: CorpusSource, config: Config) -> PreparedData:
+    def load_training_data(self, source: CorpusSource, config: Config, init: InitRun | None = None) -> PreparedData:
         """prepare_data, then load what it prepared."""
-        return load_prepared(self.prepare_data(source, config))
+        return load_prepared(self.prepare_data(source, config, init))
 
     # ---- opening one ---------------------------------------------------------------------
     def read_header(self) -> RunHeader:
@@ -260,12 +308,43 @@ class RunDir:
                 f"{self.path} is not a poetvae run (no {CONFIG} and {VOCAB}); train one with `poetvae train`"
             )
         try:
-            config = config_from_json(self.config_file.read_text(encoding="utf-8"))
+            text = self.config_file.read_text(encoding="utf-8")
+            config = config_from_json(text)
         except UnicodeDecodeError:
             raise CheckpointError(f"{self.config_file} is not UTF-8 text") from None
         except ConfigError as e:
             raise CheckpointError(f"{self.config_file}: {e}") from None
-        return RunHeader(config, Vocab.load(self.vocab_file))
+        init_from = json.loads(text).get(INIT_FROM)
+        return RunHeader(config, Vocab.load(self.vocab_file), init_from if isinstance(init_from, dict) else None)
+
+    def open_for_init(self) -> InitRun:
+        """This run as the start of a new one (InitRun): its config, vocabulary and best
+        weights, checked to fit one another. CheckpointError when this is not a run or its
+        weights are missing, damaged, not finite or not the model of its config."""
+        header = self.read_header()
+        if header.config.model.vocab_size != len(header.vocab):
+            raise CheckpointError(
+                f"{self.config_file} says {header.config.model.vocab_size} tokens, "
+                f"{self.vocab_file} has {len(header.vocab)}"
+            )
+        weights, meta = load_tensors(self.best)
+        try:
+            with torch.random.fork_rng(devices=[]):  # building the model draws; leave the caller's state alone
+                PoetVAE(header.config.model).load_state_dict(weights)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"{self.best} does not fit the model of {self.config_file} ({first})") from None
+        if not all(t.isfinite().all() for t in weights.values() if t.is_floating_point()):
+            raise CheckpointError(f"{self.best} holds weights that are not finite")
+        step = meta.get("step")
+        return InitRun(
+            path=self.path,
+            config=header.config,
+            vocab=header.vocab,
+            weights=weights,
+            step=step if isinstance(step, int) and not isinstance(step, bool) else None,
+            sha256=hashlib.sha256(self.best.read_bytes()).hexdigest(),
+        )
 
     def weights(self, which: str = "best") -> dict[str, torch.Tensor]:
         """The model's state dict: "best" (model.safetensors, lowest validation -ELBO) or

@@ -12,7 +12,8 @@ all other noise (dropout, word dropout, z ~ q) draws from torch's global RNG, wh
 is saved in every resume point.
 
 The loop reads as its steps: `_set_up` (device and process group, the model from the
-prepared embeddings, the optimizer, the resume point), then per epoch `_train_epoch` and
+prepared embeddings or from the weights of the run it fine-tunes, the optimizer, the
+resume point), then per epoch `_train_epoch` and
 `_validate_and_checkpoint`, and `_interrupt` on Ctrl-C.
 
 Reliability: Ctrl-C only asks the loop to stop; it stops at the next step boundary and
@@ -273,6 +274,7 @@ def train(
     on_log: LogCallback | None = None,
     *,
     staging: rundir.Staging | None = None,
+    init: rundir.InitRun | None = None,
 ) -> TrainResult:
     """Fit the VAE; write config, vocabulary, checkpoints and log.jsonl into run_dir.
 
@@ -285,9 +287,17 @@ def train(
     and published as run_dir at its first resume point. Launched by torchrun, each
     process trains on its slice of every batch (see poetvae.distributed); only rank 0
     writes anything.
+
+    With `init` (a new run that fine-tunes another: rundir.RunDir.open_for_init), the model
+    starts from its best weights instead of a fresh initialisation; `data` must be prepared
+    with its vocabulary and `cfg.model` must be its model. config.json records where the
+    run started (rundir.InitRun.record). A resumed fine-tuning run needs no `init`: its
+    resume point holds everything.
     """
     with StopRequest() as stop:
-        run, state = _set_up(cfg, data, Path(run_dir), resume=resume, on_log=on_log, staging=staging, stop=stop)
+        run, state = _set_up(
+            cfg, data, Path(run_dir), resume=resume, on_log=on_log, staging=staging, init=init, stop=stop
+        )
         try:
             while state.step < run.total_steps:
                 if not _train_epoch(run, state):  # Ctrl-C: stopped at a step boundary
@@ -314,6 +324,7 @@ def _set_up(
     resume: bool,
     on_log: LogCallback | None,
     staging: rundir.Staging | None,
+    init: rundir.InitRun | None,
     stop: StopRequest,
 ) -> tuple[TrainSetup, TrainState]:
     """Device and process group, the model from the prepared embeddings, the optimizer, the
@@ -330,8 +341,13 @@ def _set_up(
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=len(data.vocab)))
     if not data.splits["train"]:
         raise ConfigError("the training split is empty")
+    if init is not None:
+        _check_init(cfg, data, init, resume=resume)
 
     raw_model = _model_from_embeddings(cfg, data, device)
+    if init is not None:
+        with torch.no_grad():
+            raw_model.load_state_dict(init.weights)
     optimizer = torch.optim.AdamW(
         [p for p in raw_model.parameters() if p.requires_grad],
         lr=learning_rate(train_cfg),
@@ -360,7 +376,7 @@ def _set_up(
     elif process.is_main:
         if staging is not None:
             run_dir = staging.path
-        rundir.RunDir(run_dir).create(cfg, data.vocab)
+        rundir.RunDir(run_dir).create(cfg, data.vocab, init_from=init)
     model = raw_model
     if process.active:
         model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -389,6 +405,21 @@ def _set_up(
     state.clock_start = time.perf_counter() - state.elapsed
     state.loss_sums = torch.zeros(3, device=device)
     return run, state
+
+
+def _check_init(cfg: Config, data: PreparedData, init: rundir.InitRun, *, resume: bool) -> None:
+    """A new run that starts from `init` must have its vocabulary and its model."""
+    if resume:
+        raise ValueError("a resumed run continues from its resume point, not from an init run")
+    if data.vocab.tokens != init.vocab.tokens:
+        raise ConfigError(f"the prepared corpus has its own vocabulary, not that of {init.path}: prepare it with that")
+    if cfg.model != init.config.model:
+        differ = [
+            f"{k} {getattr(cfg.model, k)!r} (it has {v!r})"
+            for k, v in dataclasses.asdict(init.config.model).items()
+            if getattr(cfg.model, k) != v
+        ]
+        raise ConfigError(f"the model settings differ from those of {init.path}: {', '.join(differ)}")
 
 
 def _model_from_embeddings(cfg: Config, data: PreparedData, device: torch.device) -> PoetVAE:
