@@ -339,13 +339,15 @@ def _print_init(init_run: Any, data: Any) -> None:
     out.print(table)
 
 
+_PREP_KEYS = frozenset(f.name for section, f in user_fields() if section == "prep")
+
+
 def _refuse_prep_flags(corpus: list[Path] | None, settings: dict[str, Any]) -> None:
     """A prep directory was prepared with its own settings: flags that would prepare it
     differently cannot apply, so they are refused rather than ignored (and recorded)."""
     if not (corpus and len(corpus) == 1 and corpus[0].is_dir()):
         return
-    prep_keys = {f.name for section, f in user_fields() if section == "prep"}
-    given = sorted(_flag(k) for k in settings if k in prep_keys)
+    given = sorted(_flag(k) for k in settings if k in _PREP_KEYS)
     if given:
         raise typer.BadParameter(
             f"{', '.join(given)} set how a corpus is prepared, but {corpus[0]} is already prepared: "
@@ -411,7 +413,8 @@ def _launch_torchrun(
                 *(["-c", str(config)] if config else []),
                 *(["--overwrite"] if overwrite else []),
                 *(["--init", str(init)] if init else []),
-                *_flags(settings),
+                # the prep settings are in the prepared corpus now, which the workers read
+                *_flags({k: v for k, v in settings.items() if k not in _PREP_KEYS}),
             ]
         cmd = [
             sys.executable,

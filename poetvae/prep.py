@@ -61,6 +61,8 @@ class PreparedData:
     vocab: Vocab
     splits: dict[str, list[Poem]]
     embeddings: torch.Tensor  # (V, E)
+    # the settings it was prepared with (manifest.json): what a run trained on it records
+    prep_config: PrepConfig | None = None
 
     def tokens(self, split: str) -> torch.Tensor:
         """(N, FORM.seq_len) id rows of one split."""
@@ -190,4 +192,19 @@ def load_prepared(prep_dir: str | Path) -> PreparedData:
             f"{path}: 'weight' must be a float matrix of {len(vocab)} rows (one per token of vocab.json), "
             f"got {weight.dtype} of shape {tuple(weight.shape)}"
         )
-    return PreparedData(vocab, splits, weight)
+    return PreparedData(vocab, splits, weight, _manifest_prep_config(prep_dir / MANIFEST))
+
+
+def _manifest_prep_config(path: Path) -> PrepConfig | None:
+    """The PrepConfig recorded in a manifest (None for a manifest that records none)."""
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("config")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not a valid manifest ({e})") from None
+    if not isinstance(recorded, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(PrepConfig)}
+    try:
+        return PrepConfig(**{k: v for k, v in recorded.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its prep settings do not read as a PrepConfig ({e})") from None

@@ -339,6 +339,8 @@ def _set_up(
             f"{cfg.model.embed_dim}; prepare again with --embed-dim {cfg.model.embed_dim}"
         )
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=len(data.vocab)))
+    if data.prep_config is not None:  # the settings the data was really prepared with
+        cfg = dataclasses.replace(cfg, prep=data.prep_config)
     if not data.splits["train"]:
         raise ConfigError("the training split is empty")
     if init is not None:

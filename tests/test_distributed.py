@@ -79,3 +79,20 @@ def test_two_processes_follow_the_single_process_run(prep_dir, tmp_path):
     w2, _ = ckpt.load_tensors(double / rundir.BEST)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
     assert len(Poet.load(double).sample(3, DecodeOptions(seed=0))) == 3
+
+
+def test_devices_with_corpus_files_and_prep_flags(shipped_corpus, tmp_path):
+    """The launcher prepares the corpus with the prep flags once; the workers, which read the
+    prepared corpus, are not handed those flags again, and the run records the settings the
+    corpus was really prepared with."""
+    run_dir = tmp_path / "two"
+    two = subprocess.run(
+        [sys.executable, "-m", "poetvae", "train", str(shipped_corpus), "-o", str(run_dir), *FLAGS[:-2]]
+        + ["--epochs", "1", "--devices", "2", "--min-count", "1", "--valid-fraction", "0.1", "--w2v-epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stdout + two.stderr
+    prep = json.loads((run_dir / rundir.CONFIG).read_text(encoding="utf-8"))["prep"]
+    assert (prep["min_count"], prep["valid_fraction"], prep["w2v_epochs"]) == (1, 0.1, 1)
