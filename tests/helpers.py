@@ -1,10 +1,14 @@
-"""Shared test helpers (not a test file): the tiny config every training test uses."""
+"""Shared test helpers (not a test file): the tiny config every training test uses, and the
+well-formedness check of decoded token rows."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from poetvae.config import Config, ModelConfig, PrepConfig, TrainConfig
+from poetvae.vocab import EOS, PAD, Vocab
 
 # Small enough that a CPU trains it in a second or two, big enough to exercise every part.
 TINY = Config(
@@ -17,3 +21,20 @@ TINY = Config(
 def tiny(**train_overrides) -> Config:
     """TINY with some train settings changed."""
     return dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, **train_overrides))
+
+
+def assert_well_formed(vocab: Vocab, ids: torch.Tensor) -> None:
+    chars = vocab.token_chars()
+    for row in ids.tolist():
+        lines = vocab.decode(row)
+        assert len(lines) == 4 and all(len(line) == 5 for line in lines), lines
+        assert all("\u4e00" <= ch <= "\u9fff" for line in lines for ch in line), lines
+        n = row.index(EOS)
+        assert sum(chars[i].item() for i in row[:n]) == 20
+        assert all(i >= 4 for i in row[:n])  # no special token inside the poem
+        assert all(i == PAD for i in row[n + 1 :])
+        # word tokens never cross a line break
+        pos = 0
+        for i in row[:n]:
+            assert pos // 5 == (pos + chars[i].item() - 1) // 5
+            pos += chars[i].item()

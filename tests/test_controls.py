@@ -3,9 +3,9 @@ well formed and meets every constraint it asked for (unless it reports a back-of
 
 import pytest
 import torch
+from helpers import assert_well_formed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_decode import assert_well_formed
 
 from poetvae import prosody
 from poetvae.config import ModelConfig

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_well_formed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,23 +34,6 @@ def make_vocab(words: list[str]) -> Vocab:
     return Vocab(
         ["<pad>", "<unk>", "<bos>", "<eos>"] + tokens, [0] * 4 + [1] * len(tokens), "jieba" if words else "char"
     )
-
-
-def assert_well_formed(vocab: Vocab, ids: torch.Tensor) -> None:
-    chars = vocab.token_chars()
-    for row in ids.tolist():
-        lines = vocab.decode(row)
-        assert len(lines) == 4 and all(len(line) == 5 for line in lines), lines
-        assert all("\u4e00" <= ch <= "\u9fff" for line in lines for ch in line), lines
-        n = row.index(EOS)
-        assert sum(chars[i].item() for i in row[:n]) == 20
-        assert all(i >= 4 for i in row[:n])  # no special token inside the poem
-        assert all(i == PAD for i in row[n + 1 :])
-        # word tokens never cross a line break
-        pos = 0
-        for i in row[:n]:
-            assert pos // 5 == (pos + chars[i].item() - 1) // 5
-            pos += chars[i].item()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
