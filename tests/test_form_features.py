@@ -97,7 +97,8 @@ def test_step_decoder_equals_the_model_decoder(layers):
     step = StepDecoder(m)
     state, z_gates = m.decoder.initial_state(z), step.z_gates(z)
     for t in range(inputs.size(1)):
-        hidden, state = step(inputs[:, t], positions[:, t], z_gates, state, (line_tone[:, t], rhyme[:, t]))
+        rhymed = z_gates + step.rhyme_gates[rhyme[:, t]]
+        hidden, state = step(inputs[:, t], positions[:, t], rhymed, state, line_tone[:, t])
         assert torch.allclose(step.logits(hidden), want[:, t], atol=1e-5)
 
 
