@@ -23,18 +23,18 @@ from torch import Tensor, nn
 from poetvae.config import ModelConfig
 from poetvae.errors import ConfigError
 from poetvae.form import FORM
-from poetvae.prosody import Tone, group_names, token_rhyme_groups, token_tones
 from poetvae.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
 
-# Form features (ModelConfig.form_features): the tone class of a character as an index,
-# 0 for "none" (a special token, or no character there yet).
-TONE_CLASSES = (None, Tone.PING, Tone.ZE, Tone.BOTH, Tone.UNKNOWN)
-RHYME_GROUPS = tuple(group_names("pingshui"))  # index k + 1 is group k; 0: none (yet)
+# Form features (ModelConfig.form_features): the tone class of a character as an index
+# (names of poetvae.prosody.Tone), 0 for none (a special token, or no character there yet);
+# a rhyme group as 1 + its index in prosody.group_names("pingshui"), 0 for none (yet).
+TONE_CLASSES = (None, "PING", "ZE", "BOTH", "UNKNOWN")
+RHYME_GROUP_COUNT = 106  # the 平水韵's 30 平 and 76 仄 groups
 RHYME_END = 2 * FORM.chars_per_line - 1  # character 9, line 2's last: the rhyme line 4 must match
 
 
 def form_tables(tokens: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """(V,) tone class index (TONE_CLASSES) and (V,) rhyme group index (RHYME_GROUPS) of each
+    """(V,) tone class index (TONE_CLASSES) and (V,) rhyme group index (0..106) of each
     token of a char vocabulary, by 平水韵; 0 for the specials (<unk>: tone UNKNOWN, no group).
 
     A character in several groups (多音, e.g. 看 寒/翰) gets the first in the traditional
@@ -42,13 +42,18 @@ def form_tables(tokens: Sequence[str]) -> tuple[Tensor, Tensor]:
     that is the reading its line 2 most likely rhymes on. Deterministic, whatever the
     order of a frozenset.
     """
+    # imported here: a model without form features (and training) needs no prosody
+    from poetvae.prosody import group_names, token_rhyme_groups, token_tones
+
+    names = group_names("pingshui")
+    assert len(names) == RHYME_GROUP_COUNT
+    order = {g: k + 1 for k, g in enumerate(names)}
     tone, rhyme = torch.zeros(len(tokens), dtype=torch.long), torch.zeros(len(tokens), dtype=torch.long)
-    tone[UNK] = TONE_CLASSES.index(Tone.UNKNOWN)
-    order = {g: k + 1 for k, g in enumerate(RHYME_GROUPS)}
+    tone[UNK] = TONE_CLASSES.index("UNKNOWN")
     real = list(tokens[len(SPECIALS) :])
     groups = token_rhyme_groups(real)
     for i, (t, tones) in enumerate(zip(real, token_tones(real)), start=len(SPECIALS)):
-        tone[i] = TONE_CLASSES.index(tones[-1]) if tones else 0
+        tone[i] = TONE_CLASSES.index(tones[-1].name) if tones else 0
         rhyme[i] = min((order[g] for g in groups[t]), default=0)
     return tone, rhyme
 
@@ -155,7 +160,7 @@ class PoetVAE(nn.Module):
             self.register_buffer("token_rhyme", torch.zeros(cfg.vocab_size, dtype=torch.long))
             self.prev_tone = nn.Embedding(len(TONE_CLASSES), cfg.embed_dim)
             self.line_tone = nn.Embedding(len(TONE_CLASSES), cfg.embed_dim)
-            self.rhyme = nn.Embedding(len(RHYME_GROUPS) + 1, cfg.embed_dim)
+            self.rhyme = nn.Embedding(RHYME_GROUP_COUNT + 1, cfg.embed_dim)
             for table in (self.prev_tone, self.line_tone, self.rhyme):
                 nn.init.normal_(table.weight, std=0.2)  # as the position embedding
         self.highway = Highway(cfg.embed_dim, cfg.highway_layers)
@@ -179,7 +184,7 @@ class PoetVAE(nn.Module):
     def form_features(self, inputs: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T) ids starting at <bos> and their positions -> the two per-row features of
         each step, (B, T) each: the tone class (TONE_CLASSES) of the character at the same
-        place in the previous line, and line 2's rhyme group (RHYME_GROUPS), 0 while there
+        place in the previous line, and line 2's rhyme group (see form_tables), 0 while there
         is none. Step t reads only inputs[:, :t + 1]: character j is inputs[:, j + 1]."""
         t = inputs.size(1)
         back = positions - FORM.chars_per_line  # the character at the same place one line up

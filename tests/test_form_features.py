@@ -12,15 +12,16 @@ from poetvae.config import ModelConfig, load_config
 from poetvae.decode import DecodeOptions, generate
 from poetvae.errors import ConfigError
 from poetvae.form import FORM
-from poetvae.model import RHYME_GROUPS, TONE_CLASSES, PoetVAE, form_tables
-from poetvae.prosody import Tone
+from poetvae.model import TONE_CLASSES, PoetVAE, form_tables
+from poetvae.prosody import group_names
 from poetvae.step_decoder import StepDecoder
 from poetvae.vocab import BOS, EOS, PAD, SPECIALS, Vocab
 
 # 光 霜 乡 share 七阳, 看 is in 寒 (平) and 翰 (仄), 月 is 仄, 天 is 平
 HAN = "天地人山水风花雪月春秋日夜云江河明光霜乡看"
 VOCAB = Vocab(list(SPECIALS) + list(HAN), [0] * len(SPECIALS) + [1] * len(HAN), "char")
-PING, ZE, BOTH = (TONE_CLASSES.index(t) for t in (Tone.PING, Tone.ZE, Tone.BOTH))
+PING, ZE, BOTH = (TONE_CLASSES.index(t) for t in ("PING", "ZE", "BOTH"))
+RHYME_GROUPS = group_names("pingshui")  # group k has index k + 1
 
 
 def model(layers: int = 1) -> PoetVAE:
