@@ -92,6 +92,11 @@ class ModelConfig:
     dropout: float = _opt(0.2, "dropout on embeddings and decoder outputs")
     use_latent: bool = _opt(True, "false trains the same decoder as a plain language model (no z)")
     bn_gamma: float = _opt(0.0, "BN-VAE: batch-normalise mu with this fixed scale (Zhu et al. 2020); 0: off")
+    form_features: bool = _opt(
+        False,
+        "tell the decoder at every step the 平仄 of the previous character and of the same place in "
+        "the previous line, and line 2's rhyme group (平水韵; char tokenizer only)",
+    )
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,8 @@ def _validate(cfg: Config) -> Config:
     }.items():
         if v < 0:
             raise ConfigError(f"{name} must not be negative, got {v}")
+    if m.form_features and p.tokenizer != "char":
+        raise ConfigError("model.form_features needs prep.tokenizer = char (a jieba word spans several tones)")
     if not (0 <= p.valid_fraction < 1 and 0 <= p.test_fraction < 1 and p.valid_fraction + p.test_fraction < 1):
         raise ConfigError("prep.valid_fraction and prep.test_fraction must be in [0, 1) and sum below 1")
     return cfg

@@ -26,7 +26,7 @@ from torch import Tensor
 from poetvae.config import check_seed
 from poetvae.controls import BACKOFF_NAMES, Controls, ControlTables
 from poetvae.form import FORM
-from poetvae.model import PoetVAE
+from poetvae.model import RHYME_END, PoetVAE
 from poetvae.sampling import TokenMask, choose_allowed, choose_token, uniforms
 from poetvae.step_decoder import StepDecoder
 from poetvae.vocab import BOS, EOS, PAD, UNK, Vocab
@@ -132,7 +132,7 @@ def generate(
     scores = torch.full((b, beam), -math.inf, device=device)
     scores[:, 0] = 0.0
     for t in range(FORM.seq_len):
-        hidden, rows.state = step(rows.prev, rows.chars_written, rows.z_gates, rows.state)
+        hidden, rows.state = step(rows.prev, rows.chars_written, rows.z_gates, rows.state, rows.line_tone())
         mask = form.mask(rows, control_tables)
         if beam == 1:
             u = None if options.greedy else uniforms(b, device, generator)  # greedy draws nothing
@@ -176,6 +176,7 @@ def _advance(
     if control_tables is not None:
         control_tables.update(token, rows.chars_written, rows.control_state)
     rows.out[:, t] = token
+    rows.write_form(token)
     rows.chars_written += token_chars[token]
     rows.finished |= token == EOS
     rows.prev = token
@@ -199,8 +200,35 @@ class _Rows:
             if control_tables
             else {"backoff": torch.zeros(b, len(BACKOFF_NAMES), dtype=torch.bool, device=device)}
         )
+        # With form features: the tone class of each character written so far (column 20
+        # takes what <eos> and <pad> write); line 2's rhyme group goes into z_gates.
+        self.step = step
+        if step.form:
+            self.tones = torch.zeros(b, FORM.chars + 1, dtype=torch.long, device=device)
+
+    def line_tone(self) -> Tensor | None:
+        """The rows' tone class one line up for the next step, as PoetVAE.form_features
+        computes it from a whole prefix; None without form features."""
+        if not self.step.form:
+            return None
+        back = self.chars_written - FORM.chars_per_line
+        line_tone = self.tones.gather(1, back.clamp(min=0)[:, None]).squeeze(1)
+        return torch.where(back >= 0, line_tone, 0)
+
+    def write_form(self, token: Tensor) -> None:
+        """Record the form facts of `token`, written at chars_written (before it moves on)."""
+        if not self.step.form:
+            return
+        written = self.chars_written.clamp(max=FORM.chars)
+        self.tones.scatter_(1, written[:, None], self.step.token_tone[token][:, None])
+        rhymed = (written == RHYME_END).nonzero().squeeze(1)  # rows that wrote line 2's last character
+        if rhymed.numel():
+            group = self.step.token_rhyme[token[rhymed]]
+            self.z_gates.index_add_(0, rhymed, self.step.rhyme_gates[group].to(self.z_gates.dtype))
 
     def select(self, index: Tensor) -> None:
+        if self.step.form:
+            self.tones = self.tones[index]
         self.z_gates, self.prev = self.z_gates[index], self.prev[index]
         self.state = (self.state[0][:, index], self.state[1][:, index])
         self.chars_written, self.finished = self.chars_written[index], self.finished[index]

@@ -14,15 +14,48 @@ same decoder, built from this model: poetvae.step_decoder.StepDecoder.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from poetvae.config import ModelConfig
+from poetvae.errors import ConfigError
 from poetvae.form import FORM
-from poetvae.vocab import BOS, EOS, PAD, SPECIALS, UNK
+from poetvae.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
+
+# Form features (ModelConfig.form_features): the tone class of a character as an index
+# (names of poetvae.prosody.Tone), 0 for none (a special token, or no character there yet);
+# a rhyme group as 1 + its index in prosody.group_names("pingshui"), 0 for none (yet).
+TONE_CLASSES = (None, "PING", "ZE", "BOTH", "UNKNOWN")
+RHYME_GROUP_COUNT = 106  # the 平水韵's 30 平 and 76 仄 groups
+RHYME_END = 2 * FORM.chars_per_line - 1  # character 9, line 2's last: the rhyme line 4 must match
+
+
+def form_tables(tokens: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """(V,) tone class index (TONE_CLASSES) and (V,) rhyme group index (0..106) of each
+    token of a char vocabulary, by 平水韵; 0 for the specials (<unk>: tone UNKNOWN, no group).
+
+    A character in several groups (多音, e.g. 看 寒/翰) gets the first in the traditional
+    order, which lists the 30 平 groups before the 仄 ones: a regular 五绝 rhymes on 平, so
+    that is the reading its line 2 most likely rhymes on. Deterministic, whatever the
+    order of a frozenset.
+    """
+    # imported here: a model without form features (and training) needs no prosody
+    from poetvae.prosody import group_names, token_rhyme_groups, token_tones
+
+    names = group_names("pingshui")
+    assert len(names) == RHYME_GROUP_COUNT
+    order = {g: k + 1 for k, g in enumerate(names)}
+    tone, rhyme = torch.zeros(len(tokens), dtype=torch.long), torch.zeros(len(tokens), dtype=torch.long)
+    tone[UNK] = TONE_CLASSES.index("UNKNOWN")
+    real = list(tokens[len(SPECIALS) :])
+    groups = token_rhyme_groups(real)
+    for i, (t, tones) in enumerate(zip(real, token_tones(real)), start=len(SPECIALS)):
+        tone[i] = TONE_CLASSES.index(tones[-1].name) if tones else 0
+        rhyme[i] = min((order[g] for g in groups[t]), default=0)
+    return tone, rhyme
 
 
 class Highway(nn.Module):
@@ -117,11 +150,49 @@ class PoetVAE(nn.Module):
         chars = torch.ones(cfg.vocab_size, dtype=torch.long)
         chars[[PAD, BOS, EOS]] = 0
         self.register_buffer("token_chars", chars)
+        if cfg.form_features:
+            # Facts about the prefix that the form hangs on (see form_features): the 平仄 of
+            # the previous character, of the character 5 back (the same place in the previous
+            # line, what 粘/对 compare), and line 2's rhyme group once it is written. Lookup
+            # tables set from the vocabulary like token_chars, and saved with the weights;
+            # without the setting none of this exists, so older runs load as they were.
+            self.register_buffer("token_tone", torch.zeros(cfg.vocab_size, dtype=torch.long))
+            self.register_buffer("token_rhyme", torch.zeros(cfg.vocab_size, dtype=torch.long))
+            self.prev_tone = nn.Embedding(len(TONE_CLASSES), cfg.embed_dim)
+            self.line_tone = nn.Embedding(len(TONE_CLASSES), cfg.embed_dim)
+            self.rhyme = nn.Embedding(RHYME_GROUP_COUNT + 1, cfg.embed_dim)
+            for table in (self.prev_tone, self.line_tone, self.rhyme):
+                nn.init.normal_(table.weight, std=0.2)  # as the position embedding
         self.highway = Highway(cfg.embed_dim, cfg.highway_layers)
         self.embed_drop = nn.Dropout(cfg.dropout)
         # The --no-latent baseline keeps the same decoder, fed z = 0, and has no encoder.
         self.encoder = Encoder(cfg) if cfg.use_latent else None
         self.decoder = Decoder(cfg)
+
+    def use_vocab(self, vocab: Vocab) -> None:
+        """Set the tables that come from the vocabulary (token_chars, and the form
+        features' lookups when the model has them); done once, before training."""
+        with torch.no_grad():
+            self.token_chars.copy_(vocab.token_chars())
+            if self.cfg.form_features:
+                if vocab.tokenizer != "char":
+                    raise ConfigError("model.form_features needs a char vocabulary, not " + vocab.tokenizer)
+                tone, rhyme = form_tables(vocab.tokens)
+                self.token_tone.copy_(tone)
+                self.token_rhyme.copy_(rhyme)
+
+    def form_features(self, inputs: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T) ids starting at <bos> and their positions -> the two per-row features of
+        each step, (B, T) each: the tone class (TONE_CLASSES) of the character at the same
+        place in the previous line, and line 2's rhyme group (see form_tables), 0 while there
+        is none. Step t reads only inputs[:, :t + 1]: character j is inputs[:, j + 1]."""
+        t = inputs.size(1)
+        back = positions - FORM.chars_per_line  # the character at the same place one line up
+        line_tone = self.token_tone[inputs].gather(1, (back + 1).clamp(0, t - 1))
+        line_tone = torch.where(back >= 0, line_tone, 0)
+        end = inputs[:, min(RHYME_END + 1, t - 1)]  # the rhyme character, when it is there
+        rhyme = torch.where(positions > RHYME_END, self.token_rhyme[end][:, None], 0)
+        return line_tone, rhyme
 
     def embed(self, tokens: Tensor) -> Tensor:
         """(B, T) ids -> (B, T, E); shared by encoder and decoder."""
@@ -146,17 +217,26 @@ class PoetVAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(
-        self, z: Tensor, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None, positions: Tensor | None = None
+        self,
+        z: Tensor,
+        inputs: Tensor,
+        state: tuple[Tensor, Tensor] | None = None,
+        positions: Tensor | None = None,
+        features: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Teacher-forced or stepwise decoding. inputs: (B, T) ids of the previous tokens,
         starting with <bos> unless `state` continues a decode. positions (B, T): characters
-        written before each step; computed from `inputs` when they start at <bos>, and
+        written before each step; and with form_features, `features`, the pair of (B, T)
+        from form_features: both computed from `inputs` when they start at <bos>, and
         required when decoding step by step."""
         if state is None:
             state = self.decoder.initial_state(z)
         if positions is None:
             positions = self.token_chars[inputs].cumsum(dim=1)  # <bos> spans 0 characters
         x = self.embed(inputs) + self.position(positions.clamp(max=FORM.chars))
+        if self.cfg.form_features:
+            line_tone, rhyme = features if features is not None else self.form_features(inputs, positions)
+            x = x + self.prev_tone(self.token_tone[inputs]) + self.line_tone(line_tone) + self.rhyme(rhyme)
         return self.decoder(x, z, state)
 
     @staticmethod

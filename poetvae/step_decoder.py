@@ -13,7 +13,9 @@ import torch
 from torch import Tensor
 
 from poetvae.form import FORM
-from poetvae.model import PoetVAE
+from poetvae.model import TONE_CLASSES, PoetVAE
+
+TONE_CLASS_COUNT = len(TONE_CLASSES)
 
 
 class StepDecoder:
@@ -26,6 +28,13 @@ class StepDecoder:
     then one lookup and the recurrent matrix products, instead of the highway, the
     embedding and the input product for every row; the cell itself is torch.nn.LSTM's,
     with its gates reordered.
+
+    With the model's form features (PoetVAE.form_features) a step costs no more (B, 4H)
+    passes: the previous token's tone folds into token_gates, the tone one line up into
+    position_gates, which becomes (21 * 5, 4H) indexed by p * 5 + tone, and line 2's rhyme
+    group, fixed for the rest of the poem once written, into the row's z_gates: the caller
+    adds rhyme_gates[group] (107, 4H) to them then, once per poem (poetvae.decode), and
+    keeps the tones of the characters written.
     """
 
     @torch.no_grad()
@@ -47,11 +56,23 @@ class StepDecoder:
 
         w_x = weight("weight_ih_l0")[:, :embed_dim]
         tokens = torch.arange(model.cfg.vocab_size, device=w_x.device)
+        self.form = model.cfg.form_features
         with torch.autocast(w_x.device.type, enabled=False):  # tables in fp32, whoever calls
-            self.token_gates = model.highway(model.embedding(tokens)) @ w_x.T  # (V, 4H)
-            self.position_gates = model.position.weight @ w_x.T  # (21, 4H)
+            x = model.highway(model.embedding(tokens))
+            position = model.position.weight
+            if self.form:
+                x = x + model.prev_tone(model.token_tone)
+                # position p and tone class c of the character one line up: row p * 5 + c
+                position = (position[:, None] + model.line_tone.weight[None]).flatten(0, 1)
+                rhyme_gates = model.rhyme.weight @ w_x.T  # (107, 4H); row 0: no group yet
+                self.token_tone, self.token_rhyme = model.token_tone, model.token_rhyme
+            self.token_gates = x @ w_x.T  # (V, 4H)
+            self.position_gates = position @ w_x.T  # (21, 4H), or (21 * 5, 4H)
         self.w_z = weight("weight_ih_l0")[:, embed_dim:]  # (4H, Z)
         self.bias_0 = weight("bias_ih_l0") + weight("bias_hh_l0")
+        if self.form:  # every row starts without a rhyme group: from there on, the change
+            self.bias_0 = self.bias_0 + rhyme_gates[0]
+            self.rhyme_gates = rhyme_gates - rhyme_gates[0]
         self.w_hh = [weight(f"weight_hh_l{k}").T.contiguous() for k in range(self.layers)]
         # layers above the first: input products and biases (index k - 1 for layer k)
         self.w_ih = [weight(f"weight_ih_l{k}").T.contiguous() for k in range(1, self.layers)]
@@ -84,15 +105,23 @@ class StepDecoder:
 
     @torch.no_grad()
     def __call__(
-        self, prev: Tensor, chars_written: Tensor, z_gates: Tensor, state: tuple[Tensor, Tensor]
+        self,
+        prev: Tensor,
+        chars_written: Tensor,
+        z_gates: Tensor,
+        state: tuple[Tensor, Tensor],
+        line_tone: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """prev (B,) ids, chars_written (B,) characters so far, z_gates (B, 4H), state (h, c)
-        each (L, B, H) -> hidden (B, H) before the output layer, new state. Every (B, 4H)
-        pass is memory-bound on the CPU, so the gates are built and used in place."""
+        each (L, B, H), and with form features the rows' line_tone (B,) and z_gates plus
+        rhyme_gates[rhyme], as PoetVAE.form_features gives them -> hidden (B, H) before the
+        output layer, new state. Every (B, 4H) pass is memory-bound on the CPU, so the
+        gates are built and used in place."""
         h0, c0 = state
         h1, c1 = torch.empty_like(h0, dtype=torch.float), torch.empty_like(c0, dtype=torch.float)
         x = self.token_gates.index_select(0, prev)
-        x += self.position_gates[chars_written.clamp(max=FORM.chars)]
+        p = chars_written.clamp(max=FORM.chars)
+        x += self.position_gates[p * TONE_CLASS_COUNT + line_tone if self.form else p]
         x += z_gates
         self._cell(self._add_product(x, h0[0].to(x.dtype), self.w_hh[0]), c0[0], h1[0], c1[0])
         for k in range(1, self.layers):

@@ -431,7 +431,7 @@ def _model_from_embeddings(cfg: Config, data: PreparedData, device: torch.device
     model = PoetVAE(cfg.model)
     with torch.no_grad():
         model.embedding.weight.copy_(data.embeddings)
-        model.token_chars.copy_(data.vocab.token_chars())
+        model.use_vocab(data.vocab)
     model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
     return model.to(device)
 
