@@ -14,6 +14,7 @@ Backend: NCCL on CUDA (one GPU per process), gloo on CPU.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,11 @@ def global_mean(t: torch.Tensor, process: Dist, *, differentiable: bool = False)
     if differentiable:
         from torch.distributed.nn.functional import all_reduce
 
-        return all_reduce(t) / process.world
+        # torch 2.13 marks this public autograd all-reduce deprecated in favour of a private
+        # module (_functional_collectives); keep the public one, without a warning per rank
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return all_reduce(t) / process.world
     t = t.clone()
     dist.all_reduce(t)
     return t / process.world
