@@ -18,6 +18,16 @@ TINY = Config(
 )
 
 
+def _model_flags(config: Config) -> list[str]:
+    m, tr = config.model, config.train
+    return ["--embed-dim", str(m.embed_dim), "--hidden-dim", str(m.hidden_dim), "--latent-dim", str(m.latent_dim),
+            "--highway-layers", str(m.highway_layers), "--batch-size", str(tr.batch_size)]  # fmt: skip
+
+
+# TINY's model and batch size as command-line flags, for the tests that train through the CLI
+TINY_MODEL_FLAGS = _model_flags(TINY)
+
+
 def tiny(**train_overrides) -> Config:
     """TINY with some train settings changed."""
     return dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, **train_overrides))

@@ -5,30 +5,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import TINY_MODEL_FLAGS
 from typer.testing import CliRunner
 
 import poetvae.train
 from poetvae.cli import app
 
 runner = CliRunner()
-TINY_FLAGS = [
-    "--embed-dim",
-    "16",
-    "--hidden-dim",
-    "24",
-    "--latent-dim",
-    "6",
-    "--highway-layers",
-    "1",
-    "--batch-size",
-    "16",
-    "--epochs",
-    "1",
-    "--w2v-epochs",
-    "1",
-    "--min-count",
-    "1",
-]
+TINY_FLAGS = [*TINY_MODEL_FLAGS, "--epochs", "1", "--w2v-epochs", "1", "--min-count", "1"]
 JING_YE_SI = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
 DENG_GUAN_QUE_LOU = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"
 

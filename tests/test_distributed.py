@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import torch
+from helpers import TINY_MODEL_FLAGS
 
 from poetvae import checkpoint as ckpt
 from poetvae import rundir
@@ -13,16 +14,7 @@ from poetvae.poet import Poet
 from poetvae.records import StepRecord, read_log
 
 FLAGS = [
-    "--embed-dim",
-    "16",
-    "--hidden-dim",
-    "24",
-    "--latent-dim",
-    "6",
-    "--highway-layers",
-    "1",
-    "--batch-size",
-    "16",
+    *TINY_MODEL_FLAGS,
     "--epochs",
     "2",
     "--log-every",

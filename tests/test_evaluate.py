@@ -304,19 +304,22 @@ def test_well_formed_rate():
     assert ev.well_formed_rate([]) == 0.0
 
 
+SAMPLE_STATS_KEYS = [
+    "poems",
+    "distinct",
+    "distinct_1",
+    "distinct_2",
+    "copied_poems",
+    "copied_lines",
+    "rhyme_rate",
+    "tone_rate",
+    "well_formed",
+]
+
+
 def test_sample_stats_keys_and_values():
     stats = ev.sample_stats([JINGYESI, JINGYESI, DENGLOU], [JINGYESI])
-    assert list(stats.to_dict()) == [
-        "poems",
-        "distinct",
-        "distinct_1",
-        "distinct_2",
-        "copied_poems",
-        "copied_lines",
-        "rhyme_rate",
-        "tone_rate",
-        "well_formed",
-    ]
+    assert list(stats.to_dict()) == SAMPLE_STATS_KEYS
     assert stats.poems == 3 and stats.distinct == 2
     assert stats.copied_poems == pytest.approx(2 / 3)
     assert stats.well_formed == 1.0 and stats.rhyme_rate == 1.0
@@ -327,17 +330,7 @@ def test_sample_stats_keys_and_values():
 REPORT_KEYS = {
     "likelihood": {"iw_nll", "iw_samples", "ppl", "rec", "kl", "nelbo"},
     "latent": {"latent_dim", "active_units", "mutual_information", "reconstruction_accuracy"},
-    "samples": {
-        "poems",
-        "distinct",
-        "distinct_1",
-        "distinct_2",
-        "copied_poems",
-        "copied_lines",
-        "rhyme_rate",
-        "tone_rate",
-        "well_formed",
-    },
+    "samples": set(SAMPLE_STATS_KEYS),
     "meta": {"poems", "unk_rate", "temperature", "seed", "scheme", "device", "seconds"},
 }
 REPORT_KEYS["reference"] = REPORT_KEYS["samples"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, tiny
+from helpers import TINY, TINY_MODEL_FLAGS, tiny
 from typer.testing import CliRunner
 
 import poetvae.checkpoint
@@ -26,8 +26,7 @@ from poetvae.train import train
 
 runner = CliRunner()
 # the TINY model as flags, trained on the session's prep directory (6 steps per epoch)
-FLAGS = ["--embed-dim", "16", "--hidden-dim", "24", "--latent-dim", "6", "--highway-layers", "1"]
-FLAGS += ["--batch-size", "16", "--epochs", "2", "--log-every", "1", "--device", "cpu"]
+FLAGS = [*TINY_MODEL_FLAGS, "--epochs", "2", "--log-every", "1", "--device", "cpu"]
 
 
 def cli(*args) -> object:
