@@ -1,0 +1,209 @@
+"""What every `poetvae` command shares: the Typer app, the two consoles, the one-line error
+handler, config settings as flags, and the option types that several commands take."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
+
+from poetvae.config import check_device, user_fields
+from poetvae.errors import ConfigError, PoetVAEError
+
+
+class _Group(typer.core.TyperGroup):
+    """The command group, plus one thing: a reader that closes the pipe early
+    (`poetvae sample | head -1`) ends the command quietly, as it does `yes` or `cat`."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            with contextlib.suppress(OSError, ValueError):  # no real stdout under a test runner
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+            raise typer.Exit(128 + 13) from None  # the shell's code for a command ended by SIGPIPE
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Learn and write classical Chinese five-character quatrains (五言绝句) with a text VAE.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+# markup off: paths, poems and settings are printed as given ("runs/[bold]x" stays that);
+# styling is done with rich Text and styles, never by markup inside a string.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def _styled(text: str, style: str) -> Text:
+    return Text(text, style=style)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn what a user can cause into one line and exit code 1, never a traceback."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise  # stdout closed by its reader: not an error (see _Group)
+    except (PoetVAEError, OSError) as e:
+        msg = " ".join(str(e).split())  # one line, whatever the library put in it
+        err.print(Text.assemble(("error:", "red"), " ", msg))
+        raise typer.Exit(1) from None
+
+
+def _finite(value: float | None) -> float | None:
+    """Typer callback of every float flag: NaN and infinity are not values (a range check
+    alone lets NaN through: every comparison with NaN is false)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, not {value}")
+    return value
+
+
+def _device(value: str) -> str:
+    """Typer callback of --device: a device poetvae can run on (not torch's meta, ...)."""
+    try:
+        return check_device(value)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _number(value: float, spec: str) -> str:
+    """`value` formatted with `spec`, or in 3 significant digits when that would be a
+    wall of digits (a diverged perplexity is 1e+200, not 200 digits)."""
+    return format(value, spec) if math.isfinite(value) and abs(value) < 1e9 else f"{value:.3g}"
+
+
+# ---- config settings as flags: one name everywhere (field latent_dim = --latent-dim) ------
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _flag(name: str) -> str:
+    """The CLI flag of a setting: latent_dim -> --latent-dim."""
+    return "--" + name.replace("_", "-")
+
+
+def _config_params(sections: set[str], extra_fields: set[str] = frozenset()) -> list[inspect.Parameter]:
+    params = []
+    for section, f in user_fields():
+        if section not in sections and f.name not in extra_fields:
+            continue
+        flag = _flag(f.name)
+        typ = _TYPES[f.type] if isinstance(f.type, str) else f.type
+        decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
+        choices = f.metadata.get("choices")
+        # escaped: rich would read "[char|jieba]" as markup and print nothing
+        help_text = (
+            f.metadata["help"] + (escape(f" [{'|'.join(choices)}]") if choices else "") + f" (default: {f.default})"
+        )
+        option = typer.Option(*decls, help=help_text, rich_help_panel=f"{section} settings", show_default=False)
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[typ | None, option]
+            )
+        )
+    return params
+
+
+def _with_config_flags(sections: set[str], extra_fields: set[str] = frozenset()) -> Callable:
+    """Add one flag per config setting to a command; the command receives them as
+    `settings`: a dict of only the flags the user gave."""
+    config_params = _config_params(sections, extra_fields)
+    names = {p.name for p in config_params}
+
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)  # resolve the string annotations of this module
+        own = [p for p in sig.parameters.values() if p.name != "settings"]
+
+        def command(**kwargs: Any) -> Any:
+            settings = {k: kwargs.pop(k) for k in names if kwargs.get(k) is not None}
+            for k in names:
+                kwargs.pop(k, None)
+            return fn(settings=settings, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + config_params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in own + config_params}
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        return command
+
+    return wrap
+
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", readable=False, help="TOML file with \\[prep], \\[model], \\[train] sections"),
+]
+
+
+# ---- sample -------------------------------------------------------------------------------
+RunDir = Annotated[Path, typer.Option("--model", "-m", help="run directory written by `poetvae train`", readable=False)]
+Rhyme = Annotated[
+    bool,
+    typer.Option("--rhyme", help="lines 2 and 4 (and a 平 line 1) share a rhyme group", rich_help_panel="controls"),
+]
+RhymeGroup = Annotated[
+    str | None,
+    typer.Option("--rhyme-group", help="rhyme in this group, e.g. 七阳 (implies --rhyme)", rich_help_panel="controls"),
+]
+Scheme = Annotated[
+    str, typer.Option("--scheme", help="pingshui (平水韵) or xinyun (中华新韵)", rich_help_panel="controls")
+]
+Tones = Annotated[
+    bool, typer.Option("--tones", help="二四异 and the 粘对 pattern of the regular 五绝", rich_help_panel="controls")
+]
+Beam = Annotated[
+    int, typer.Option("--beam", min=1, max=256, help="beam-search width (1: sample)", rich_help_panel="controls")
+]
+Device = Annotated[str, typer.Option("--device", callback=_device, help="auto, cpu, cuda, cuda:N, mps")]
+
+
+def _controls(
+    rhyme: bool, rhyme_group: str | None, scheme: str, tones: bool, acrostic: str | None, prefix: str | None
+) -> Any:
+    """The decoding controls from the flags (a given prefix is parsed into its lines)."""
+    from poetvae.controls import Controls
+    from poetvae.form import split_verse
+
+    lines = tuple(split_verse(prefix)) if prefix is not None else ()
+    if prefix is not None and not lines:
+        raise typer.BadParameter(f"the given lines {prefix!r} hold no characters", param_hint="--first-line/--prefix")
+    return Controls(rhyme=rhyme, rhyme_group=rhyme_group, scheme=scheme, tones=tones, acrostic=acrostic, prefix=lines)
+
+
+def _json_number(x: float, digits: int) -> float | None:
+    """x rounded for JSON; None (null) when x is NaN or infinite (a model with broken weights)."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
+def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
+    """Write poet.Sample objects to stdout as they come, in the chosen format."""
+    for poem in samples:
+        if fmt == "json":
+            record = {
+                "lines": poem.lines,
+                "text": poem.oneline(),
+                "logprob": _json_number(poem.logprob, 4),
+                "backoff": poem.backoff,
+            }
+            if with_z:
+                record["z"] = [_json_number(v, 5) for v in poem.z]
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif fmt == "oneline":
+            sys.stdout.write(poem.oneline() + "\n")
+        else:
+            sys.stdout.write(poem.layout() + "\n\n")
+    sys.stdout.flush()

@@ -1,0 +1,183 @@
+"""`poetvae sample` and `poetvae interpolate`: poems out of a trained run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from poetvae.cli.common import (
+    Beam,
+    Device,
+    Rhyme,
+    RhymeGroup,
+    RunDir,
+    Scheme,
+    Tones,
+    _controls,
+    _emit,
+    _finite,
+    _json_number,
+    app,
+    out,
+    user_errors,
+)
+from poetvae.config import MAX_SEED
+
+
+@app.command()
+def sample(
+    model: RunDir,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="how many poems")] = 10,
+    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 0.8,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="fixes z and the draws")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=0, help="sample from the k likeliest tokens (0: all)")] = 0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", min=1e-6, max=1.0, callback=_finite, help="nucleus sampling mass")
+    ] = 1.0,
+    greedy: Annotated[bool, typer.Option("--greedy", help="most likely token at every step")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text | oneline | json")] = "text",
+    with_z: Annotated[bool, typer.Option("--with-z", help="include z in --format json")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="poems decoded together")] = 2048,
+    device: Device = "auto",
+    rhyme: Rhyme = False,
+    rhyme_group: RhymeGroup = None,
+    scheme: Scheme = "pingshui",
+    tones: Tones = False,
+    acrostic: Annotated[
+        str | None,
+        typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines", rich_help_panel="controls"),
+    ] = None,
+    first_line: Annotated[
+        str | None, typer.Option("--first-line", help="a given first line of 5 characters", rich_help_panel="controls")
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option("--prefix", help="1 to 3 given lines, e.g. 白日依山尽，黄河入海流", rich_help_panel="controls"),
+    ] = None,
+    infer_z: Annotated[
+        bool,
+        typer.Option(
+            "--infer-z", help="z from the encoder applied to the prefix, not the prior", rich_help_panel="controls"
+        ),
+    ] = False,
+    beam: Beam = 1,
+    rerank: Annotated[
+        int,
+        typer.Option(
+            "--rerank", min=1, max=1024, help="candidates per z; keep the most likely", rich_help_panel="controls"
+        ),
+    ] = 1,
+    prosody_weight: Annotated[
+        float,
+        typer.Option(
+            "--prosody-weight",
+            callback=_finite,
+            help="with --rerank: weight of the rhyme/tone score",
+            rich_help_panel="controls",
+        ),
+    ] = 0.0,
+) -> None:
+    """Draw z ~ N(0, I) and decode well-formed quatrains, streaming them as they are made.
+
+    Example: [bold]poetvae sample -m runs/default -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
+    """
+    from poetvae.decode import DecodeOptions
+    from poetvae.poet import Poet
+
+    if fmt not in ("text", "oneline", "json"):
+        raise typer.BadParameter("--format must be text, oneline or json")
+    if first_line and prefix:
+        raise typer.BadParameter("give --first-line or --prefix, not both")
+    with user_errors():
+        controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, first_line or prefix)
+        if infer_z and not controls.prefix:
+            raise typer.BadParameter("--infer-z needs --first-line or --prefix")
+        poet = Poet.load(model, device=device)
+        options = DecodeOptions(
+            temperature=temp,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            beam=beam,
+            rerank=rerank,
+            prosody_weight=prosody_weight,
+            controls=controls,
+            infer_z=infer_z,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        for batch in poet.iter_sample(n, options, with_z=with_z):
+            _emit(batch, fmt, with_z)
+
+
+# ---- interpolate -------------------------------------------------------------------------
+@app.command()
+def interpolate(
+    model: RunDir,
+    poem_a: Annotated[str, typer.Argument(help="first poem, e.g. 床前明月光，疑是地上霜。举头望明月，低头思故乡。")],
+    poem_b: Annotated[str, typer.Argument(help="second poem")],
+    steps: Annotated[int, typer.Option("--steps", min=2, help="points on the path, both ends included")] = 8,
+    method: Annotated[str, typer.Option("--method", help="linear | slerp")] = "linear",
+    sample_: Annotated[bool, typer.Option("--sample", help="sample at each point instead of greedy decoding")] = False,
+    temp: Annotated[
+        float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="temperature with --sample")
+    ] = 0.8,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED)] = None,
+    allow_unk: Annotated[bool, typer.Option("--allow-unk", help="read unknown characters as <unk>")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    device: Device = "auto",
+    rhyme: Rhyme = False,
+    rhyme_group: RhymeGroup = None,
+    scheme: Scheme = "pingshui",
+    tones: Tones = False,
+    beam: Beam = 1,
+) -> None:
+    """Walk the latent space from poem A to poem B (posterior means), decoding each point.
+
+    Example: [bold]poetvae interpolate -m runs/default
+    床前明月光，疑是地上霜。举头望明月，低头思故乡。 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。[/]
+    """
+    from poetvae.decode import DecodeOptions
+    from poetvae.form import parse_poem
+    from poetvae.poet import Poet
+
+    if method not in ("linear", "slerp"):
+        raise typer.BadParameter("--method must be linear or slerp")
+    if fmt not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    with user_errors():
+        a, b = parse_poem(poem_a), parse_poem(poem_b)
+        poet = Poet.load(model, device=device)
+        controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
+        options = DecodeOptions(temperature=temp, greedy=not sample_, beam=beam, controls=controls, seed=seed)
+        path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)
+    if fmt == "json":
+        for i, point in enumerate(path):
+            t = i / (len(path) - 1)
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "t": round(t, 4),
+                        "lines": point.lines,
+                        "text": point.oneline(),
+                        "logprob": _json_number(point.logprob, 4),
+                        "backoff": point.backoff,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+        return
+    table = Table(title=f"{method} path, {steps} steps", title_justify="left")
+    table.add_column("t", justify="right")
+    table.add_column("poem")
+    table.add_column("log p", justify="right")
+    table.add_row("A", a.oneline(), "")
+    for i, point in enumerate(path):
+        table.add_row(f"{i / (len(path) - 1):.2f}", point.oneline(), f"{point.logprob:.1f}")
+    table.add_row("B", b.oneline(), "")
+    out.print(table)

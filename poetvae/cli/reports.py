@@ -1,0 +1,168 @@
+"""`poetvae evaluate`, `poetvae plot` and `poetvae bench`: measuring runs and machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from poetvae.cli.common import Device, RunDir, Scheme, _finite, _number, _styled, app, out, user_errors
+from poetvae.config import MAX_SEED
+
+
+# ---- evaluate -----------------------------------------------------------------------------
+def _print_report(report: Any, source: str) -> None:
+    lk, lt, meta = report.likelihood, report.latent, report.meta
+    table = Table(title=f"{meta.poems:,} held-out poems ({source})", show_header=False, title_justify="left")
+    table.add_row(_styled("likelihood", "bold"), "")
+    table.add_row(
+        f"IW-NLL (K={lk.iw_samples})", f"{_number(lk.iw_nll, '.2f')} nats/poem   ppl {_number(lk.ppl, '.1f')} per token"
+    )
+    table.add_row("reconstruction", f"{lk.rec:.2f} nats/poem")
+    table.add_row("KL", f"{lk.kl:.2f} nats/poem")
+    table.add_row("negative ELBO", f"{lk.nelbo:.2f} nats/poem")
+    table.add_row(_styled("latent", "bold"), "")
+    table.add_row("active units", f"{lt.active_units} of {lt.latent_dim}")
+    table.add_row("mutual information", f"{lt.mutual_information:.2f} nats")
+    table.add_row("reconstruction accuracy", f"{lt.reconstruction_accuracy:.1%}")
+    out.print(table)
+    stats = Table(title=f"samples (temperature {meta.temperature}) vs the held-out poems", title_justify="left")
+    stats.add_column("")
+    stats.add_column("samples", justify="right")
+    stats.add_column("held-out (human)", justify="right")
+    s, r = report.samples, report.reference
+    rows = [
+        ("poems", "poems", "{:,}"),
+        ("distinct poems", "distinct", "{:,}"),
+        ("distinct-1", "distinct_1", "{:.3f}"),
+        ("distinct-2", "distinct_2", "{:.3f}"),
+        ("copied poems", "copied_poems", "{:.1%}"),
+        ("copied lines", "copied_lines", "{:.1%}"),
+        (f"rhyme rate ({meta.scheme})", "rhyme_rate", "{:.1%}"),
+        ("二四异 rate", "tone_rate", "{:.1%}"),
+        ("well formed", "well_formed", "{:.1%}"),
+    ]
+    for label, name, fmt in rows:
+        stats.add_row(label, fmt.format(getattr(s, name)) if s.poems else "-", fmt.format(getattr(r, name)))
+    out.print(stats)
+
+
+@app.command()
+def evaluate(
+    model: RunDir,
+    corpus: Annotated[
+        list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)", readable=False)
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="poems drawn from the prior")] = 1000,
+    iw: Annotated[int, typer.Option("--iw", min=1, help="importance samples K for the IW-NLL")] = 100,
+    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
+    scheme: Scheme = "pingshui",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the report as JSON (keys: poetvae.evaluate.evaluate_run)")
+    ] = False,
+    device: Device = "auto",
+) -> None:
+    """Measure a run: likelihood, latent use, and the statistics of its samples next to human verse.
+
+    Example: [bold]poetvae evaluate -m runs/default --iw 500 --json[/]
+    """
+    from poetvae import rundir
+    from poetvae.evaluate import evaluate_run
+    from poetvae.poet import Poet
+
+    with user_errors():
+        run = rundir.RunDir(model)
+        heldout = run.heldout(corpus)
+        train_poems = run.train_poems()
+        poet = Poet.load(model, device=device)
+        report = evaluate_run(
+            poet, heldout.poems, train_poems, samples=samples, iw_samples=iw, temperature=temp, seed=seed, scheme=scheme
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        _print_report(report, heldout.source)
+
+
+# ---- plot ---------------------------------------------------------------------------------
+@app.command()
+def plot(
+    model: Annotated[Path, typer.Argument(help="run directory", readable=False)],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="where to write the PNGs (default RUN/plots)")
+    ] = None,
+    device: Device = "auto",
+) -> None:
+    """Charts of a run: training curves, and a 2-D PCA of the test poems' posterior means.
+
+    Example: [bold]poetvae plot runs/default[/]
+    """
+    from poetvae import rundir
+    from poetvae.plot import plot_latent_of_run, plot_training
+
+    with user_errors():
+        paths = plot_training(model, output)
+        heldout = rundir.RunDir(model).heldout()
+        paths.append(plot_latent_of_run(model, heldout.poems, output, device))
+    for path in paths:
+        out.print(f"wrote {path}")
+
+
+# ---- bench ---------------------------------------------------------------------------------
+@app.command()
+def bench(
+    size: Annotated[
+        list[str] | None, typer.Option("--size", help="default | reference (repeatable; default both)")
+    ] = None,
+    device: Device = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="training batch (CPU 128, GPU 1024)")
+    ] = None,
+    sample_batch: Annotated[int | None, typer.Option("--sample-batch", min=1, help="poems decoded together")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="timed repeats; the median is reported")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (keys: poetvae.bench.run_bench)")] = False,
+) -> None:
+    """Training and sampling throughput, model FLOP/s, and the share of this machine's matmul rate.
+
+    Example: [bold]poetvae bench --size reference[/]
+    """
+    from poetvae.bench import SIZES, run_bench
+
+    for s in size or []:
+        if s not in SIZES:
+            raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}")
+    with user_errors():
+        report = run_bench(size, device, batch_size, sample_batch, repeats=repeats)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    m = report["machine"]
+    # short columns and no vertical rules: the table fits 80 columns (a pipe or a log file)
+    table = Table(
+        title=f"{m['device']}, {m['threads']} threads, torch {m['torch']}: "
+        f"matmul {m['matmul']} {m['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption="poems/s; % of the matmul rate; peak memory",
+        caption_justify="left",
+    )
+    for col in ("size", "params", "train", "%", "sample", "%", "greedy", "memory"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in report["results"]:
+        table.add_row(
+            r["size"],
+            f"{r['parameters'] / 1e6:.1f}M",
+            f"{r['train_poems_per_s']:,.0f}",
+            f"{r['train_fraction_of_peak']:.0%}",
+            f"{r['sample_poems_per_s']:,.0f}",
+            f"{r['sample_fraction_of_peak']:.0%}",
+            f"{r['greedy_poems_per_s']:,.0f}",
+            f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
+        )
+    out.print(table)
