@@ -369,8 +369,22 @@ class RunDir:
         return self.prep
 
     def train_poems(self) -> list[Poem]:
-        """The poems the run trained on."""
-        return load_poems(split_file(self.checked_prep(), "train"))
+        """The poems the run trained on: its own training split, and, for a fine-tuning run,
+        those of the runs it started from (pretraining data is training data too: a sample
+        that repeats a pretraining stanza is a copy). A starting run that no longer exists on
+        this machine is skipped."""
+        poems = load_poems(split_file(self.checked_prep(), "train"))
+        seen, run = {self.path.resolve()}, self
+        while (record := run.read_header().init_from) is not None:
+            run = RunDir(Path(record.get("run", "")))
+            if run.path.resolve() in seen or not run.config_file.is_file():
+                break
+            seen.add(run.path.resolve())
+            try:
+                poems += load_poems(split_file(run.checked_prep(), "train"))
+            except CheckpointError:
+                break
+        return poems
 
     def heldout(self, corpus: Sequence[Path] | None = None) -> HeldOut:
         """The corpus given, else the run's test split (or its validation split when the

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, TINY_MODEL_FLAGS
 from typer.testing import CliRunner
 
 import poetvae.train
@@ -187,6 +187,19 @@ def test_train_init_on_the_command_line(trained_run, fine_corpus, tmp_path):
     assert manifest["unknown"]["龘"] == 2
     resumed = cli("train", "--resume", out)  # a finished fine-tuning run resumes like any other
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_fine_tuning_runs_training_poems_include_its_pretraining_poems(shipped_corpus, fine_corpus, tmp_path):
+    """Copies are counted against everything a model trained on, pretraining data included."""
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    assert cli("train", shipped_corpus, *TINY_MODEL_FLAGS, "-o", pre, "--epochs", "1").exit_code == 0
+    assert cli("train", *fine_corpus, "--init", pre, "-o", fine, "--epochs", "1").exit_code == 0
+    own = rundir.load_poems(rundir.split_file(fine / "prep", "train"))
+    pretraining = rundir.load_poems(rundir.split_file(pre / "prep", "train"))
+    assert own and pretraining
+    assert rundir.RunDir(fine).train_poems() == own + pretraining
+    pre.rename(tmp_path / "moved")  # the pretraining run is gone: only the run's own poems
+    assert rundir.RunDir(fine).train_poems() == own
 
 
 def test_a_prep_directory_with_the_init_vocabulary_is_accepted(trained_run, prep_dir, tmp_path):
