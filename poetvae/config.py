@@ -123,6 +123,12 @@ class TrainConfig:
     kl_ratio: float = _opt(0.5, "cyclical: share of each cycle spent ramping beta up")
     free_bits: float = _opt(0.25, "KL floor per latent dim, nats (Kingma et al. 2016); 0: off")
     word_dropout: float = _opt(0.0, "share of decoder inputs replaced by <unk> (Bowman et al. 2016)")
+    init_reset: str = _opt(
+        "none",
+        "with --init: start these parts afresh instead of from the init run (decoder: keep the "
+        "encoder of an autoencoder run and relearn the decoder, Li et al. 2019)",
+        ("none", "decoder"),
+    )
     freeze_embeddings: bool = _opt(False, "keep the word2vec embeddings fixed")
     device: str = _opt("auto", "auto (cuda if present), cpu, cuda, cuda:N")
     amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")

@@ -348,8 +348,15 @@ def _set_up(
 
     raw_model = _model_from_embeddings(cfg, data, device)
     if init is not None:
+        # init_reset "decoder" keeps the fresh decoder drawn from train.seed: the encoder of an
+        # autoencoder (beta = 0) run has learned to write the poem into z, and a decoder that
+        # starts without a language model of its own has to learn to read it (Li et al. 2019).
+        state = raw_model.state_dict()
+        state.update(
+            (k, v) for k, v in init.weights.items() if not (train_cfg.init_reset == "decoder" and _in_decoder(k))
+        )
         with torch.no_grad():
-            raw_model.load_state_dict(init.weights)
+            raw_model.load_state_dict(state)
     optimizer = torch.optim.AdamW(
         [p for p in raw_model.parameters() if p.requires_grad],
         lr=learning_rate(train_cfg),
@@ -407,6 +414,12 @@ def _set_up(
     state.clock_start = time.perf_counter() - state.elapsed
     state.loss_sums = torch.zeros(3, device=device)
     return run, state
+
+
+def _in_decoder(name: str) -> bool:
+    """Whether a state-dict entry belongs to the decoder proper (its LSTM, initial state and
+    output layer); the embeddings are shared with the encoder and are kept."""
+    return name.startswith("decoder.")
 
 
 def _check_init(cfg: Config, data: PreparedData, init: rundir.InitRun, *, resume: bool) -> None:

@@ -140,6 +140,21 @@ def test_a_fine_tuning_run_starts_from_the_init_weights_and_vocabulary(
     assert rundir.RunDir(trained_run).read_header().init_from is None  # trained from scratch
 
 
+def test_init_reset_decoder_keeps_the_encoder_and_starts_the_decoder_afresh(init, fine_prep, tmp_path, monkeypatch):
+    _, data = fine_prep
+    interrupt_before_the_first_step(monkeypatch)
+    train(fine_config(init, init_reset="decoder"), data, tmp_path / "reset", init=init)
+    train(fine_config(init), data, tmp_path / "scratch", init=None)  # what a fresh decoder looks like
+    reset = rundir.RunDir(tmp_path / "reset").weights("best")
+    fresh = rundir.RunDir(tmp_path / "scratch").weights("best")
+    decoder = [k for k in reset if k.startswith("decoder.")]
+    assert decoder and all(torch.equal(reset[k], fresh[k]) for k in decoder)
+    assert not any(torch.equal(reset[k], init.weights[k]) for k in decoder)
+    kept = [k for k in reset if k not in decoder]
+    assert "encoder.to_mu.weight" in kept and "embedding.weight" in kept
+    assert all(torch.equal(reset[k], init.weights[k]) for k in kept)
+
+
 def test_resume_of_a_fine_tuning_run_is_bit_identical(init, fine_prep, tmp_path):
     _, data = fine_prep
     cfg = fine_config(init)
