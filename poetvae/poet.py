@@ -2,7 +2,7 @@
 
     from poetvae import Poet
     from poetvae.decode import DecodeOptions
-    poet = Poet.load("runs/default")
+    poet = Poet.load("runs/quatrains")
     for s in poet.sample(4, DecodeOptions(temperature=0.8, seed=1)):
         print(s.layout())
     path = poet.interpolate("床前明月光，疑是地上霜。举头望明月，低头思故乡。",
