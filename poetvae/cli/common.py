@@ -163,6 +163,19 @@ RunDir = Annotated[
 ]
 
 
+# for the commands that need a run's own files (evaluate: its splits; plot: its log): no bundled model
+TrainedRun = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="run directory written by `poetvae train` (default: the newest run in ./runs)",
+        readable=False,
+        show_default=False,
+    ),
+]
+
+
 def use_model(model: Path | None, *, bundled: bool = True, hint: str = "pass -m RUN") -> Path:
     """The model directory a command reads (poetvae.models.resolve_model): -m as given, else
     the newest run in ./runs, else (with `bundled`) the bundled model. When it chose, it says

@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from poetvae.cli.common import RunDir, app, out, use_model, user_errors
+from poetvae.cli.common import TrainedRun, app, out, use_model, user_errors
 
 
 @app.command()
 def export(
     dest: Annotated[Path, typer.Argument(help="the bundle directory to write", readable=False)],
-    model: RunDir = None,
+    model: TrainedRun = None,
     half: Annotated[bool, typer.Option("--half", help="store the weights in float16: half the size")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a bundle or run already at DEST")] = False,
 ) -> None:

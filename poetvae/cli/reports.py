@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from poetvae.cli.common import Device, RunDir, Scheme, _finite, _number, _styled, app, out, use_model, user_errors
+from poetvae.cli.common import Device, Scheme, TrainedRun, _finite, _number, _styled, app, out, use_model, user_errors
 from poetvae.config import MAX_SEED
 
 
@@ -54,7 +54,7 @@ def _print_report(report: Any, source: str) -> None:
 
 @app.command()
 def evaluate(
-    model: RunDir = None,
+    model: TrainedRun = None,
     corpus: Annotated[
         list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)", readable=False)
     ] = None,

@@ -128,8 +128,8 @@ def train(
 ) -> None:
     """Train the VAE; writes config, vocabulary, checkpoints and log.jsonl to the run directory.
 
-    Example: [bold]poetvae train tang.txt --epochs 20[/] writes a new run: runs/tang, or runs/tang-2 when that
-    exists (-o RUN to choose). With no corpus: the shipped Tang and Song quatrains, into runs/quatrains.
+    Example: [bold]poetvae train tang.txt --epochs 20[/] writes a new run, runs/tang
+    (runs/tang-2 when that exists; -o RUN to choose). No corpus: the shipped quatrains.
 
     Pretrain, then fine-tune: [bold]poetvae train stanzas.txt quatrains.txt -o runs/pre[/], then
     [bold]poetvae train quatrains.txt --init runs/pre -o runs/fine --epochs 6 --lr 5e-4[/]
@@ -195,8 +195,12 @@ def train(
 def _corpus(corpus: list[Path] | None, shipped: str | None) -> tuple[list[Path], str]:
     """The corpus files (or prep directory) to train on, and the name a new run takes from them."""
     from poetvae import data_files, rundir
+    from poetvae.errors import CorpusError
 
     if corpus:
+        missing = next((p for p in corpus if not os.path.lexists(p)), None)
+        if missing is not None:  # before a run directory is claimed for it
+            raise CorpusError(f"no such file: {missing}")
         return list(corpus), rundir.run_name(corpus)
     name = shipped or data_files.DEFAULT_CORPUS
     return data_files.shipped_corpus(name), name
