@@ -297,6 +297,12 @@ def test_train_without_output_writes_a_new_run_named_after_the_corpus(tmp_path, 
     assert config["model"]["latent_dim"] == 4 and not (tmp_path / "runs" / "my_poems-3").exists()
 
 
+def test_train_claims_no_run_directory_for_a_missing_corpus(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(cli("train", "nope.txt", *TRAIN_FLAGS), "no such file: nope.txt")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_corpus_names_a_shipped_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = cli("train", "--corpus", "small", *TRAIN_FLAGS)
