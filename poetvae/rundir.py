@@ -12,10 +12,10 @@
                          so resume reads its data and evaluate its held-out split from here
       plots/             the charts of `poetvae plot`
 
-    run = RunDir("runs/tang")                   # or, without -o: with new_run("tang") as run
+    run = RunDir("runs/tang")                   # without -o: with fresh_run("tang") as run (locked)
     with run.lock():                            # one training per run directory at a time
         run.refuse_existing(overwrite=False)    # a new run never replaces an old one silently
-        with run.staging() as stage:            # built beside it, in .default.staging-XXXX
+        with run.staging() as stage:            # built beside it, in .tang.staging-XXXX
             data = stage.run.load_training_data(corpus, cfg)  # corpus files or a prep dir -> prep/
             train(cfg, data, run.path, staging=stage)  # publishes it at its first resume point
     run.create(cfg, data.vocab)                 # (what train does) config.json + vocab.json, a fresh log
