@@ -3,7 +3,7 @@
 The library is the product; the `poetvae` command is a thin layer over it:
 
     from poetvae import DecodeOptions, Poet
-    poet = Poet.load("runs/default")
+    poet = Poet.load("runs/quatrains")
     print(poet.sample(1, DecodeOptions(temperature=0.8, seed=0))[0].layout())
 """
 

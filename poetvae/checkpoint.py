@@ -3,6 +3,7 @@
     save_tensors(path, tensors, meta)            one file: the tensors + a JSON object
     tensors, meta = load_tensors(path)
     tensors, meta = load_resume_point(path)      load_tensors, checked to be a resume point
+    as_float32(tensors)                          half-precision weights (an exported bundle) widened
     flatten_train_state(model, optimizer)        the whole training state as flat tensors
     restore_train_state(model, optimizer, ...)   + JSON (optimizer scalars, RNG), and back
 
@@ -52,6 +53,13 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its poetvae metadata is not a JSON object")
     return tensors, meta
+
+
+def as_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors with every floating-point one in float32: weights stored in float16 or
+    bfloat16 (a bundle exported with --half, to halve its size) are computed in float32 like
+    any others. Widening is exact, so a model loads the stored values unchanged."""
+    return {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in tensors.items()}
 
 
 def load_resume_point(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

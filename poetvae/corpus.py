@@ -20,7 +20,10 @@ in :mod:`poetvae.form`; this module adds files, formats, conversion and splits:
   in traditional characters);
 * duplicates (same simplified 20 characters) are dropped, the first one kept.
 
-Formats are detected from a file's content, never its name:
+Formats are detected from a file's content, never its name. A gzip-compressed file (any
+name: ``tang.jsonl.gz``, ``poems.txt.gz``) is decompressed first and then read like its
+plain form; it is recognised by gzip's two magic bytes, which no UTF-8 text begins with
+(0x8b cannot follow 0x1f in UTF-8).
 
 ``chinese-poetry``
     A JSON list of ``{"title", "author", "paragraphs": [...], ...}`` (upstream layout).
@@ -47,9 +50,11 @@ one-line message; poems that merely fail the rules are skipped and counted in th
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +84,9 @@ SKIP_REASONS = (EMPTY, WRONG_LINES, WRONG_LENGTH, NON_HAN, T2S_LENGTH)
 
 _MAX_EXAMPLES = 3
 _EXAMPLE_CHARS = 26
+
+# The first two bytes of every gzip file (RFC 1952): never the start of UTF-8 text.
+_GZIP_MAGIC = b"\x1f\x8b"
 
 # A plain-text line this long (separators excluded) is a whole poem, not a verse.
 _POEM_LIKE = 16
@@ -139,7 +147,8 @@ class _Candidate:
 
 
 def _read_text(path: Path) -> str:
-    """Read a file as UTF-8 text (BOM stripped, CRLF/CR -> LF) or raise CorpusError."""
+    """Read a file as UTF-8 text (BOM stripped, CRLF/CR -> LF), decompressing it first when
+    it is gzip, or raise CorpusError."""
     if not path.exists():
         raise CorpusError(f"no such file: {path}")
     if path.is_dir():
@@ -150,10 +159,17 @@ def _read_text(path: Path) -> str:
         data = path.read_bytes()
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror or e}") from e
+    compressed = data.startswith(_GZIP_MAGIC)
+    if compressed:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:  # a damaged or truncated file
+            raise CorpusError(f"{path} is not a readable gzip file ({e})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CorpusError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from e
+        where = f"offset {e.start}" + (" of the decompressed text" if compressed else "")
+        raise CorpusError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at {where})") from e
     if text.startswith("\ufeff"):
         text = text[1:]
     return text.replace("\r\n", "\n").replace("\r", "\n")

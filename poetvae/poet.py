@@ -2,14 +2,16 @@
 
     from poetvae import Poet
     from poetvae.decode import DecodeOptions
-    poet = Poet.load("runs/default")
+    poet = Poet.load("runs/quatrains")
     for s in poet.sample(4, DecodeOptions(temperature=0.8, seed=1)):
         print(s.layout())
     path = poet.interpolate("床前明月光，疑是地上霜。举头望明月，低头思故乡。",
                             "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", steps=8)
 
 Everything is rebuilt from the run directory alone (config.json, vocab.json,
-model.safetensors): no flag has to be repeated at load time.
+model.safetensors): no flag has to be repeated at load time, and a bundle (the minimal
+directory `poetvae export` writes, float16 weights included) loads like a run.
+poetvae.models.resolve_model(None).path is the model the commands use without -m.
 """
 
 from __future__ import annotations

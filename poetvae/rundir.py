@@ -12,10 +12,10 @@
                          so resume reads its data and evaluate its held-out split from here
       plots/             the charts of `poetvae plot`
 
-    run = RunDir("runs/default")
+    run = RunDir("runs/tang")                   # without -o: with fresh_run("tang") as run (locked)
     with run.lock():                            # one training per run directory at a time
         run.refuse_existing(overwrite=False)    # a new run never replaces an old one silently
-        with run.staging() as stage:            # built beside it, in .default.staging-XXXX
+        with run.staging() as stage:            # built beside it, in .tang.staging-XXXX
             data = stage.run.load_training_data(corpus, cfg)  # corpus files or a prep dir -> prep/
             train(cfg, data, run.path, staging=stage)  # publishes it at its first resume point
     run.create(cfg, data.vocab)                 # (what train does) config.json + vocab.json, a fresh log
@@ -38,18 +38,19 @@ import ctypes
 import dataclasses
 import errno
 import hashlib
+import itertools
 import json
 import os
 import secrets
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from poetvae.checkpoint import load_tensors, model_state
+from poetvae.checkpoint import as_float32, load_tensors, model_state
 from poetvae.config import INIT_FROM, Config, config_from_json
 from poetvae.corpus import load_poems, read_corpus
 from poetvae.distributed import env_rank, launched_by_torchrun
@@ -67,7 +68,7 @@ LAST = "last.safetensors"
 LOG = "log.jsonl"
 PREP_SUBDIR = "prep"
 PLOTS_SUBDIR = "plots"
-DEFAULT_RUN = Path("runs/default")  # where `poetvae train` writes without --output
+RUNS = Path("runs")  # where `poetvae train` writes a new run without --output: runs/<corpus name>
 LAYOUT = frozenset({CONFIG, VOCAB, BEST, LAST, LOG, PREP_SUBDIR, PLOTS_SUBDIR})
 # `train --devices N` holds the lock and the staging directory for its torchrun workers,
 # and tells them so in these environment variables.
@@ -257,16 +258,17 @@ class RunDir:
 
     def prepare_data(self, source: CorpusSource, config: Config, init: InitRun | None = None) -> Path:
         """The prep directory the run reads: RUN_DIR/prep, made from `source` (a prep
-        directory, copied; corpus files, prepared into it; None, the corpus shipped in data/).
+        directory, copied; corpus files, prepared into it; None, the shipped corpus that
+        `poetvae train` reads by default, poetvae.data_files.DEFAULT_CORPUS).
         Under torchrun, ranks other than 0 read a given prep directory where it is.
 
         With `init`, corpus files are prepared with its vocabulary and embedding table (no
         new vocabulary, no word2vec), and a prep directory must hold that vocabulary."""
-        from poetvae.data_files import default_corpus
+        from poetvae.data_files import shipped_corpus
 
         target = self.prep
         if source is None:
-            sources: list[Path] = [default_corpus()]
+            sources: list[Path] = shipped_corpus()
         else:
             sources = [Path(s) for s in ([source] if isinstance(source, (str, Path)) else source)]
         if len(sources) == 1 and sources[0].is_dir():
@@ -328,6 +330,7 @@ class RunDir:
                 f"{self.vocab_file} has {len(header.vocab)}"
             )
         weights, meta = load_tensors(self.best)
+        weights = as_float32(weights)  # a bundle exported with --half can be fine-tuned too
         try:
             with torch.random.fork_rng(devices=[]):  # building the model draws; leave the caller's state alone
                 PoetVAE(header.config.model).load_state_dict(weights)
@@ -351,7 +354,7 @@ class RunDir:
         "last" (the model part of the resume point)."""
         if which == "best":
             tensors, _ = load_tensors(self.best)
-            return tensors
+            return as_float32(tensors)  # a bundle may store them in half precision
         if which == "last":
             tensors, _ = load_tensors(self.last)
             return model_state(tensors)
@@ -397,6 +400,43 @@ class RunDir:
             if poems:
                 return HeldOut(poems, f"the run's {split} split")
         raise CheckpointError(f"{self.path} has no held-out poems; pass a corpus to evaluate on")
+
+
+# ---- a new run's name when none is given -----------------------------------------------
+def run_name(corpus: Sequence[str | Path]) -> str:
+    """What a run trained on `corpus` is called when no --output is given: the first file's
+    name without its extensions (tang_quatrains.txt, tang_quatrains.jsonl.gz ->
+    tang_quatrains), a prepared directory's name (prep/ts -> ts), and `-and-N-more` when
+    there are N more files."""
+    first = Path(os.path.abspath(corpus[0]))  # abspath: `.` and `..` have names too
+    name = first.name
+    if not first.is_dir():
+        name = name.removesuffix(".gz").removesuffix(".GZ")
+        name = Path(name).stem if Path(name).suffix else name
+    name = name.lstrip(".") or "run"  # a hidden run would be passed over by `poetvae sample`
+    return name if len(corpus) == 1 else f"{name}-and-{len(corpus) - 1}-more"
+
+
+@contextmanager
+def fresh_run(name: str, parent: str | Path = RUNS) -> Iterator[RunDir]:
+    """A run directory for a new training, locked while the body runs: parent/name, else
+    name-2, name-3, ...: the first where nothing exists and no other training is at work. A
+    training that has not published its run yet shows only in its lock (its run is still a
+    hidden staging directory), so a name is taken by holding its lock, then checking that
+    nothing appeared there meanwhile. Nothing that exists is ever replaced."""
+    for k in itertools.count(1):
+        run = RunDir(Path(parent) / (name if k == 1 else f"{name}-{k}"))
+        if os.path.lexists(run.path):
+            continue
+        with ExitStack() as held:
+            try:
+                held.enter_context(run.lock())
+            except RunLocked:
+                continue  # another training is making a run here
+            if os.path.lexists(run.path):
+                continue  # published by a training that ended while we looked
+            yield run
+            return
 
 
 # ---- staging: a new run becomes RUN in one step -----------------------------------------

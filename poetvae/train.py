@@ -1,6 +1,6 @@
 """`poetvae train`: one explicit training loop, no framework.
 
-    result = train(load_config(), prepared_data, "runs/default")
+    result = train(load_config(), prepared_data, "runs/quatrains")
 
 Batches are dense (N, 21) id tensors that live on the device for the whole run (every
 quatrain has the same length, and the whole corpus fits), indexed by a per-epoch

@@ -1,4 +1,4 @@
-"""Shared fixtures: the shipped corpus prepared once, a tiny trained run (TINY: helpers.py)."""
+"""Shared fixtures: the small shipped corpus prepared once, a tiny trained run (TINY: helpers.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import TINY
 
-from poetvae.data_files import default_corpus
+from poetvae.data_files import small_corpus
 
 
 @pytest.fixture(autouse=True)
@@ -18,12 +18,13 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def shipped_corpus() -> Path:
-    return default_corpus()
+    """The small shipped corpus (data/quatrains.jsonl, 122 poems): quick to train on."""
+    return small_corpus()
 
 
 @pytest.fixture(scope="session")
 def prep_dir(tmp_path_factory, shipped_corpus) -> Path:
-    """The shipped corpus prepared with the TINY settings (read-only for tests)."""
+    """The small shipped corpus prepared with the TINY settings (read-only for tests)."""
     from poetvae.prep import prepare
 
     path = tmp_path_factory.mktemp("prep")

@@ -31,9 +31,9 @@ def assert_one_line_error(result, fragment: str) -> None:
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory) -> Path:
-    """`poetvae train` with no corpus: the shipped one."""
+    """`poetvae train --corpus small`: the small shipped corpus."""
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    result = run("train", "-o", run_dir, *TINY_FLAGS)
+    result = run("train", "--corpus", "small", "-o", run_dir, *TINY_FLAGS)
     assert result.exit_code == 0, result.output
     return run_dir
 
@@ -122,7 +122,7 @@ def test_train_sample_interpolate_end_to_end(cli_run):
 
 
 def test_train_refuses_to_overwrite_and_resumes(cli_run):
-    again = run("train", "-o", cli_run, *TINY_FLAGS)
+    again = run("train", "--corpus", "small", "-o", cli_run, *TINY_FLAGS)
     assert_one_line_error(again, "already holds a run")
     resumed = run("train", "--resume", cli_run)  # already finished: resumes to the same end
     assert resumed.exit_code == 0, resumed.output
@@ -140,6 +140,8 @@ def test_train_flags_and_config_file_reach_the_library(tmp_path, monkeypatch):
     conf.write_text("[model]\nlatent_dim = 7\nhidden_dim = 20\n[train]\nkl_schedule = 'linear'\n", encoding="utf-8")
     result = run(
         "train",
+        "--corpus",
+        "small",
         "-o",
         tmp_path / "r",
         "-c",
@@ -219,7 +221,7 @@ def test_usage_errors_exit_2(cli_run):
 
 def test_jieba_mode_end_to_end(tmp_path):
     run_dir = tmp_path / "jieba"
-    result = run("train", "-o", run_dir, *TINY_FLAGS, "--tokenizer", "jieba")
+    result = run("train", "--corpus", "small", "-o", run_dir, *TINY_FLAGS, "--tokenizer", "jieba")
     assert result.exit_code == 0, result.output
     vocab = json.loads((run_dir / "vocab.json").read_text(encoding="utf-8"))
     assert vocab["tokenizer"] == "jieba" and any(len(t) > 1 for t in vocab["tokens"][4:])

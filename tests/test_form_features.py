@@ -134,7 +134,7 @@ def test_a_tiny_run_with_form_features_trains_samples_and_evaluates(tmp_path):
     run_dir = tmp_path / "run"
     tiny = "--embed-dim 16 --hidden-dim 24 --latent-dim 6 --highway-layers 1 --batch-size 16 --epochs 1"
     tiny += " --w2v-epochs 1 --min-count 1 --form-features"
-    result = runner.invoke(app, ["train", "-o", str(run_dir), *tiny.split()])
+    result = runner.invoke(app, ["train", "--corpus", "small", "-o", str(run_dir), *tiny.split()])
     assert result.exit_code == 0, result.output
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     assert config["model"]["form_features"] is True

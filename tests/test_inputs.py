@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import poetvae.train
 from poetvae.config import MAX_SEED, load_config, user_fields
-from poetvae.data_files import default_corpus
+from poetvae.data_files import small_corpus
 from poetvae.decode import DecodeOptions
 from poetvae.errors import CheckpointError, ConfigError, CorpusError
 from poetvae.prep import load_prepared
@@ -124,7 +124,7 @@ def test_paths_print_as_given(tmp_path, path):
 def test_poems_and_tables_print_as_given(trained_run, tmp_path):
     one_line_error(run("interpolate", "-m", trained_run, "[/]", "x"), "[/]")
     corpus = tmp_path / "[red]c[bold].txt"
-    lines = default_corpus().read_text(encoding="utf-8").splitlines()[:40]
+    lines = small_corpus().read_text(encoding="utf-8").splitlines()[:40]
     corpus.write_text("\n".join(lines) + '\n{"body": "[red]白日[/]依山尽"}\n', encoding="utf-8")
     out = tmp_path / "p[bold]"
     result = run("prep", corpus, "-o", out, "--w2v-epochs", 1, "--min-count", 1, "--embed-dim", 8)

@@ -12,7 +12,7 @@ from poetvae.config import Config, ModelConfig, PrepConfig
 from poetvae.errors import CheckpointError, ConfigError, PoetVAEError
 from poetvae.model import PoetVAE
 from poetvae.prep import is_prep_dir
-from poetvae.rundir import DEFAULT_RUN, RunDir, RunHeader
+from poetvae.rundir import RunDir, RunHeader
 from poetvae.vocab import Vocab
 
 POEMS = [
@@ -52,7 +52,6 @@ def test_layout_names_every_file():
     assert run.log.name == "log.jsonl"
     assert run.prep.name == "prep" and run.plots.name == "plots"
     assert {p.parent for p in (run.config_file, run.best, run.last, run.log, run.prep, run.plots)} == {run.path}
-    assert DEFAULT_RUN.as_posix() == "runs/default"
 
 
 def test_create_then_open_gives_back_config_and_vocab(tmp_path):

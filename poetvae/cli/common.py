@@ -149,8 +149,47 @@ ConfigFile = Annotated[
 ]
 
 
+# ---- the model a command reads --------------------------------------------------------------
+RunDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="run directory written by `poetvae train`, or a bundle (default: the newest run in ./runs, "
+        "else the bundled model)",
+        readable=False,
+        show_default=False,
+    ),
+]
+
+
+# for the commands that need a run's own files (evaluate: its splits; plot: its log): no bundled model
+TrainedRun = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="run directory written by `poetvae train` (default: the newest run in ./runs)",
+        readable=False,
+        show_default=False,
+    ),
+]
+
+
+def use_model(model: Path | None, *, bundled: bool = True, hint: str = "pass -m RUN") -> Path:
+    """The model directory a command reads (poetvae.models.resolve_model): -m as given, else
+    the newest run in ./runs, else (with `bundled`) the bundled model. When it chose, it says
+    which in one line on stderr, so that stdout holds the poems alone (`poetvae sample | head`).
+    Call it inside user_errors(): with no model at all it raises a one-line error."""
+    from poetvae.models import resolve_model
+
+    resolved = resolve_model(model, bundled=bundled, hint=hint)
+    if resolved.note:
+        err.print(resolved.note)
+    return resolved.path
+
+
 # ---- sample -------------------------------------------------------------------------------
-RunDir = Annotated[Path, typer.Option("--model", "-m", help="run directory written by `poetvae train`", readable=False)]
 Rhyme = Annotated[
     bool,
     typer.Option("--rhyme", help="lines 2 and 4 (and a 平 line 1) share a rhyme group", rich_help_panel="controls"),

@@ -23,6 +23,7 @@ from poetvae.cli.common import (
     _json_number,
     app,
     out,
+    use_model,
     user_errors,
 )
 from poetvae.config import MAX_SEED
@@ -30,7 +31,7 @@ from poetvae.config import MAX_SEED
 
 @app.command()
 def sample(
-    model: RunDir,
+    model: RunDir = None,
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="how many poems")] = 10,
     temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 0.8,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="fixes z and the draws")] = None,
@@ -83,7 +84,8 @@ def sample(
 ) -> None:
     """Draw z ~ N(0, I) and decode well-formed quatrains, streaming them as they are made.
 
-    Example: [bold]poetvae sample -m runs/default -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
+    Example: [bold]poetvae sample -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
+    (the newest run in ./runs, else the bundled model; -m RUN to choose)
     """
     from poetvae.decode import DecodeOptions
     from poetvae.poet import Poet
@@ -96,7 +98,7 @@ def sample(
         controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, first_line or prefix)
         if infer_z and not controls.prefix:
             raise typer.BadParameter("--infer-z needs --first-line or --prefix")
-        poet = Poet.load(model, device=device)
+        poet = Poet.load(use_model(model), device=device)
         options = DecodeOptions(
             temperature=temp,
             top_k=top_k,
@@ -117,9 +119,9 @@ def sample(
 # ---- interpolate -------------------------------------------------------------------------
 @app.command()
 def interpolate(
-    model: RunDir,
     poem_a: Annotated[str, typer.Argument(help="first poem, e.g. 床前明月光，疑是地上霜。举头望明月，低头思故乡。")],
     poem_b: Annotated[str, typer.Argument(help="second poem")],
+    model: RunDir = None,
     steps: Annotated[int, typer.Option("--steps", min=2, help="points on the path, both ends included")] = 8,
     method: Annotated[str, typer.Option("--method", help="linear | slerp")] = "linear",
     sample_: Annotated[bool, typer.Option("--sample", help="sample at each point instead of greedy decoding")] = False,
@@ -138,7 +140,7 @@ def interpolate(
 ) -> None:
     """Walk the latent space from poem A to poem B (posterior means), decoding each point.
 
-    Example: [bold]poetvae interpolate -m runs/default
+    Example: [bold]poetvae interpolate -m runs/tang
     床前明月光，疑是地上霜。举头望明月，低头思故乡。 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。[/]
     """
     from poetvae.decode import DecodeOptions
@@ -151,7 +153,7 @@ def interpolate(
         raise typer.BadParameter("--format must be table or json")
     with user_errors():
         a, b = parse_poem(poem_a), parse_poem(poem_b)
-        poet = Poet.load(model, device=device)
+        poet = Poet.load(use_model(model), device=device)
         controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
         options = DecodeOptions(temperature=temp, greedy=not sample_, beam=beam, controls=controls, seed=seed)
         path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)

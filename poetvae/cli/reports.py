@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from poetvae.cli.common import Device, RunDir, Scheme, _finite, _number, _styled, app, out, user_errors
+from poetvae.cli.common import Device, Scheme, TrainedRun, _finite, _number, _styled, app, out, use_model, user_errors
 from poetvae.config import MAX_SEED
 
 
@@ -54,7 +54,7 @@ def _print_report(report: Any, source: str) -> None:
 
 @app.command()
 def evaluate(
-    model: RunDir,
+    model: TrainedRun = None,
     corpus: Annotated[
         list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)", readable=False)
     ] = None,
@@ -70,13 +70,15 @@ def evaluate(
 ) -> None:
     """Measure a run: likelihood, latent use, and the statistics of its samples next to human verse.
 
-    Example: [bold]poetvae evaluate -m runs/default --iw 500 --json[/]
+    Example: [bold]poetvae evaluate -m runs/tang --iw 500 --json[/] (without -m: the newest run in ./runs)
     """
     from poetvae import rundir
     from poetvae.evaluate import evaluate_run
     from poetvae.poet import Poet
 
     with user_errors():
+        # a run, never the bundled model: evaluating needs the run's own splits
+        model = use_model(model, bundled=False)
         run = rundir.RunDir(model)
         heldout = run.heldout(corpus)
         train_poems = run.train_poems()
@@ -93,7 +95,10 @@ def evaluate(
 # ---- plot ---------------------------------------------------------------------------------
 @app.command()
 def plot(
-    model: Annotated[Path, typer.Argument(help="run directory", readable=False)],
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="run directory (default: the newest run in ./runs)", readable=False, show_default=False),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="where to write the PNGs (default RUN/plots)")
     ] = None,
@@ -101,12 +106,14 @@ def plot(
 ) -> None:
     """Charts of a run: training curves, and a 2-D PCA of the test poems' posterior means.
 
-    Example: [bold]poetvae plot runs/default[/]
+    Example: [bold]poetvae plot runs/tang[/]
     """
     from poetvae import rundir
     from poetvae.plot import plot_latent_of_run, plot_training
 
     with user_errors():
+        # a run, never the bundled model: the charts need the run's log and splits
+        model = use_model(model, bundled=False, hint="give RUN")
         paths = plot_training(model, output)
         heldout = rundir.RunDir(model).heldout()
         paths.append(plot_latent_of_run(model, heldout.poems, output, device))

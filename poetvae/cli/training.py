@@ -70,14 +70,40 @@ def _config_table(cfg: Any) -> Table:
     return table
 
 
+def _shipped_name(value: str | None) -> str | None:
+    """Typer callback of --corpus: the name of a shipped corpus."""
+    from poetvae.data_files import SHIPPED_CORPORA
+
+    if value is not None and value not in SHIPPED_CORPORA:
+        raise typer.BadParameter(f"{value!r} is not a shipped corpus: choose one of {', '.join(SHIPPED_CORPORA)}")
+    return value
+
+
 @app.command()
 @_with_config_flags({"prep", "model", "train"})
 def train(
     corpus: Annotated[
         list[Path] | None,
-        typer.Argument(help="corpus files or a prep directory (default: the corpus shipped in data/)", readable=False),
+        typer.Argument(
+            help="corpus files or a prep directory (default: the shipped quatrains, --corpus quatrains)",
+            readable=False,
+            show_default=False,
+        ),
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="run directory (default: runs/default)")] = None,
+    shipped: Annotated[
+        str | None,
+        typer.Option(
+            "--corpus",
+            callback=_shipped_name,
+            help="a corpus shipped with poetvae, instead of files: quatrains (the Tang and Song quatrains, the "
+            "default), stanzas (four-line stanzas of longer poems, to pretrain on), small (122 well-known quatrains)",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="run directory (default: a new one, runs/<corpus name>)"),
+    ] = None,
     config: ConfigFile = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue the run in this directory", readable=False)
@@ -102,7 +128,8 @@ def train(
 ) -> None:
     """Train the VAE; writes config, vocabulary, checkpoints and log.jsonl to the run directory.
 
-    Example: [bold]poetvae train ../shared/data/tang_quatrains.txt -o runs/tang --epochs 20[/]
+    Example: [bold]poetvae train tang.txt --epochs 20[/] writes a new run, runs/tang
+    (runs/tang-2 when that exists; -o RUN to choose). No corpus: the shipped quatrains.
 
     Pretrain, then fine-tune: [bold]poetvae train stanzas.txt quatrains.txt -o runs/pre[/], then
     [bold]poetvae train quatrains.txt --init runs/pre -o runs/fine --epochs 6 --lr 5e-4[/]
@@ -115,6 +142,10 @@ def train(
         settings["use_latent"] = False
     if init is not None and resume is not None:
         raise typer.BadParameter("--init starts a new run and --resume continues one: give one of them")
+    if shipped is not None and corpus:
+        raise typer.BadParameter("give corpus files or --corpus NAME, not both")
+    if shipped is not None and resume is not None:
+        raise typer.BadParameter("--resume takes the run's own data and config; give no corpus or settings")
     _refuse_prep_flags(corpus, settings)
     if devices > 1:
         with user_errors():
@@ -122,6 +153,7 @@ def train(
                 _launch_torchrun(
                     devices,
                     corpus=corpus,
+                    shipped=shipped,
                     output=output,
                     config=config,
                     resume=resume,
@@ -139,14 +171,14 @@ def train(
             inputs = rundir.RunDir(run_dir).open_for_resume()
             cfg, data = inputs.config, inputs.data
         else:
-            run_dir = output or rundir.DEFAULT_RUN
             init_run = _open_init(init, settings)
-            run = rundir.RunDir(run_dir)
-            held.enter_context(run.lock())  # until training ends: one training per run directory
-            run.refuse_existing(overwrite=overwrite)
+            sources, name = _corpus(corpus, shipped)
+            # locked until training ends: one training per run directory
+            run = held.enter_context(_claim_output(output, name, overwrite))
+            run_dir = run.path
             cfg = load_config(config, settings, fixed=init_run.fixed_settings() if init_run else None)
             stage = held.enter_context(run.staging())  # None on torchrun ranks > 0, which write nothing
-            data = (stage.run if stage else run).load_training_data(corpus or None, cfg, init_run)
+            data = (stage.run if stage else run).load_training_data(sources, cfg, init_run)
         main_process = env_rank() == 0  # under torchrun only rank 0 speaks
         if main_process:
             out.print(_config_table(cfg))
@@ -158,6 +190,40 @@ def train(
     if result.interrupted and main_process:
         err.print(f"interrupted at step {result.steps}; continue with: poetvae train --resume {run_dir}")
         raise typer.Exit(130)
+
+
+def _corpus(corpus: list[Path] | None, shipped: str | None) -> tuple[list[Path], str]:
+    """The corpus files (or prep directory) to train on, and the name a new run takes from them."""
+    from poetvae import data_files, rundir
+    from poetvae.errors import CorpusError
+
+    if corpus:
+        missing = next((p for p in corpus if not os.path.lexists(p)), None)
+        if missing is not None:  # before a run directory is claimed for it
+            raise CorpusError(f"no such file: {missing}")
+        return list(corpus), rundir.run_name(corpus)
+    name = shipped or data_files.DEFAULT_CORPUS
+    return data_files.shipped_corpus(name), name
+
+
+@contextlib.contextmanager
+def _claim_output(output: Path | None, name: str, overwrite: bool) -> Any:
+    """The run directory of a new training, locked while it trains. -o RUN as given (refused
+    when it holds a run, unless --overwrite); without -o a new directory runs/<name>, or
+    runs/<name>-2, -3, ... when that exists, so that a second training never replaces the
+    first (with --overwrite: runs/<name> itself, replaced). Says on stdout which it chose."""
+    from poetvae import rundir
+
+    if output is None and not overwrite:
+        with rundir.fresh_run(name) as run:
+            if env_rank() == 0:
+                out.print(f"new run: {run.path} (-o to choose the directory)")
+            yield run
+        return
+    run = rundir.RunDir(output if output is not None else rundir.RUNS / name)
+    with run.lock():
+        run.refuse_existing(overwrite=overwrite)
+        yield run
 
 
 def _open_init(init: Path | None, settings: dict[str, Any]) -> Any:
@@ -229,6 +295,7 @@ def _launch_torchrun(
     devices: int,
     *,
     corpus: list[Path] | None,
+    shipped: str | None,
     output: Path | None,
     config: Path | None,
     resume: Path | None,
@@ -255,16 +322,15 @@ def _launch_torchrun(
             global_batch(inputs.config.train, len(inputs.data.splits["train"]), devices)
             args = ["--resume", str(resume)]
         else:
-            run_dir = output or rundir.DEFAULT_RUN
             init_run = _open_init(init, settings)
-            run = rundir.RunDir(run_dir)
-            held.enter_context(run.lock())
-            run.refuse_existing(overwrite=overwrite)
+            sources, name = _corpus(corpus, shipped)
+            run = held.enter_context(_claim_output(output, name, overwrite))
+            run_dir = run.path  # the workers get it as -o
             cfg = load_config(config, settings, fixed=init_run.fixed_settings() if init_run else None)
             stage = held.enter_context(run.staging())
             env[rundir.STAGING_ENV] = str(stage.path)
             # into the staged run's prep/ once here, which every process then reads
-            source = stage.run.prepare_data(corpus or None, cfg, init_run)
+            source = stage.run.prepare_data(sources, cfg, init_run)
             global_batch(cfg.train, len(load_prepared(source).splits["train"]), devices)
             args = [
                 str(source),

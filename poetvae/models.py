@@ -1,0 +1,229 @@
+"""Which model a command uses, the model bundled with the package, and bundles made from runs.
+
+    resolved = resolve_model(None)   # -m as given, else the newest run in ./runs, else the bundled model
+    poet = Poet.load(resolved.path)
+    export_bundle("runs/tang", "poetvae/bundled/classical", half=True)
+
+A bundle is the smallest directory that Poet.load reads, a run without its training state,
+log or data (so `evaluate`, `plot` and `train --resume` do not apply to it; `train --init`
+does):
+
+    BUNDLE/
+      config.json        the run's
+      vocab.json         the run's
+      model.safetensors  the run's best weights; float16 with --half (half the size), widened
+                         to float32 when loaded
+      prior.safetensors  the run's fitted prior, when it has one
+      evaluation.json    the run's evaluation report, when it has one
+      MODEL_CARD.md      the run's, else one written from what the run records
+
+The bundled model is such a directory inside the package, poetvae/bundled/<BUNDLED_MODEL>/:
+putting one there (and building the package) is all it takes to ship one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from poetvae.checkpoint import save_tensors
+from poetvae.errors import CheckpointError, PoetVAEError
+from poetvae.files import atomic_write
+from poetvae.rundir import BEST, CONFIG, LAYOUT, RUNS, VOCAB, RunDir, Staging
+
+BUNDLED_MODEL = "classical"  # the name of the model shipped in poetvae/bundled/
+PRIOR = "prior.safetensors"
+EVALUATION = "evaluation.json"
+MODEL_CARD = "MODEL_CARD.md"
+MODEL_FILES = (CONFIG, VOCAB, BEST)  # what Poet.load reads: a directory with these is a model
+BUNDLE_FILES = frozenset({*MODEL_FILES, PRIOR, EVALUATION, MODEL_CARD})
+
+# ResolvedModel.source
+GIVEN = "given"  # -m RUN
+NEWEST_RUN = "newest run"  # the newest run under ./runs
+BUNDLED = "bundled"  # the model shipped in the package
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The model directory a command reads, and how it was chosen."""
+
+    path: Path
+    source: str  # GIVEN, NEWEST_RUN or BUNDLED
+    note: str | None = None  # the line to tell the user when it was not GIVEN
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """Whether `path` holds a model Poet.load can read (a run, or a bundle)."""
+    return all((Path(path) / name).is_file() for name in MODEL_FILES)
+
+
+def bundled_model() -> Path | None:
+    """The model shipped in the package (poetvae/bundled/<BUNDLED_MODEL>), or None when this
+    install has none."""
+    path = Path(__file__).resolve().parent / "bundled" / BUNDLED_MODEL
+    return path if is_model_dir(path) else None
+
+
+def newest_run(runs: str | Path) -> Path | None:
+    """The run under `runs` (one level down) whose model.safetensors is the newest, or None.
+
+    Newest by the weights' mtime, because that dates the model itself: training rewrites
+    model.safetensors whenever validation improves (and a resume keeps doing so), while a
+    directory's mtime also moves when plots are drawn into it and config.json dates only the
+    start. Hidden entries are passed over: a training that has not published its run yet
+    works in .RUN.staging-* (poetvae.rundir), and .RUN.lock is a lock. A published run still
+    in training is a whole run (every file is written atomically) and counts."""
+    runs = Path(runs)
+    if not runs.is_dir():
+        return None
+    found = []
+    for entry in runs.iterdir():
+        if entry.name.startswith(".") or not is_model_dir(entry):
+            continue
+        try:
+            found.append((entry.joinpath(BEST).stat().st_mtime_ns, entry.name, entry))
+        except OSError:  # removed while we looked
+            continue
+    return max(found)[2] if found else None
+
+
+def resolve_model(
+    model: str | Path | None, cwd: str | Path | None = None, *, bundled: bool = True, hint: str = "pass -m RUN"
+) -> ResolvedModel:
+    """The model a command reads: `model` when given (checked later, by whoever opens it);
+    else the newest run under ./runs of `cwd` (default: the current directory); else, with
+    `bundled`, the model shipped in the package. CheckpointError, ending in `hint`, when
+    there is none. Commands that need a run's own data (evaluate, plot) pass bundled=False."""
+    if model is not None:
+        return ResolvedModel(Path(model), GIVEN)
+    runs = RUNS if cwd is None else Path(cwd) / RUNS
+    where = f"./{RUNS}" if cwd is None else str(runs)
+    run = newest_run(runs)
+    if run is not None:
+        return ResolvedModel(run, NEWEST_RUN, f"using {run} (the newest run in {where}; -m to choose)")
+    shipped = bundled_model() if bundled else None
+    if shipped is not None:
+        note = f"using the bundled model {BUNDLED_MODEL} (no run in {where}; -m to choose)"
+        return ResolvedModel(shipped, BUNDLED, note)
+    missing = f"no run in {where}" + (" and no bundled model in this install" if bundled else "")
+    raise CheckpointError(f"no model to use: {missing}; train one with `poetvae train`, or {hint}")
+
+
+# ---- export -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    files: list[str]
+    bytes: int
+    dtype: str  # of the stored weights: "float16" or "float32"
+
+
+def export_bundle(run: str | Path, dest: str | Path, *, half: bool = False, overwrite: bool = False) -> ExportResult:
+    """Write the run's model as a bundle at `dest` (see the module's docstring): the run's
+    config, vocabulary and best weights, float16 with `half`; its prior, evaluation report
+    and model card when it has them (a card is written when it has none).
+
+    The bundle is built in a hidden directory beside `dest` and appears in one rename, so
+    `dest` is never half written. An existing `dest` is refused, or with `overwrite`
+    replaced in one step when it holds a model and nothing else (so a typo cannot replace
+    a folder of other files). CheckpointError when the run is not a sound model, or its
+    weights do not fit in float16."""
+    source, dest = RunDir(run), Path(dest)
+    init = source.open_for_init()  # the config, vocabulary and weights, checked to fit and be finite
+    _refuse_dest(dest, source.path, overwrite=overwrite)
+    weights = init.weights
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+        overflow = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
+        if overflow:
+            raise CheckpointError(
+                f"{source.best}: {overflow[0]} has weights beyond float16's range (±65504); export without --half"
+            )
+    # the run by its name alone: a bundle travels, the path of the machine it was made on need not
+    origin = {"run": Path(os.path.abspath(source.path)).name, "step": init.step, "sha256": init.sha256}
+    meta = {"step": init.step, "dtype": "float16" if half else "float32", "exported_from": origin}
+
+    target = Path(os.path.abspath(dest))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Staging(RunDir(target), _new_dir_beside(target, "export-"))
+    try:
+        for name in (CONFIG, VOCAB, PRIOR, EVALUATION, MODEL_CARD):
+            if (source.path / name).is_file():
+                atomic_write(stage.path / name, (source.path / name).read_bytes())
+        save_tensors(stage.path / BEST, weights, meta)
+        if not (stage.path / MODEL_CARD).is_file():
+            card = model_card(source, target.name, meta, evaluated=(stage.path / EVALUATION).is_file())
+            atomic_write(stage.path / MODEL_CARD, card)
+        files = sorted(p.name for p in stage.path.iterdir())
+        size = sum((stage.path / f).stat().st_size for f in files)
+        stage.publish()  # a rename, or with overwrite an exchange with the old bundle, then its removal
+    finally:
+        stage.discard()
+    return ExportResult(dest, files, size, meta["dtype"])
+
+
+def _refuse_dest(dest: Path, source: Path, *, overwrite: bool) -> None:
+    if dest.exists() and source.exists() and dest.resolve() == source.resolve():
+        raise PoetVAEError(f"{dest} is the run itself; export it to another directory")
+    if not os.path.lexists(dest):
+        return
+    if not overwrite:
+        raise PoetVAEError(f"{dest} already exists; --overwrite replaces it")
+    if not dest.is_dir() or dest.is_symlink() or not is_model_dir(dest):
+        raise PoetVAEError(f"{dest} is not a model directory; --overwrite replaces only a bundle or a run")
+    foreign = sorted(e.name for e in dest.iterdir() if e.name not in BUNDLE_FILES | LAYOUT)
+    if foreign:
+        raise PoetVAEError(f"{dest} holds files that are not a model's ({foreign[0]}, ...); choose another directory")
+
+
+def _new_dir_beside(path: Path, suffix: str) -> Path:
+    """A fresh hidden directory .NAME.<suffix>XXXXXXXX beside `path`, with the usual mode."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{suffix}{secrets.token_hex(4)}")
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def model_card(source: RunDir, name: str, meta: dict, evaluated: bool = False) -> str:
+    """A MODEL_CARD.md written from what the run records: its corpus, model, training and
+    weights. Facts only: what the model is for, and how good, are for a person to add."""
+    header = source.read_header()
+    m, tr = header.config.model, header.config.train
+    manifest = _read_json(source.prep / "manifest.json")
+    files, sizes = manifest.get("corpus"), manifest.get("splits")
+    corpus = ", ".join(Path(str(p)).name for p in files) if isinstance(files, list) and files else "not recorded"
+    splits = ", ".join(f"{k} {v}" for k, v in sizes.items()) if isinstance(sizes, dict) else ""
+    model = f"embedding {m.embed_dim}, hidden {m.hidden_dim}, latent {m.latent_dim}, highway layers {m.highway_layers}"
+    lines = [
+        f"# {name}",
+        "",
+        "A poetvae model (a text VAE of 五言绝句), exported from a training run by `poetvae export`.",
+        "",
+        f"- corpus: {corpus}" + (f" (poems per split: {splits})" if splits else ""),
+        f"- vocabulary: {len(header.vocab)} tokens ({header.vocab.tokenizer})",
+        f"- model: {model}" + (", form features" if m.form_features else "") + ("" if m.use_latent else ", no latent"),
+        f"- training: {tr.epochs} epochs at batch {tr.batch_size}, lr {tr.lr}, KL schedule {tr.kl_schedule}, "
+        f"free bits {tr.free_bits}; these are the best weights by validation, from step {meta.get('step')}",
+        f"- weights: {meta['dtype']} (loading widens them to float32); sha256 of the run's model.safetensors "
+        f"{meta['exported_from']['sha256']}",
+    ]
+    if header.init_from:
+        lines.append(f"- fine-tuned from the run {Path(str(header.init_from.get('run', '?'))).name}")
+    if evaluated:
+        lines.append(f"- evaluation: `{EVALUATION}` (the report of `poetvae evaluate --json`)")
+    return "\n".join(lines) + "\n"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
