@@ -360,6 +360,8 @@ def _set_up(
     valid_tokens = data.tokens("valid").to(device)
     n = train_tokens.size(0)
     batch_size = global_batch(train_cfg, n, process.world)
+    if cfg.model.bn_gamma > 0 and batch_size // process.world < 2:  # batch norm of one row: no variance
+        raise ConfigError("bn_gamma (BN-VAE) normalises mu over the batch: it needs batches of 2 poems or more")
     steps_per_epoch = n // batch_size  # drop the ragged last batch: every step sees the same shape
     total_steps = train_cfg.epochs * steps_per_epoch
     if train_cfg.max_steps:

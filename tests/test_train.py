@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -108,6 +109,12 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(prepared, tmp_pa
             assert torch.allclose(whole[k], cut[k], atol=1e-6), k
     steps = [r.step for r in read_log(tmp_path / "cut") if isinstance(r, StepRecord)]
     assert steps == list(range(1, 19))
+
+
+def test_bn_vae_needs_two_poems_per_batch(prepared, tmp_path):
+    cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, bn_gamma=1.0))
+    with pytest.raises(ConfigError, match="bn_gamma"):
+        train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=1)), prepared, tmp_path / "r")
 
 
 def test_resume_needs_a_run(prepared, tmp_path):

@@ -59,7 +59,7 @@ def evaluate(
         list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)", readable=False)
     ] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="poems drawn from the prior")] = 1000,
-    iw: Annotated[int, typer.Option("--iw", min=1, help="importance samples K for the IW-NLL")] = 100,
+    iw: Annotated[int, typer.Option("--iw", min=1, max=10**6, help="importance samples K for the IW-NLL")] = 100,
     temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
     scheme: Scheme = "pingshui",
