@@ -7,6 +7,7 @@ which lives with training in poetvae.train) is reported here too.
     active_units        latent dims the encoder uses (Burda et al. 2016)
     mutual_information  I(x; z) under q (He et al. 2019's estimator)
     reconstruction_accuracy  characters recovered by greedy decoding of E_q[z|x]
+                        (compared by form.matching_chars, as Poet.reconstruct does)
     distinct_poems, distinct_n, copy_rates, rhyme_rate, tone_rate, well_formed_rate,
     sample_stats        statistics of lists of poems (plain Python, no model)
     evaluate_run        the whole report, an EvaluationReport (`to_dict()` is
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from poetvae.config import check_seed
 from poetvae.decode import DecodeOptions, DecodeTables, generate
-from poetvae.form import FORM, Poem
+from poetvae.form import FORM, Poem, matching_chars
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet
 from poetvae.prosody import check_scheme, rhyme_ok, tone_24_ok
@@ -235,8 +236,7 @@ def reconstruction_accuracy(
             means = model.encode(batch)[0] if mu is None else mu[i : i + batch_size].to(device)
             ids = generate(model, means, vocab, DecodeOptions(greedy=True), tables=tables)[0]  # the token rows
             for got, want in zip(ids.tolist(), batch.tolist()):
-                a, b = "".join(vocab.decode(got)), "".join(vocab.decode(want))
-                matches += sum(x == y for x, y in zip(a[: FORM.chars], b[: FORM.chars]))
+                matches += sum(matching_chars(vocab.decode(want), vocab.decode(got)))
     return matches / (FORM.chars * n)
 
 
