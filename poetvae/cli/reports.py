@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from poetvae.cli.common import Device, RunDir, Scheme, _finite, _number, _styled, app, out, user_errors
+from poetvae.cli.common import Device, Prior, RunDir, Scheme, _finite, _number, _styled, app, out, user_errors
 from poetvae.config import MAX_SEED
 
 
@@ -30,8 +30,10 @@ def _print_report(report: Any, source: str) -> None:
     table.add_row("active units", f"{lt.active_units} of {lt.latent_dim}")
     table.add_row("mutual information", f"{lt.mutual_information:.2f} nats")
     table.add_row("reconstruction accuracy", f"{lt.reconstruction_accuracy:.1%}")
+    table.add_row("  on training poems", f"{lt.train_reconstruction_accuracy:.1%}")
     out.print(table)
-    stats = Table(title=f"samples (temperature {meta.temperature}) vs the held-out poems", title_justify="left")
+    prior = "" if meta.prior == "normal" else f", {meta.prior} prior"
+    stats = Table(title=f"samples (temperature {meta.temperature}{prior}) vs the held-out poems", title_justify="left")
     stats.add_column("")
     stats.add_column("samples", justify="right")
     stats.add_column("held-out (human)", justify="right")
@@ -63,6 +65,7 @@ def evaluate(
     temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
     scheme: Scheme = "pingshui",
+    prior: Prior = "normal",
     as_json: Annotated[
         bool, typer.Option("--json", help="print the report as JSON (keys: poetvae.evaluate.evaluate_run)")
     ] = False,
@@ -82,7 +85,15 @@ def evaluate(
         train_poems = run.train_poems()
         poet = Poet.load(model, device=device)
         report = evaluate_run(
-            poet, heldout.poems, train_poems, samples=samples, iw_samples=iw, temperature=temp, seed=seed, scheme=scheme
+            poet,
+            heldout.poems,
+            train_poems,
+            samples=samples,
+            iw_samples=iw,
+            temperature=temp,
+            seed=seed,
+            scheme=scheme,
+            prior=prior,
         )
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
