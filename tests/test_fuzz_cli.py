@@ -413,6 +413,16 @@ def test_a_run_with_broken_weights_samples_poems_and_valid_json(world, run_name)
     )
     assert path.exit_code == 0, path.output
     assert all(len(json.loads(line, **strict)["lines"]) == 4 for line in path.output.splitlines())
+    for args in (
+        ["reconstruct", JING_YE_SI, DENG_GUAN_QUE_LOU],
+        ["vary", JING_YE_SI, "-n", "3", "--with-z", "--seed", "0"],
+        ["vary", JING_YE_SI, "-n", "2", "--spread", "0", "--greedy"],
+    ):
+        result = runner.invoke(app, [args[0], "-m", run, *args[1:], "--allow-unk", "-f", "json"])
+        assert result.exit_code == 0, result.output
+        for line in result.output.splitlines():
+            record = json.loads(line, **strict)
+            assert len(record["lines"]) == 4 and all(len(x) == 5 for x in record["lines"])
     report = runner.invoke(app, ["evaluate", "-m", run, "--samples", "5", "--iw", "2", "--json"])
     assert report.exit_code == 0, report.output
     assert json.loads(report.output, **strict)["samples"]["well_formed"] == 1.0
