@@ -273,16 +273,22 @@ class _FormMasks:
 
 def latent_path(za: Tensor, zb: Tensor, steps: int, method: str = "linear") -> Tensor:
     """(steps, Z) points from za to zb inclusive. slerp follows the great circle, which keeps
-    the points at a norm typical of N(0, I) samples instead of cutting through the middle."""
+    the points at a norm typical of N(0, I) samples instead of cutting through the middle.
+    The first and last points are za and zb exactly (slerp's sines are not exact there), so
+    the ends of a greedy path are the reconstructions of its poems."""
     if steps < 2:
         raise ValueError("an interpolation needs at least 2 steps")
     t = torch.linspace(0, 1, steps, device=za.device)[:, None]
     if method == "linear":
-        return (1 - t) * za + t * zb
-    if method == "slerp":
+        path = (1 - t) * za + t * zb
+    elif method == "slerp":
         cos = torch.dot(za, zb) / (za.norm() * zb.norm()).clamp_min(1e-8)
         omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
         if omega.abs() < 1e-4:
-            return (1 - t) * za + t * zb
-        return (torch.sin((1 - t) * omega) * za + torch.sin(t * omega) * zb) / torch.sin(omega)
-    raise ValueError(f"unknown interpolation method {method!r} (expected linear or slerp)")
+            path = (1 - t) * za + t * zb
+        else:
+            path = (torch.sin((1 - t) * omega) * za + torch.sin(t * omega) * zb) / torch.sin(omega)
+    else:
+        raise ValueError(f"unknown interpolation method {method!r} (expected linear or slerp)")
+    path[0], path[-1] = za, zb
+    return path

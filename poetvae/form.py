@@ -17,6 +17,8 @@ Every other module asks this one instead of restating a rule:
   and an author, and its two layouts. A poem's text may also come without punctuation:
   20 characters in one run, or two couplets of 10, are cut into lines of 5 (the rule of
   the shared data, which the corpus reader keeps).
+* :func:`matching_chars`: two poems compared position by position (what reconstruction
+  accuracy counts, in ``poetvae.evaluate`` and ``Poet.reconstruct`` alike).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "Poem",
     "parse_poem",
     "check_poem",
+    "matching_chars",
     "EMPTY",
     "WRONG_LINES",
     "WRONG_LENGTH",
@@ -205,3 +208,12 @@ def parse_poem(text: str) -> Poem:
     if lines is None:
         raise CorpusError(detail)
     return Poem(tuple(lines))
+
+
+def matching_chars(given: Sequence[str], decoded: Sequence[str]) -> tuple[bool, ...]:
+    """Whether each of the ``FORM.chars`` character positions holds the same character in
+    both poems (each given as its lines), in reading order. A position that either poem
+    lacks (a shorter poem, a word row cut short) counts as different, so the share of
+    ``True`` is always out of 20."""
+    a, b = "".join(given), "".join(decoded)
+    return tuple(i < len(a) and i < len(b) and a[i] == b[i] for i in range(FORM.chars))

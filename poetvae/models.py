@@ -23,6 +23,8 @@ putting one there (and building the package) is all it takes to ship one.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import secrets
@@ -155,6 +157,7 @@ def export_bundle(run: str | Path, dest: str | Path, *, half: bool = False, over
             if (source.path / name).is_file():
                 atomic_write(stage.path / name, (source.path / name).read_bytes())
         save_tensors(stage.path / BEST, weights, meta)
+        _rebind_prior(stage.path / PRIOR, init.sha256, stage.path / BEST)
         if not (stage.path / MODEL_CARD).is_file():
             card = model_card(source, target.name, meta, evaluated=(stage.path / EVALUATION).is_file())
             atomic_write(stage.path / MODEL_CARD, card)
@@ -164,6 +167,20 @@ def export_bundle(run: str | Path, dest: str | Path, *, half: bool = False, over
     finally:
         stage.discard()
     return ExportResult(dest, files, size, meta["dtype"])
+
+
+def _rebind_prior(prior_file: Path, run_sha256: str, bundle_weights: Path) -> None:
+    """A prior fitted to the run's weights belongs to the bundle's too (the same weights,
+    perhaps rounded to float16): record the bundle's weights file as the one it was fitted
+    to, or `--prior fitted` would refuse it as stale. A prior that was already stale stays so."""
+    from poetvae.prior import FittedPrior
+
+    if not prior_file.is_file():
+        return
+    prior = FittedPrior.load(prior_file)
+    if prior.weights_sha256 == run_sha256:
+        sha = hashlib.sha256(bundle_weights.read_bytes()).hexdigest()
+        dataclasses.replace(prior, weights_sha256=sha).save(prior_file)
 
 
 def _refuse_dest(dest: Path, source: Path, *, overwrite: bool) -> None:

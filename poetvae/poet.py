@@ -7,17 +7,24 @@
         print(s.layout())
     path = poet.interpolate("床前明月光，疑是地上霜。举头望明月，低头思故乡。",
                             "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", steps=8)
+    [rec] = poet.reconstruct(["床前明月光，疑是地上霜。举头望明月，低头思故乡。"])
+    print(rec.decoded.oneline(), rec.accuracy)
+    variations = poet.vary("床前明月光，疑是地上霜。举头望明月，低头思故乡。", 5, DecodeOptions(seed=1), spread=0.5)
+    poet.sample(4, DecodeOptions(seed=1), prior="fitted")   # z from RUN/prior.safetensors
 
 Everything is rebuilt from the run directory alone (config.json, vocab.json,
-model.safetensors): no flag has to be repeated at load time, and a bundle (the minimal
-directory `poetvae export` writes, float16 weights included) loads like a run.
-poetvae.models.resolve_model(None).path is the model the commands use without -m.
+model.safetensors; prior.safetensors when prior="fitted" asks for it): no flag has to be
+repeated at load time, and a bundle (the minimal directory `poetvae export` writes, float16
+weights included) loads like a run. poetvae.models.resolve_model(None).path is the model the
+commands use without -m.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,15 +34,23 @@ from torch import Tensor
 from poetvae.config import Config
 from poetvae.controls import Controls, backoff_report
 from poetvae.decode import DecodeOptions, DecodeTables, generate, latent_path
-from poetvae.errors import CheckpointError
-from poetvae.form import Poem, parse_poem
+from poetvae.errors import CheckpointError, ConfigError
+from poetvae.form import Poem, matching_chars, parse_poem
 from poetvae.hardware import keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
+from poetvae.prior import FittedPrior
 from poetvae.prosody import prosody_score
-from poetvae.rundir import RunDir
+from poetvae.rundir import PRIOR, RunDir
 from poetvae.vocab import Vocab
 
 PoemLike = str | Poem | Sequence[str]
+PRIORS = ("normal", "fitted")  # where sample draws z: N(0, I), or the run's FittedPrior
+
+
+def check_prior(prior: str) -> str:
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be normal or fitted, not {prior!r}")
+    return prior
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,40 @@ class Sample(Poem):
     backoff: tuple[str, ...] = ()  # controls relaxed to find a candidate
 
 
+@dataclass(frozen=True)
+class Reconstruction:
+    """A poem and a poem decoded from its latent code, compared position by position: its
+    reconstruction (Poet.reconstruct: the greedy decode of its posterior mean), or any
+    decode at that code (the ends of an interpolation path)."""
+
+    given: Poem
+    decoded: Sample
+    same: tuple[bool, ...]  # FORM.chars flags in reading order: the characters that match
+
+    @classmethod
+    def of(cls, given: Poem, decoded: Sample) -> Reconstruction:
+        return cls(given, decoded, matching_chars(given.lines, decoded.lines))
+
+    @property
+    def accuracy(self) -> float:
+        """Share of the characters recovered (what evaluate's reconstruction_accuracy averages)."""
+        return sum(self.same) / len(self.same)
+
+
 class Poet:
-    def __init__(self, model: PoetVAE, vocab: Vocab, config: Config, device: torch.device):
+    def __init__(
+        self,
+        model: PoetVAE,
+        vocab: Vocab,
+        config: Config,
+        device: torch.device,
+        run_dir: str | Path | None = None,
+        weights: str = "best",
+    ):
         self.model, self.vocab, self.config, self.device = model.eval(), vocab, config, device
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # where fitted_prior is read from
+        self.weights = weights  # which of the run's weights the model holds: "best" or "last"
+        self._fitted_prior: FittedPrior | None = None
 
     @functools.cached_property
     def decode_tables(self) -> DecodeTables:
@@ -76,7 +122,38 @@ class Poet:
             model.load_state_dict(tensors)
         except RuntimeError as e:
             raise CheckpointError(f"{run_dir}: the weights do not fit the config ({str(e).splitlines()[0]})") from None
-        return cls(model.to(dev), vocab, config, dev)
+        return cls(model.to(dev), vocab, config, dev, run_dir=run_dir, weights=weights)
+
+    @property
+    def fitted_prior(self) -> FittedPrior:
+        """The run's fitted prior (RUN/prior.safetensors, poetvae.prior), read at first use;
+        or one assigned here (poet.fitted_prior = fit_prior(poet, poems))."""
+        if self._fitted_prior is None:
+            self._fitted_prior = self._read_fitted_prior()
+        return self._fitted_prior
+
+    @fitted_prior.setter
+    def fitted_prior(self, prior: FittedPrior) -> None:
+        if prior.latent_dim != self.config.model.latent_dim:
+            raise ValueError(f"the prior has {prior.latent_dim} dims, the model {self.config.model.latent_dim}")
+        self._fitted_prior = prior.to(self.device)
+
+    def _read_fitted_prior(self) -> FittedPrior:
+        if not self.config.model.use_latent:
+            raise ConfigError("the model has no latent (trained with --no-latent): it has no fitted prior")
+        if self.run_dir is None:
+            raise CheckpointError("this Poet was not loaded from a run: assign poet.fitted_prior first")
+        run = RunDir(self.run_dir)
+        refit = f"poetvae fit-prior -m {self.run_dir}"
+        if not run.prior.is_file():
+            raise CheckpointError(f"{self.run_dir} has no fitted prior ({PRIOR}); fit one with: {refit}")
+        prior = FittedPrior.load(run.prior)
+        if prior.latent_dim != self.config.model.latent_dim:
+            raise CheckpointError(f"{run.prior} has {prior.latent_dim} dims, the model {self.config.model.latent_dim}")
+        # A resumed training stopped before its end leaves the prior of older weights.
+        if self.weights == "best" and prior.weights_sha256 not in (None, _sha256(run.best)):
+            raise CheckpointError(f"{run.prior} was fitted to other weights than {run.best}; refit it with: {refit}")
+        return prior.to(self.device)
 
     # ---- text <-> tensors ------------------------------------------------------------
     def _lines(self, poem: PoemLike) -> tuple[str, ...]:
@@ -130,6 +207,16 @@ class Poet:
             for row, lp, latent, relaxed in zip(ids.tolist(), logprob.tolist(), zs, backoff_report(backoff))
         ]
 
+    def _decode_draws(
+        self, n: int, options: DecodeOptions, draw: Callable[[int, torch.Generator], Tensor], *, with_z: bool
+    ) -> Iterator[list[Sample]]:
+        """n poems, options.batch_size at a time: z = draw(size, generator), then decoded;
+        one generator, seeded with options.seed, for both."""
+        generator = self._generator(options.seed)
+        for start in range(0, n, options.batch_size):
+            size = min(options.batch_size, n - start)
+            yield self._samples(draw(size, generator), options, generator, with_z=with_z)
+
     # ---- the operations ----------------------------------------------------------------
     @torch.no_grad()
     def encode(self, poems: Sequence[PoemLike], allow_unk: bool = False) -> tuple[Tensor, Tensor]:
@@ -151,28 +238,76 @@ class Poet:
             return self.model.encode(self.vocab.encode_batch([controls.prefix]).to(self.device))
 
     def iter_sample(
-        self, n: int, options: DecodeOptions = DecodeOptions(), *, with_z: bool = False
+        self, n: int, options: DecodeOptions = DecodeOptions(), *, with_z: bool = False, prior: str = "normal"
     ) -> Iterator[list[Sample]]:
-        """n poems, options.batch_size at a time (for streaming large n). z ~ N(0, I), or
-        with options.infer_z z ~ q(z | the controls' prefix); seed fixes z and the draws."""
-        generator = self._generator(options.seed)
-        infer_z = options.infer_z and options.controls is not None
-        if infer_z:
+        """n poems, options.batch_size at a time (for streaming large n). z from the prior:
+        "normal" N(0, I), or "fitted", the run's fitted prior (fitted_prior); or with
+        options.infer_z, z ~ q(z | the controls' prefix). The seed fixes z and the draws.
+        A missing fitted prior raises here, before the first poem."""
+        check_prior(prior)
+        if options.infer_z and options.controls is not None:
+            if prior != "normal":
+                raise ValueError("infer_z draws z from q(z | prefix), not from a prior: use prior='normal'")
             mu, logvar = self.prefix_posterior(options.controls)
             std = torch.exp(0.5 * logvar)
-        for start in range(0, n, options.batch_size):
-            size = min(options.batch_size, n - start)
-            z = self.model.sample_prior(size, self.device, generator)
-            if infer_z:
-                z = mu + std * z
-            yield self._samples(z, options, generator, with_z=with_z)
+            return self._decode_draws(n, options, lambda k, g: mu + std * self._noise(k, g), with_z=with_z)
+        if prior == "fitted":
+            fitted = self.fitted_prior
+            return self._decode_draws(n, options, fitted.sample, with_z=with_z)
+        return self._decode_draws(n, options, self._noise, with_z=with_z)
 
-    def sample(self, n: int, options: DecodeOptions = DecodeOptions(), *, with_z: bool = False) -> list[Sample]:
+    def _noise(self, n: int, generator: torch.Generator) -> Tensor:
+        """(n, Z) draws of N(0, I): the prior itself, or the eps of z = mu + sigma * eps."""
+        return self.model.sample_prior(n, self.device, generator)
+
+    def sample(
+        self, n: int, options: DecodeOptions = DecodeOptions(), *, with_z: bool = False, prior: str = "normal"
+    ) -> list[Sample]:
         """n poems, all at once (see iter_sample). options: temperature, top-k/p, greedy;
         controls (rhyme / tones / acrostic / prefix, poetvae.controls); beam: beam-search
         width; rerank: candidates per z, the best kept by log-probability plus
-        prosody_weight x prosody score; seed."""
-        return [s for batch in self.iter_sample(n, options, with_z=with_z) for s in batch]
+        prosody_weight x prosody score; seed. prior: "normal" N(0, I) or "fitted"."""
+        return [s for batch in self.iter_sample(n, options, with_z=with_z, prior=prior) for s in batch]
+
+    def reconstruct(
+        self, poems: Sequence[PoemLike], allow_unk: bool = False, *, batch_size: int = 1024
+    ) -> list[Reconstruction]:
+        """Each poem next to its reconstruction: the greedy decode of its posterior mean,
+        compared character by character (Reconstruction.same, .accuracy). Unknown
+        characters raise VocabError naming them, unless allow_unk reads them as <unk>
+        (which never matches: the decoder does not write it)."""
+        given = [p if isinstance(p, Poem) else Poem(self._lines(p)) for p in poems]
+        tokens = self.tokens(given, allow_unk)
+        out: list[Reconstruction] = []
+        for i in range(0, len(given), batch_size):
+            with torch.no_grad():
+                mu, _ = self.model.encode(tokens[i : i + batch_size])
+            decoded = self.decode(mu, DecodeOptions(greedy=True))
+            out += [Reconstruction.of(g, d) for g, d in zip(given[i : i + batch_size], decoded)]
+        return out
+
+    def vary(
+        self,
+        poem: PoemLike,
+        n: int,
+        options: DecodeOptions = DecodeOptions(),
+        *,
+        spread: float = 1.0,
+        allow_unk: bool = False,
+        with_z: bool = False,
+    ) -> list[Sample]:
+        """n variations of a poem: z = mu + spread * sigma * eps, eps ~ N(0, I), around its
+        posterior q(z|x) = N(mu, sigma^2) (spread 1: z drawn from q(z|x); 0: the posterior
+        mean itself), decoded with the options (temperature, greedy, beam, controls). The
+        seed fixes z and the draws."""
+        if not (math.isfinite(spread) and spread >= 0):
+            raise ValueError(f"spread must be a finite number >= 0, not {spread}")
+        if options.infer_z:
+            raise ValueError("vary draws z around the poem's posterior: infer_z does not apply")
+        mu, logvar = self.encode([poem], allow_unk)
+        scale = spread * torch.exp(0.5 * logvar)
+        draws = self._decode_draws(n, options, lambda k, g: mu + scale * self._noise(k, g), with_z=with_z)
+        return [s for batch in draws for s in batch]
 
     def interpolate(
         self,
@@ -184,7 +319,13 @@ class Poet:
         options: DecodeOptions = DecodeOptions(greedy=True),
         allow_unk: bool = False,
     ) -> list[Sample]:
-        """Decode `steps` points from the posterior mean of a to that of b (both included);
-        controls apply to every point (e.g. every poem on the path rhymes)."""
+        """Decode `steps` points from the posterior mean of a to that of b (both included:
+        with greedy options the first and last poems are the reconstructions of a and b,
+        see Reconstruction.of); controls apply to every point (e.g. every poem on the path
+        rhymes)."""
         mu, _ = self.encode([a, b], allow_unk)
         return self.decode(latent_path(mu[0], mu[1], steps, method), options, with_z=True)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -8,6 +8,8 @@
                          holds the step, epoch and best score as JSON. One file, so a resume
                          point is written in one atomic rename and can never be half-updated.
       log.jsonl          one JSON object per logged step and per epoch
+      prior.safetensors  a Gaussian fitted to the training poems' posteriors under the best
+                         weights (poetvae.prior), for `sample --prior fitted`
       prep/              the run's prepared corpus (see poetvae.prep): a run is self-contained,
                          so resume reads its data and evaluate its held-out split from here
       plots/             the charts of `poetvae plot`
@@ -66,10 +68,11 @@ VOCAB = "vocab.json"
 BEST = "model.safetensors"
 LAST = "last.safetensors"
 LOG = "log.jsonl"
+PRIOR = "prior.safetensors"
 PREP_SUBDIR = "prep"
 PLOTS_SUBDIR = "plots"
 RUNS = Path("runs")  # where `poetvae train` writes a new run without --output: runs/<corpus name>
-LAYOUT = frozenset({CONFIG, VOCAB, BEST, LAST, LOG, PREP_SUBDIR, PLOTS_SUBDIR})
+LAYOUT = frozenset({CONFIG, VOCAB, BEST, LAST, LOG, PRIOR, PREP_SUBDIR, PLOTS_SUBDIR})
 # `train --devices N` holds the lock and the staging directory for its torchrun workers,
 # and tells them so in these environment variables.
 LOCK_HELD_ENV = "POETVAE_RUN_LOCK_HELD"
@@ -171,6 +174,10 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / LOG
+
+    @property
+    def prior(self) -> Path:
+        return self.path / PRIOR
 
     @property
     def prep(self) -> Path:

@@ -45,7 +45,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from poetvae import checkpoint as ckpt
-from poetvae import rundir
+from poetvae import prior, rundir
 from poetvae.config import Config, TrainConfig
 from poetvae.distributed import Dist, any_process, global_mean, setup, teardown
 from poetvae.errors import ConfigError, TrainingDiverged
@@ -286,7 +286,8 @@ def train(
     finite ones. With `staging` (a new run; see rundir.Staging) the run is written there
     and published as run_dir at its first resume point. Launched by torchrun, each
     process trains on its slice of every batch (see poetvae.distributed); only rank 0
-    writes anything.
+    writes anything. A run that ends (not interrupted) with a latent gets its fitted prior,
+    RUN/prior.safetensors (poetvae.prior.fit_run_prior, on the best weights).
 
     With `init` (a new run that fine-tunes another: rundir.RunDir.open_for_init), the model
     starts from its best weights instead of a fresh initialisation; `data` must be prepared
@@ -313,6 +314,10 @@ def train(
             _interrupt(run, state)
         finally:
             teardown()
+    if run.process.is_main and not state.interrupted and run.cfg.model.use_latent:
+        # The fitted prior of the final best weights (a few seconds); an interrupted run
+        # gets it when it is resumed to its end, and `poetvae fit-prior` can always refit.
+        prior.fit_run_prior(run.run_dir, device=str(run.device), train_tokens=run.train_tokens)
     return _result(run, state)
 
 
@@ -367,6 +372,8 @@ def _set_up(
     valid_tokens = data.tokens("valid").to(device)
     n = train_tokens.size(0)
     batch_size = global_batch(train_cfg, n, process.world)
+    if cfg.model.bn_gamma > 0 and batch_size // process.world < 2:  # batch norm of one row: no variance
+        raise ConfigError("bn_gamma (BN-VAE) normalises mu over the batch: it needs batches of 2 poems or more")
     steps_per_epoch = n // batch_size  # drop the ragged last batch: every step sees the same shape
     total_steps = train_cfg.epochs * steps_per_epoch
     if train_cfg.max_steps:

@@ -216,6 +216,7 @@ def test_bad_config(tmp_path):
 def test_usage_errors_exit_2(cli_run):
     assert run("sample", "-m", cli_run, "--format", "xml").exit_code == 2
     assert run("sample", "-m", cli_run, "--temp", "0").exit_code == 2
+    assert run("evaluate", "-m", cli_run, "--iw", "99999999999999999999999").exit_code == 2  # not a tensor size
     assert run("train", "--bogus").exit_code == 2
 
 

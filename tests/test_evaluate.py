@@ -329,9 +329,15 @@ def test_sample_stats_keys_and_values():
 
 REPORT_KEYS = {
     "likelihood": {"iw_nll", "iw_samples", "ppl", "rec", "kl", "nelbo"},
-    "latent": {"latent_dim", "active_units", "mutual_information", "reconstruction_accuracy"},
+    "latent": {
+        "latent_dim",
+        "active_units",
+        "mutual_information",
+        "reconstruction_accuracy",
+        "train_reconstruction_accuracy",
+    },
     "samples": set(SAMPLE_STATS_KEYS),
-    "meta": {"poems", "unk_rate", "temperature", "seed", "scheme", "device", "seconds"},
+    "meta": {"poems", "unk_rate", "temperature", "prior", "seed", "scheme", "device", "seconds"},
 }
 REPORT_KEYS["reference"] = REPORT_KEYS["samples"]
 
@@ -362,7 +368,8 @@ def test_evaluate_run_on_a_trained_model(trained_run, prepared):
     assert lat.latent_dim == poet.config.model.latent_dim
     assert 0 <= lat.active_units <= lat.latent_dim
     assert lat.mutual_information <= math.log(len(test)) + 0.5
-    assert 0 <= lat.reconstruction_accuracy <= 1
+    assert 0 <= lat.reconstruction_accuracy <= 1 and 0 <= lat.train_reconstruction_accuracy <= 1
+    assert report.meta.prior == "normal"
     assert report.samples.poems == 50 and report.samples.well_formed == 1.0
     assert report.reference.well_formed == 1.0
     assert report.reference.copied_poems == 0.0  # the splits are disjoint
@@ -373,6 +380,26 @@ def test_evaluate_run_on_a_trained_model(trained_run, prepared):
     assert torch.equal(torch.get_rng_state(), state)
     for section in ("likelihood", "latent", "samples", "reference"):
         assert getattr(again, section) == getattr(report, section)
+
+
+def test_train_reconstruction_accuracy_is_measured_on_training_poems(trained_run, prepared, monkeypatch):
+    poet = Poet.load(trained_run, device="cpu")
+    test, train = prepared.splits["test"], prepared.splits["train"]
+    # the held-out poems given as the training poems: the same figure
+    report = ev.evaluate_run(poet, test, test, samples=0, iw_samples=1)
+    assert report.latent.train_reconstruction_accuracy == report.latent.reconstruction_accuracy
+    # at most TRAIN_RECONSTRUCTED of them, chosen with the seed
+    seen = []
+    accuracy = ev.reconstruction_accuracy
+    monkeypatch.setattr(ev, "reconstruction_accuracy", lambda m, t, v, **kw: seen.append(t) or accuracy(m, t, v, **kw))
+    monkeypatch.setattr(ev, "TRAIN_RECONSTRUCTED", 7)
+    for seed in (0, 0, 1):
+        ev.evaluate_run(poet, test, train, samples=0, iw_samples=1, seed=seed)
+    rows = [t for t in seen if t.size(0) != len(test)]
+    assert [t.size(0) for t in rows] == [7, 7, 7]
+    assert torch.equal(rows[0], rows[1]) and not torch.equal(rows[0], rows[2])
+    everything = {tuple(r) for r in poet.tokens(train, allow_unk=True).tolist()}
+    assert all(tuple(r) in everything for r in rows[0].tolist())
 
 
 def test_evaluate_run_on_a_no_latent_model(prepared):
@@ -394,6 +421,7 @@ def test_evaluate_run_on_a_no_latent_model(prepared):
         active_units=0,
         mutual_information=0.0,
         reconstruction_accuracy=report.latent.reconstruction_accuracy,
+        train_reconstruction_accuracy=report.latent.train_reconstruction_accuracy,
     )
     with pytest.raises(ConfigError):
         ev.evaluate_run(poet, test, train, samples=1, iw_samples=1, scheme="nope")

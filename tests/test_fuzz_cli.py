@@ -167,6 +167,7 @@ SCHEME: Flag = (["pingshui", "xinyun"], st.sampled_from(["pingshui", "xinyun", "
 TEMP: Flag = (["0.5", "1", "2"], ANY_NUMBER)
 SEED: Flag = (["0", "7"], ANY_INT)
 BEAM: Flag = (["1", "2"], ANY_INT)
+PRIOR: Flag = (["normal", "fitted"], st.sampled_from(["normal", "fitted", "", "[/]", "uniform"]))
 SAMPLE_FLAGS: dict[str, Flag] = {
     "-n": (["1", "2"], SMALL_INT),
     "--temp": TEMP,
@@ -189,6 +190,7 @@ SAMPLE_FLAGS: dict[str, Flag] = {
     "--beam": BEAM,
     "--rerank": (["1", "2"], ANY_INT),
     "--prosody-weight": (["0", "1"], ANY_NUMBER),
+    "--prior": PRIOR,
 }
 INTERPOLATE_FLAGS: dict[str, Flag] = {
     "--steps": (["2", "3"], ANY_INT),
@@ -205,12 +207,36 @@ INTERPOLATE_FLAGS: dict[str, Flag] = {
     "--tones": None,
     "--beam": BEAM,
 }
+RECONSTRUCT_FLAGS: dict[str, Flag] = {
+    "--file": (["tiny.txt"], st.sampled_from(["tiny.txt", "notes.txt", "missing", "empty", "a[/]b.txt", "nan.toml"])),
+    "--format": (["table", "json"], st.sampled_from(["table", "json", "text", "[/]"])),
+    "--allow-unk": None,
+    "--device": DEVICE,
+}
+VARY_FLAGS: dict[str, Flag] = {
+    "-n": (["1", "2"], SMALL_INT),
+    "--spread": (["0", "1", "2"], ANY_NUMBER),
+    "--temp": TEMP,
+    "--greedy": None,
+    "--seed": SEED,
+    "--format": (["text", "oneline", "json"], st.sampled_from(["text", "oneline", "json", "xml", "[/]"])),
+    "--with-z": None,
+    "--allow-unk": None,
+    "--device": DEVICE,
+    "--rhyme": None,
+    "--rhyme-group": (["七阳"], text()),
+    "--scheme": SCHEME,
+    "--tones": None,
+    "--acrostic": (["春夏秋冬"], text()),
+    "--beam": BEAM,
+}
 EVALUATE_FLAGS: dict[str, Flag] = {
     "--samples": (["0", "2"], SMALL_INT),
     "--iw": (["1", "2"], ANY_INT),
     "--temp": TEMP,
     "--seed": SEED,
     "--scheme": SCHEME,
+    "--prior": PRIOR,
     "--json": None,
     "--device": DEVICE,
 }
@@ -269,7 +295,11 @@ def weighted(**weights: int) -> st.SearchStrategy[str]:
 def command(draw, world: dict[str, Path]) -> list[str]:
     """One command line: the command, its arguments, some of its flags. Mostly sound runs
     and corpora, so that the flags get past the paths."""
-    name = draw(weighted(sample=8, interpolate=4, evaluate=3, prep=3, train=4, plot=1, bench=2))
+    name = draw(
+        weighted(
+            sample=8, interpolate=4, reconstruct=3, vary=3, fit_prior=1, evaluate=3, prep=3, train=4, plot=1, bench=2
+        )
+    )
     model_name = draw(weighted(run=8, nan_run=1, inf_run=1, huge_run=1, bad=3))
     if model_name == "bad":
         model_name = draw(st.sampled_from(["missing", "empty", "notes.txt", "prep", "markup missing", "bold"]))
@@ -281,6 +311,17 @@ def command(draw, world: dict[str, Path]) -> list[str]:
         return ["sample", "-m", model, *draw(flags(SAMPLE_FLAGS))]
     if name == "interpolate":
         return ["interpolate", "-m", model, draw(poem()), draw(poem()), *draw(flags(INTERPOLATE_FLAGS))]
+    if name == "reconstruct":
+        poems = draw(st.lists(poem(), max_size=3))
+        args = draw(flags(RECONSTRUCT_FLAGS))
+        if "--file" in args:  # the file's name stands for a path of the world
+            i = args.index("--file") + 1
+            args[i] = str(world[args[i]])
+        return ["reconstruct", "-m", model, *poems, *args]
+    if name == "vary":
+        return ["vary", "-m", model, draw(poem()), *draw(flags(VARY_FLAGS))]
+    if name == "fit_prior":
+        return ["fit-prior", "-m", model, *draw(flags({"--max-poems": (["5"], SMALL_INT), "--device": DEVICE}))]
     if name == "evaluate":
         held_out = draw(st.lists(corpora, max_size=2))
         return ["evaluate", "-m", model, *held_out, "--samples", "3", "--iw", "2", *draw(flags(EVALUATE_FLAGS))]
@@ -374,6 +415,16 @@ def test_a_run_with_broken_weights_samples_poems_and_valid_json(world, run_name)
     )
     assert path.exit_code == 0, path.output
     assert all(len(json.loads(line, **strict)["lines"]) == 4 for line in path.output.splitlines())
+    for args in (
+        ["reconstruct", JING_YE_SI, DENG_GUAN_QUE_LOU],
+        ["vary", JING_YE_SI, "-n", "3", "--with-z", "--seed", "0"],
+        ["vary", JING_YE_SI, "-n", "2", "--spread", "0", "--greedy"],
+    ):
+        result = runner.invoke(app, [args[0], "-m", run, *args[1:], "--allow-unk", "-f", "json"])
+        assert result.exit_code == 0, result.output
+        for line in result.output.splitlines():
+            record = json.loads(line, **strict)
+            assert len(record["lines"]) == 4 and all(len(x) == 5 for x in record["lines"])
     report = runner.invoke(app, ["evaluate", "-m", run, "--samples", "5", "--iw", "2", "--json"])
     assert report.exit_code == 0, report.output
     assert json.loads(report.output, **strict)["samples"]["well_formed"] == 1.0

@@ -27,6 +27,7 @@ from poetvae.decode import DecodeOptions
 from poetvae.errors import CheckpointError, CorpusError, PoetVAEError
 from poetvae.models import BUNDLED, GIVEN, NEWEST_RUN, export_bundle, resolve_model
 from poetvae.poet import Poet
+from poetvae.prior import FittedPrior
 from poetvae.rundir import RunDir, fresh_run, run_name
 
 runner = CliRunner()
@@ -161,6 +162,7 @@ def test_a_bundle_is_the_minimal_model_and_loads_like_a_run(trained_run, bundles
             "MODEL_CARD.md",
             "config.json",
             "model.safetensors",
+            "prior.safetensors",
             "vocab.json",
         ]
         assert (path / "config.json").read_bytes() == (trained_run / "config.json").read_bytes()
@@ -175,6 +177,10 @@ def test_a_bundle_is_the_minimal_model_and_loads_like_a_run(trained_run, bundles
         assert torch.equal(fp32[k], w)
         # loading widens the stored float16 values to float32, exactly
         assert fp16[k].dtype == w.dtype and torch.equal(fp16[k], w.half().float() if w.is_floating_point() else w)
+    for path in bundles.values():  # the run's fitted prior, bound to the bundle's weights
+        bundle = Poet.load(path, device="cpu")
+        assert torch.equal(bundle.fitted_prior.mean, Poet.load(trained_run, device="cpu").fitted_prior.mean)
+        assert len(bundle.sample(3, DecodeOptions(seed=0), prior="fitted")) == 3
     size = {k: (p / "model.safetensors").stat().st_size for k, p in bundles.items()}
     assert size["fp16"] < 0.6 * size["fp32"]
 
@@ -236,10 +242,10 @@ def test_export_refuses_what_exists_and_overwrites_only_a_model(trained_run, bun
 def test_export_carries_the_prior_evaluation_and_card_and_refuses_overflow(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    (run / "prior.safetensors").write_bytes(b"prior bytes")
     (run / "evaluation.json").write_text('{"likelihood": {}}', encoding="utf-8")
     bundle = export_bundle(run, tmp_path / "b").path
-    assert (bundle / "prior.safetensors").read_bytes() == b"prior bytes"
+    carried, fitted = FittedPrior.load(bundle / "prior.safetensors"), FittedPrior.load(run / "prior.safetensors")
+    assert torch.equal(carried.mean, fitted.mean) and torch.equal(carried.scale_tril, fitted.scale_tril)
     assert (bundle / "evaluation.json").read_text(encoding="utf-8") == '{"likelihood": {}}'
     card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert card.startswith("# b\n") and "evaluation.json" in card and "float32" in card
@@ -250,6 +256,12 @@ def test_export_carries_the_prior_evaluation_and_card_and_refuses_overflow(train
     with pytest.raises(CheckpointError, match="float16"):
         export_bundle(run, tmp_path / "c", half=True)
     assert not (tmp_path / "c").exists()
+
+    shutil.copy(trained_run / "model.safetensors", run / "model.safetensors")
+    (run / "prior.safetensors").write_bytes(b"prior bytes")  # damaged: refused, nothing written
+    with pytest.raises(CheckpointError, match="prior.safetensors"):
+        export_bundle(run, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
 
 
 # ---- train without -o -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from poetvae.config import Config, ModelConfig, PrepConfig
 from poetvae.errors import CheckpointError, ConfigError, PoetVAEError
 from poetvae.model import PoetVAE
 from poetvae.prep import is_prep_dir
-from poetvae.rundir import RunDir, RunHeader
+from poetvae.rundir import LAYOUT, RunDir, RunHeader
 from poetvae.vocab import Vocab
 
 POEMS = [
@@ -49,9 +49,11 @@ def test_layout_names_every_file():
     run = RunDir("runs/x")
     assert run.config_file.name == "config.json" and run.vocab_file.name == "vocab.json"
     assert run.best.name == "model.safetensors" and run.last.name == "last.safetensors"
-    assert run.log.name == "log.jsonl"
+    assert run.log.name == "log.jsonl" and run.prior.name == "prior.safetensors"
     assert run.prep.name == "prep" and run.plots.name == "plots"
-    assert {p.parent for p in (run.config_file, run.best, run.last, run.log, run.prep, run.plots)} == {run.path}
+    files = (run.config_file, run.best, run.last, run.log, run.prior, run.prep, run.plots)
+    assert {p.parent for p in files} == {run.path}
+    assert {p.name for p in files} | {run.vocab_file.name} == LAYOUT  # a run's own files are not foreign
 
 
 def test_create_then_open_gives_back_config_and_vocab(tmp_path):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -48,8 +49,11 @@ def test_cyclical_schedule():
 
 
 def test_run_directory_contents(trained_run):
-    for name in (rundir.CONFIG, rundir.VOCAB, rundir.BEST, rundir.LAST, rundir.LOG):
+    for name in (rundir.CONFIG, rundir.VOCAB, rundir.BEST, rundir.LAST, rundir.LOG, rundir.PRIOR):
         assert (trained_run / name).is_file(), name
+    assert sorted(p.name for p in trained_run.iterdir()) == sorted(
+        [rundir.CONFIG, rundir.VOCAB, rundir.BEST, rundir.LAST, rundir.LOG, rundir.PRIOR]
+    )  # and nothing else: no temporary file left (the library's train writes no prep/)
     saved = json.loads((trained_run / rundir.CONFIG).read_text(encoding="utf-8"))
     assert saved["model"]["latent_dim"] == TINY.model.latent_dim and saved["model"]["vocab_size"] > 4
     records = read_log(trained_run)
@@ -68,6 +72,7 @@ def test_run_directory_contents(trained_run):
     assert [r.to_json() for r in records] == lines  # read back to the same records
     # nothing that loading reads is pickled: safetensors files start with an 8-byte length and '{'
     assert (trained_run / rundir.BEST).read_bytes()[8:9] == b"{"
+    assert (trained_run / rundir.PRIOR).read_bytes()[8:9] == b"{"
 
 
 def test_save_load_same_samples(trained_run):
@@ -108,6 +113,12 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(prepared, tmp_pa
             assert torch.allclose(whole[k], cut[k], atol=1e-6), k
     steps = [r.step for r in read_log(tmp_path / "cut") if isinstance(r, StepRecord)]
     assert steps == list(range(1, 19))
+
+
+def test_bn_vae_needs_two_poems_per_batch(prepared, tmp_path):
+    cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, bn_gamma=1.0))
+    with pytest.raises(ConfigError, match="bn_gamma"):
+        train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=1)), prepared, tmp_path / "r")
 
 
 def test_resume_needs_a_run(prepared, tmp_path):

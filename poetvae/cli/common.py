@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from poetvae.config import check_device, user_fields
+from poetvae.config import MAX_SEED, check_device, user_fields
 from poetvae.errors import ConfigError, PoetVAEError
 
 
@@ -208,6 +208,34 @@ Beam = Annotated[
     int, typer.Option("--beam", min=1, max=256, help="beam-search width (1: sample)", rich_help_panel="controls")
 ]
 Device = Annotated[str, typer.Option("--device", callback=_device, help="auto, cpu, cuda, cuda:N, mps")]
+Acrostic = Annotated[
+    str | None,
+    typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines", rich_help_panel="controls"),
+]
+# the decoding flags of the commands that write poems from z (sample, vary)
+Temperature = Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")]
+Seed = Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="fixes z and the draws")]
+Greedy = Annotated[bool, typer.Option("--greedy", help="most likely token at every step")]
+PoemFormat = Annotated[str, typer.Option("--format", "-f", help="text | oneline | json")]
+WithZ = Annotated[bool, typer.Option("--with-z", help="include z in --format json")]
+AllowUnk = Annotated[bool, typer.Option("--allow-unk", help="read unknown characters as <unk>")]
+
+
+def _prior(value: str) -> str:
+    """Typer callback of --prior."""
+    if value not in ("normal", "fitted"):
+        raise typer.BadParameter("must be normal or fitted")
+    return value
+
+
+Prior = Annotated[
+    str,
+    typer.Option(
+        "--prior",
+        callback=_prior,
+        help="normal: z ~ N(0, I); fitted: the run's Gaussian fitted to its training poems (poetvae fit-prior)",
+    ),
+]
 
 
 def _controls(
@@ -221,6 +249,23 @@ def _controls(
     if prefix is not None and not lines:
         raise typer.BadParameter(f"the given lines {prefix!r} hold no characters", param_hint="--first-line/--prefix")
     return Controls(rhyme=rhyme, rhyme_group=rhyme_group, scheme=scheme, tones=tones, acrostic=acrostic, prefix=lines)
+
+
+def _marked(rec: Any) -> tuple[Text, str]:
+    """A poet.Reconstruction's decoded poem (one line) with the characters that differ from
+    the given poem in red, and a line with ^^ under each of them, for output without colour
+    (a Han character and the full-width punctuation are two columns wide; "" when all match)."""
+    text, marks, position = Text(), [], 0
+    for ch in rec.decoded.oneline():
+        if ch in "，。":  # oneline's punctuation: no position of its own
+            text.append(ch)
+            marks.append("  ")
+            continue
+        differs = not rec.same[position]
+        position += 1
+        text.append(ch, style="red" if differs else "")
+        marks.append("^^" if differs else "  ")
+    return text, "".join(marks).rstrip()
 
 
 def _json_number(x: float, digits: int) -> float | None:

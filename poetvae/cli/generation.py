@@ -10,17 +10,26 @@ import typer
 from rich.table import Table
 
 from poetvae.cli.common import (
+    Acrostic,
+    AllowUnk,
     Beam,
     Device,
+    Greedy,
+    PoemFormat,
+    Prior,
     Rhyme,
     RhymeGroup,
     RunDir,
     Scheme,
+    Seed,
+    Temperature,
     Tones,
+    WithZ,
     _controls,
     _emit,
     _finite,
     _json_number,
+    _marked,
     app,
     out,
     use_model,
@@ -33,25 +42,23 @@ from poetvae.config import MAX_SEED
 def sample(
     model: RunDir = None,
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="how many poems")] = 10,
-    temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 0.8,
-    seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="fixes z and the draws")] = None,
+    temp: Temperature = 0.8,
+    seed: Seed = None,
     top_k: Annotated[int, typer.Option("--top-k", min=0, help="sample from the k likeliest tokens (0: all)")] = 0,
     top_p: Annotated[
         float, typer.Option("--top-p", min=1e-6, max=1.0, callback=_finite, help="nucleus sampling mass")
     ] = 1.0,
-    greedy: Annotated[bool, typer.Option("--greedy", help="most likely token at every step")] = False,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="text | oneline | json")] = "text",
-    with_z: Annotated[bool, typer.Option("--with-z", help="include z in --format json")] = False,
+    greedy: Greedy = False,
+    fmt: PoemFormat = "text",
+    with_z: WithZ = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="poems decoded together")] = 2048,
+    prior: Prior = "normal",
     device: Device = "auto",
     rhyme: Rhyme = False,
     rhyme_group: RhymeGroup = None,
     scheme: Scheme = "pingshui",
     tones: Tones = False,
-    acrostic: Annotated[
-        str | None,
-        typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines", rich_help_panel="controls"),
-    ] = None,
+    acrostic: Acrostic = None,
     first_line: Annotated[
         str | None, typer.Option("--first-line", help="a given first line of 5 characters", rich_help_panel="controls")
     ] = None,
@@ -82,7 +89,10 @@ def sample(
         ),
     ] = 0.0,
 ) -> None:
-    """Draw z ~ N(0, I) and decode well-formed quatrains, streaming them as they are made.
+    """Draw z from the prior and decode well-formed quatrains, streaming them as they are made.
+
+    The prior is N(0, I), or with --prior fitted a Gaussian fitted to the run's training poems
+    (RUN/prior.safetensors: `poetvae fit-prior`).
 
     Example: [bold]poetvae sample -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
     (the newest run in ./runs, else the bundled model; -m RUN to choose)
@@ -98,6 +108,8 @@ def sample(
         controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, first_line or prefix)
         if infer_z and not controls.prefix:
             raise typer.BadParameter("--infer-z needs --first-line or --prefix")
+        if infer_z and prior != "normal":
+            raise typer.BadParameter("--infer-z draws z from the encoder, not a prior: leave out --prior fitted")
         poet = Poet.load(use_model(model), device=device)
         options = DecodeOptions(
             temperature=temp,
@@ -112,7 +124,7 @@ def sample(
             seed=seed,
             batch_size=batch_size,
         )
-        for batch in poet.iter_sample(n, options, with_z=with_z):
+        for batch in poet.iter_sample(n, options, with_z=with_z, prior=prior):
             _emit(batch, fmt, with_z)
 
 
@@ -129,7 +141,7 @@ def interpolate(
         float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="temperature with --sample")
     ] = 0.8,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED)] = None,
-    allow_unk: Annotated[bool, typer.Option("--allow-unk", help="read unknown characters as <unk>")] = False,
+    allow_unk: AllowUnk = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
     device: Device = "auto",
     rhyme: Rhyme = False,
@@ -140,12 +152,16 @@ def interpolate(
 ) -> None:
     """Walk the latent space from poem A to poem B (posterior means), decoding each point.
 
+    The first and last points are the posterior means of A and B: greedy decoding makes them
+    A's and B's reconstructions, shown with their accuracy (the share of characters equal to
+    A's / B's) and ^^ under the characters that differ.
+
     Example: [bold]poetvae interpolate -m runs/tang
     床前明月光，疑是地上霜。举头望明月，低头思故乡。 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。[/]
     """
     from poetvae.decode import DecodeOptions
     from poetvae.form import parse_poem
-    from poetvae.poet import Poet
+    from poetvae.poet import Poet, Reconstruction
 
     if method not in ("linear", "slerp"):
         raise typer.BadParameter("--method must be linear or slerp")
@@ -157,29 +173,42 @@ def interpolate(
         controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
         options = DecodeOptions(temperature=temp, greedy=not sample_, beam=beam, controls=controls, seed=seed)
         path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)
+    # the ends of the path next to the poems they were encoded from
+    ends = {0: ("A", Reconstruction.of(a, path[0])), len(path) - 1: ("B", Reconstruction.of(b, path[-1]))}
     if fmt == "json":
         for i, point in enumerate(path):
             t = i / (len(path) - 1)
-            sys.stdout.write(
-                json.dumps(
-                    {
-                        "t": round(t, 4),
-                        "lines": point.lines,
-                        "text": point.oneline(),
-                        "logprob": _json_number(point.logprob, 4),
-                        "backoff": point.backoff,
-                    },
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
+            record = {
+                "t": round(t, 4),
+                "lines": point.lines,
+                "text": point.oneline(),
+                "logprob": _json_number(point.logprob, 4),
+                "backoff": point.backoff,
+            }
+            if i in ends:
+                record["accuracy"] = round(ends[i][1].accuracy, 4)  # against A (t = 0) or B (t = 1)
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
-    table = Table(title=f"{method} path, {steps} steps", title_justify="left")
+    what = "samples at" if sample_ else "reconstructions of"
+    table = Table(
+        title=f"{method} path, {steps} steps",
+        title_justify="left",
+        caption=f"t = 0 and 1: {what} A and B; same: characters equal to A's / B's (^^ where they differ)",
+        caption_justify="left",
+    )
     table.add_column("t", justify="right")
     table.add_column("poem")
     table.add_column("log p", justify="right")
-    table.add_row("A", a.oneline(), "")
+    table.add_column("same", justify="right")
+    table.add_row("A", a.oneline(), "", "")
     for i, point in enumerate(path):
-        table.add_row(f"{i / (len(path) - 1):.2f}", point.oneline(), f"{point.logprob:.1f}")
-    table.add_row("B", b.oneline(), "")
+        t = f"{i / (len(path) - 1):.2f}"
+        if i not in ends:
+            table.add_row(t, point.oneline(), f"{point.logprob:.1f}", "")
+            continue
+        name, rec = ends[i]
+        text, marks = _marked(rec)
+        table.add_row(t, text, f"{point.logprob:.1f}", f"{rec.accuracy:.0%}")
+        table.add_row(f"vs {name}" if sample_ else f"rec. {name}", marks, "", "")
+    table.add_row("B", b.oneline(), "", "")
     out.print(table)

@@ -11,7 +11,19 @@ import typer
 from rich import box
 from rich.table import Table
 
-from poetvae.cli.common import Device, Scheme, TrainedRun, _finite, _number, _styled, app, out, use_model, user_errors
+from poetvae.cli.common import (
+    Device,
+    Prior,
+    Scheme,
+    TrainedRun,
+    _finite,
+    _number,
+    _styled,
+    app,
+    out,
+    use_model,
+    user_errors,
+)
 from poetvae.config import MAX_SEED
 
 
@@ -30,8 +42,10 @@ def _print_report(report: Any, source: str) -> None:
     table.add_row("active units", f"{lt.active_units} of {lt.latent_dim}")
     table.add_row("mutual information", f"{lt.mutual_information:.2f} nats")
     table.add_row("reconstruction accuracy", f"{lt.reconstruction_accuracy:.1%}")
+    table.add_row("  on training poems", f"{lt.train_reconstruction_accuracy:.1%}")
     out.print(table)
-    stats = Table(title=f"samples (temperature {meta.temperature}) vs the held-out poems", title_justify="left")
+    prior = "" if meta.prior == "normal" else f", {meta.prior} prior"
+    stats = Table(title=f"samples (temperature {meta.temperature}{prior}) vs the held-out poems", title_justify="left")
     stats.add_column("")
     stats.add_column("samples", justify="right")
     stats.add_column("held-out (human)", justify="right")
@@ -59,10 +73,11 @@ def evaluate(
         list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)", readable=False)
     ] = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="poems drawn from the prior")] = 1000,
-    iw: Annotated[int, typer.Option("--iw", min=1, help="importance samples K for the IW-NLL")] = 100,
+    iw: Annotated[int, typer.Option("--iw", min=1, max=10**6, help="importance samples K for the IW-NLL")] = 100,
     temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
     scheme: Scheme = "pingshui",
+    prior: Prior = "normal",
     as_json: Annotated[
         bool, typer.Option("--json", help="print the report as JSON (keys: poetvae.evaluate.evaluate_run)")
     ] = False,
@@ -84,7 +99,15 @@ def evaluate(
         train_poems = run.train_poems()
         poet = Poet.load(model, device=device)
         report = evaluate_run(
-            poet, heldout.poems, train_poems, samples=samples, iw_samples=iw, temperature=temp, seed=seed, scheme=scheme
+            poet,
+            heldout.poems,
+            train_poems,
+            samples=samples,
+            iw_samples=iw,
+            temperature=temp,
+            seed=seed,
+            scheme=scheme,
+            prior=prior,
         )
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
