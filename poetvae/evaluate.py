@@ -451,13 +451,15 @@ def evaluate_run(
     seed: int = 0,
     scheme: str = "pingshui",
     prior: str = "normal",
+    pretraining: Sequence[Poem] = (),
 ) -> EvaluationReport:
     """Evaluate a trained model on held-out poems (the fields: EvaluationReport and the
     classes of its sections). `samples` poems are drawn from `prior` ("normal": N(0, I);
     "fitted": the run's fitted prior, poetvae.prior) at `temperature`, iw_nll uses
     `iw_samples` samples per poem, rhymes and tones are read in `scheme`. Reconstruction
     accuracy is measured on the held-out poems and on at most TRAIN_RECONSTRUCTED
-    training poems. Deterministic for a seed (on a given device).
+    training poems. Copies are counted against `train` and `pretraining` (the poems of the
+    runs a fine-tuned model started from). Deterministic for a seed (on a given device).
     """
     start = time.perf_counter()
     check_scheme(scheme)
@@ -484,6 +486,7 @@ def evaluate_run(
         train_reconstruction_accuracy=reconstruction_accuracy(model, _train_sample(poet, train, seed), poet.vocab),
     )
 
+    seen = [*train, *pretraining]  # everything the model was trained on, for the copy counts
     options = DecodeOptions(temperature=temperature, seed=seed)
     drawn = poet.sample(samples, options, prior=prior) if samples > 0 else []
     return EvaluationReport(
@@ -496,8 +499,8 @@ def evaluate_run(
             nelbo=elbo.nelbo,
         ),
         latent=latent,
-        samples=sample_stats([s.lines for s in drawn], train, scheme),
-        reference=sample_stats(lines, train, scheme),
+        samples=sample_stats([s.lines for s in drawn], seen, scheme),
+        reference=sample_stats(lines, seen, scheme),
         meta=ReportMeta(
             poems=len(heldout),
             unk_rate=poet.vocab.unk_rate(lines),

@@ -379,11 +379,14 @@ class RunDir:
         return self.prep
 
     def train_poems(self) -> list[Poem]:
-        """The poems the run trained on: its own training split, and, for a fine-tuning run,
-        those of the runs it started from (pretraining data is training data too: a sample
-        that repeats a pretraining stanza is a copy). A starting run that no longer exists on
-        this machine is skipped."""
-        poems = load_poems(split_file(self.checked_prep(), "train"))
+        """The poems the run trained on (its own training split)."""
+        return load_poems(split_file(self.checked_prep(), "train"))
+
+    def pretraining_poems(self) -> list[Poem]:
+        """For a fine-tuning run, the training poems of the runs it started from, following
+        init_from back (a sample that repeats a pretraining stanza is a copy too). A starting
+        run that no longer exists on this machine, or has no prep/, ends the chain."""
+        poems: list[Poem] = []
         seen, run = {self.path.resolve()}, self
         while (record := run.read_header().init_from) is not None:
             run = RunDir(Path(record.get("run", "")))
@@ -391,7 +394,7 @@ class RunDir:
                 break
             seen.add(run.path.resolve())
             try:
-                poems += load_poems(split_file(run.checked_prep(), "train"))
+                poems += run.train_poems()
             except CheckpointError:
                 break
         return poems

@@ -382,6 +382,16 @@ def test_evaluate_run_on_a_trained_model(trained_run, prepared):
         assert getattr(again, section) == getattr(report, section)
 
 
+def test_copies_are_counted_against_the_pretraining_poems_too(trained_run, prepared):
+    poet = Poet.load(trained_run, device="cpu")
+    test, train = prepared.splits["test"], prepared.splits["train"]
+    alone = ev.evaluate_run(poet, test, train, samples=0, iw_samples=1)
+    with_test = ev.evaluate_run(poet, test, train, samples=0, iw_samples=1, pretraining=test[:2])
+    assert alone.reference.copied_poems == 0.0
+    assert with_test.reference.copied_poems == pytest.approx(2 / len(test))
+    assert with_test.latent == alone.latent  # training reconstruction is the run's own poems'
+
+
 def test_train_reconstruction_accuracy_is_measured_on_training_poems(trained_run, prepared, monkeypatch):
     poet = Poet.load(trained_run, device="cpu")
     test, train = prepared.splits["test"], prepared.splits["train"]

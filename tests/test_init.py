@@ -212,9 +212,10 @@ def test_a_fine_tuning_runs_training_poems_include_its_pretraining_poems(shipped
     own = rundir.load_poems(rundir.split_file(fine / "prep", "train"))
     pretraining = rundir.load_poems(rundir.split_file(pre / "prep", "train"))
     assert own and pretraining
-    assert rundir.RunDir(fine).train_poems() == own + pretraining
-    pre.rename(tmp_path / "moved")  # the pretraining run is gone: only the run's own poems
     assert rundir.RunDir(fine).train_poems() == own
+    assert rundir.RunDir(fine).pretraining_poems() == pretraining and rundir.RunDir(pre).pretraining_poems() == []
+    pre.rename(tmp_path / "moved")  # the pretraining run is gone: nothing to follow
+    assert rundir.RunDir(fine).pretraining_poems() == []
 
 
 def test_a_prep_directory_with_the_init_vocabulary_is_accepted(trained_run, prep_dir, tmp_path):

@@ -108,6 +108,7 @@ def evaluate(
             seed=seed,
             scheme=scheme,
             prior=prior,
+            pretraining=run.pretraining_poems(),
         )
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
