@@ -376,7 +376,32 @@ def test_package_data_ships_every_data_file():
     patterns = config["package-data"]["poetvae.data"]
     for path in (REPO / "data").iterdir():
         assert any(fnmatch.fnmatch(path.name, p) for p in patterns), f"{path.name} would not be installed"
-    assert "poetvae.bundled" in config["packages"] and "*/*" in config["package-data"]["poetvae.bundled"]
+    bundled = REPO / "poetvae" / "bundled"
+    for model in (d for d in bundled.iterdir() if d.is_dir() and not d.name.startswith(("_", "."))):
+        package = f"poetvae.bundled.{model.name}"
+        assert package in config["packages"], f"{package} would not be installed"
+        for path in model.iterdir():
+            assert any(fnmatch.fnmatch(path.name, p) for p in config["package-data"][package]), path.name
+
+
+def test_the_bundled_model_loads_and_writes_well_formed_poems():
+    from poetvae.form import is_han
+    from poetvae.models import bundled_model
+
+    path = bundled_model()
+    assert path is not None and path.parent == REPO / "poetvae" / "bundled"
+    assert sum(f.stat().st_size for f in path.iterdir()) <= 30 * 2**20  # the budget
+    poet = Poet.load(path, device="cpu")
+    poems = poet.sample(50, DecodeOptions(temperature=0.8, seed=0))
+    poems += poet.sample(5, DecodeOptions(temperature=0.8, seed=0), prior="fitted")
+    for poem in poems:  # 4 lines of 5 Han characters, no <unk>
+        assert len(poem.lines) == 4 and all(len(line) == 5 and all(map(is_han, line)) for line in poem.lines)
+    assert len({p.lines for p in poems[:50]}) == 50
+    again = poet.sample(50, DecodeOptions(temperature=0.8, seed=0))
+    assert [p.lines for p in again] == [p.lines for p in poems[:50]]  # a seed fixes the poems
+    quiet = Poet.load(path, device="cpu")
+    recs = quiet.reconstruct(["床前明月光，疑是地上霜。举头望明月，低头思故乡。"])
+    assert len(recs) == 1 and 0 <= recs[0].accuracy <= 1
 
 
 def test_shipped_corpus_names_are_checked():
