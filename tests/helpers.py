@@ -48,3 +48,14 @@ def assert_well_formed(vocab: Vocab, ids: torch.Tensor) -> None:
         for i in row[:n]:
             assert pos // 5 == (pos + chars[i].item() - 1) // 5
             pos += chars[i].item()
+
+
+def one_line_error(result, fragment: str) -> str:
+    """A CLI result that failed with exit code 1 and one line `error: ...` naming `fragment`
+    (no traceback); the line, for further checks."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import TINY_MODEL_FLAGS
+from helpers import TINY_MODEL_FLAGS, one_line_error
 from typer.testing import CliRunner
 
 import poetvae.train
@@ -19,14 +19,6 @@ DENG_GUAN_QUE_LOU = "白日依山尽，黄河入海流。欲穷千里目，更�
 
 def run(*args: str):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, fragment: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +115,7 @@ def test_train_sample_interpolate_end_to_end(cli_run):
 
 def test_train_refuses_to_overwrite_and_resumes(cli_run):
     again = run("train", "--corpus", "small", "-o", cli_run, *TINY_FLAGS)
-    assert_one_line_error(again, "already holds a run")
+    one_line_error(again, "already holds a run")
     resumed = run("train", "--resume", cli_run)  # already finished: resumes to the same end
     assert resumed.exit_code == 0, resumed.output
 
@@ -174,24 +166,24 @@ def test_train_flags_and_config_file_reach_the_library(tmp_path, monkeypatch):
 def test_prep_bad_corpus(tmp_path, content, fragment):
     corpus = tmp_path / "bad.txt"
     corpus.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    assert_one_line_error(run("prep", corpus, "-o", tmp_path / "p"), fragment)
+    one_line_error(run("prep", corpus, "-o", tmp_path / "p"), fragment)
     assert not (tmp_path / "p" / "manifest.json").exists()
 
 
 def test_missing_corpus_file(tmp_path):
-    assert_one_line_error(run("prep", tmp_path / "nope.txt", "-o", tmp_path / "p"), "no such file")
-    assert_one_line_error(run("train", tmp_path / "nope.txt", "-o", tmp_path / "r"), "no such file")
+    one_line_error(run("prep", tmp_path / "nope.txt", "-o", tmp_path / "p"), "no such file")
+    one_line_error(run("train", tmp_path / "nope.txt", "-o", tmp_path / "r"), "no such file")
 
 
 def test_not_a_run_dir(tmp_path):
-    assert_one_line_error(run("sample", "-m", tmp_path), "not a poetvae run")
-    assert_one_line_error(run("sample", "-m", tmp_path / "missing"), "no such run directory")
-    assert_one_line_error(run("train", "--resume", tmp_path), "not a poetvae run")
+    one_line_error(run("sample", "-m", tmp_path), "not a poetvae run")
+    one_line_error(run("sample", "-m", tmp_path / "missing"), "no such run directory")
+    one_line_error(run("train", "--resume", tmp_path), "not a poetvae run")
 
 
 def test_bad_poem_arguments(cli_run):
-    assert_one_line_error(run("interpolate", "-m", cli_run, "床前明月光，疑是地上霜。", DENG_GUAN_QUE_LOU), "4 lines")
-    assert_one_line_error(
+    one_line_error(run("interpolate", "-m", cli_run, "床前明月光，疑是地上霜。", DENG_GUAN_QUE_LOU), "4 lines")
+    one_line_error(
         run("interpolate", "-m", cli_run, "床前明月光，疑是地上。举头望明月，低头思故乡。", DENG_GUAN_QUE_LOU),
         "4 characters",
     )
@@ -199,18 +191,18 @@ def test_bad_poem_arguments(cli_run):
 
 def test_unknown_characters_are_named(cli_run):
     result = run("interpolate", "-m", cli_run, "龘龘龘龘龘，龘龘龘龘龘。龘龘龘龘龘，龘龘龘龘龘。", DENG_GUAN_QUE_LOU)
-    assert_one_line_error(result, "not in the model's vocabulary: 龘")
+    one_line_error(result, "not in the model's vocabulary: 龘")
 
 
 def test_bad_config(tmp_path):
     conf = tmp_path / "c.toml"
     conf.write_text("[model]\nlatent_size = 7\n", encoding="utf-8")
-    assert_one_line_error(run("train", "-c", conf, "-o", tmp_path / "r"), "unknown config key model.latent_size")
+    one_line_error(run("train", "-c", conf, "-o", tmp_path / "r"), "unknown config key model.latent_size")
     conf.write_text("[train]\nkl_schedule = 'zigzag'\n", encoding="utf-8")
-    assert_one_line_error(run("train", "-c", conf, "-o", tmp_path / "r"), "kl_schedule must be one of")
+    one_line_error(run("train", "-c", conf, "-o", tmp_path / "r"), "kl_schedule must be one of")
     conf.write_text("[train\n", encoding="utf-8")
-    assert_one_line_error(run("train", "-c", conf, "-o", tmp_path / "r"), "not valid TOML")
-    assert_one_line_error(run("train", "--latent-dim", "0", "-o", tmp_path / "r"), "latent_dim must be positive")
+    one_line_error(run("train", "-c", conf, "-o", tmp_path / "r"), "not valid TOML")
+    one_line_error(run("train", "--latent-dim", "0", "-o", tmp_path / "r"), "latent_dim must be positive")
 
 
 def test_usage_errors_exit_2(cli_run):
@@ -244,10 +236,10 @@ def test_evaluate_and_plot_read_the_runs_own_splits(cli_run, tmp_path):
 
 
 def test_evaluate_needs_a_run_with_its_splits(cli_run, tmp_path):
-    assert_one_line_error(run("evaluate", "-m", tmp_path), "not a poetvae run")
+    one_line_error(run("evaluate", "-m", tmp_path), "not a poetvae run")
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "vocab.json", "model.safetensors"):
         shutil.copy(cli_run / name, bare / name)
-    assert_one_line_error(run("evaluate", "-m", bare), "has no prep/ directory with its training split")
-    assert_one_line_error(run("train", "--resume", bare), "not a prepared corpus")
+    one_line_error(run("evaluate", "-m", bare), "has no prep/ directory with its training split")
+    one_line_error(run("train", "--resume", bare), "not a prepared corpus")

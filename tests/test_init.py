@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, TINY_MODEL_FLAGS
+from helpers import TINY, TINY_MODEL_FLAGS, one_line_error
 from typer.testing import CliRunner
 
 import poetvae.train
@@ -37,13 +37,6 @@ NEW_POEMS = [
 
 def cli(*args) -> object:
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, fragment: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], result.output
 
 
 def assert_usage_error(result, *fragments: str) -> None:
@@ -234,14 +227,14 @@ def damaged_run(trained_run, tmp_path) -> Path:
 
 def test_init_errors_exit_1_in_one_line(fine_corpus, damaged_run, tmp_path):
     out = tmp_path / "out"
-    assert_one_line_error(cli("train", *fine_corpus, "--init", tmp_path / "nothing", "-o", out), "no such run")
+    one_line_error(cli("train", *fine_corpus, "--init", tmp_path / "nothing", "-o", out), "no such run")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(cli("train", *fine_corpus, "--init", tmp_path / "empty", "-o", out), "not a poetvae run")
+    one_line_error(cli("train", *fine_corpus, "--init", tmp_path / "empty", "-o", out), "not a poetvae run")
     best = damaged_run / rundir.BEST
     best.write_bytes(best.read_bytes()[:100])
-    assert_one_line_error(cli("train", *fine_corpus, "--init", damaged_run, "-o", out), "model.safetensors")
+    one_line_error(cli("train", *fine_corpus, "--init", damaged_run, "-o", out), "model.safetensors")
     best.unlink()
-    assert_one_line_error(cli("train", *fine_corpus, "--init", damaged_run, "-o", out), "model.safetensors")
+    one_line_error(cli("train", *fine_corpus, "--init", damaged_run, "-o", out), "model.safetensors")
     assert not out.exists()
 
 
@@ -250,7 +243,7 @@ def test_init_weights_that_do_not_fit_its_config(fine_corpus, damaged_run, tmp_p
     config["model"]["hidden_dim"] += 1
     (damaged_run / rundir.CONFIG).write_text(json.dumps(config), encoding="utf-8")
     result = cli("train", *fine_corpus, "--init", damaged_run, "-o", tmp_path / "out")
-    assert_one_line_error(result, "does not fit the model")
+    one_line_error(result, "does not fit the model")
 
 
 def test_a_prep_directory_with_another_vocabulary_is_refused(trained_run, tmp_path):
@@ -259,7 +252,7 @@ def test_a_prep_directory_with_another_vocabulary_is_refused(trained_run, tmp_pa
     prep_cfg = dataclasses.replace(TINY.prep, valid_fraction=0.0, test_fraction=0.0)
     prepare([tmp_path / "c.txt"], other, prep_cfg, TINY.model.embed_dim)
     result = cli("train", other, "--init", trained_run, "-o", tmp_path / "out")
-    assert_one_line_error(result, "own vocabulary")
+    one_line_error(result, "own vocabulary")
 
 
 def test_init_usage_errors_exit_2(trained_run, fine_corpus, tmp_path):
@@ -273,4 +266,4 @@ def test_init_usage_errors_exit_2(trained_run, fine_corpus, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("[model]\nlatent_dim = 9\n", encoding="utf-8")
     result = cli("train", *fine_corpus, "--init", trained_run, "-o", out, "-c", config)
-    assert_one_line_error(result, "model.latent_dim = 9 (it has 6)")
+    one_line_error(result, "model.latent_dim = 9 (it has 6)")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import one_line_error
 from typer.testing import CliRunner
 
 import poetvae.train
@@ -36,14 +37,6 @@ def app_():
     from poetvae.cli import app
 
     return app
-
-
-def one_line_error(result, fragment: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def usage_error(result, fragment: str = "") -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, TINY_MODEL_FLAGS, tiny
+from helpers import TINY, TINY_MODEL_FLAGS, one_line_error, tiny
 from rich.cells import cell_len
 from typer.testing import CliRunner
 
@@ -37,14 +37,6 @@ JINGYESI = parse_poem("床前明月光，疑是地上霜。举头望明月，低
 
 def run(*args) -> object:
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, fragment: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -313,22 +305,22 @@ def test_sample_from_a_missing_or_stale_prior_is_a_one_line_error(cli_run, tmp_p
     copy = tmp_path / "run"
     shutil.copytree(cli_run, copy)
     (copy / rundir.PRIOR).unlink()
-    assert_one_line_error(run("sample", "-m", copy, "--prior", "fitted"), f"poetvae fit-prior -m {copy}")
+    one_line_error(run("sample", "-m", copy, "--prior", "fitted"), f"poetvae fit-prior -m {copy}")
     assert run("sample", "-m", copy, "-n", "1").exit_code == 0  # the normal prior needs no file
     pr.fit_run_prior(copy)
     tensors, meta = load_tensors(copy / rundir.BEST)
     save_tensors(copy / rundir.BEST, tensors, {**meta, "step": 999})  # training went on
-    assert_one_line_error(run("sample", "-m", copy, "--prior", "fitted"), "refit it with: poetvae fit-prior")
+    one_line_error(run("sample", "-m", copy, "--prior", "fitted"), "refit it with: poetvae fit-prior")
     usage = run("sample", "-m", cli_run, "--prior", "fitted", "--first-line", "白日依山尽", "--infer-z")
     assert usage.exit_code == 2 and "Traceback" not in usage.output
     assert run("sample", "-m", cli_run, "--prior", "uniform").exit_code == 2
 
 
 def test_fit_prior_on_what_is_no_run_is_a_one_line_error(tmp_path, prepared):
-    assert_one_line_error(run("fit-prior", "-m", tmp_path), "not a poetvae run")
+    one_line_error(run("fit-prior", "-m", tmp_path), "not a poetvae run")
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, use_latent=False))
     train(cfg, prepared, tmp_path / "lm")
-    assert_one_line_error(run("fit-prior", "-m", tmp_path / "lm"), "trained without a latent (--no-latent)")
+    one_line_error(run("fit-prior", "-m", tmp_path / "lm"), "trained without a latent (--no-latent)")
 
 
 def test_evaluate_under_either_prior(cli_run):
@@ -420,14 +412,14 @@ def test_reconstruct_reads_a_file_and_refuses_bad_poems(cli_run, known, tmp_path
         known[0].oneline(),
         known[1].oneline(),
     ]
-    assert_one_line_error(run("reconstruct", "-m", cli_run, "床前明月光，疑是地上霜。"), "poem 1: expected 4 lines")
+    one_line_error(run("reconstruct", "-m", cli_run, "床前明月光，疑是地上霜。"), "poem 1: expected 4 lines")
     poems.write_text(f"{known[0].oneline()}\n床前明月光\n", encoding="utf-8")
-    assert_one_line_error(run("reconstruct", "-m", cli_run, "--file", poems), "poems.txt line 2")
+    one_line_error(run("reconstruct", "-m", cli_run, "--file", poems), "poems.txt line 2")
     poems.write_bytes(b"\xff\xfe garbage")
-    assert_one_line_error(run("reconstruct", "-m", cli_run, "--file", poems), "not UTF-8")
-    assert_one_line_error(run("reconstruct", "-m", cli_run, "--file", tmp_path / "none.txt"), "No such file")
+    one_line_error(run("reconstruct", "-m", cli_run, "--file", poems), "not UTF-8")
+    one_line_error(run("reconstruct", "-m", cli_run, "--file", tmp_path / "none.txt"), "No such file")
     odd = with_char(known[0], 2, "龘").oneline()
-    assert_one_line_error(run("reconstruct", "-m", cli_run, odd), "not in the model's vocabulary: 龘")
+    one_line_error(run("reconstruct", "-m", cli_run, odd), "not in the model's vocabulary: 龘")
     assert run("reconstruct", "-m", cli_run, odd, "--allow-unk").exit_code == 0
     assert run("reconstruct", "-m", cli_run).exit_code == 2  # no poem at all
     assert run("reconstruct", "-m", cli_run, odd, "-f", "text").exit_code == 2
@@ -447,7 +439,7 @@ def test_vary_command(cli_run, known):
     rec = json.loads(run("reconstruct", "-m", cli_run, known[0].oneline(), "-f", "json").output)
     assert [json.loads(x)["text"] for x in greedy.output.splitlines()] == [rec["text"]] * 3
     assert run(*args, "--spread", "-1").exit_code == 2 and run(*args, "--spread", "nan").exit_code == 2
-    assert_one_line_error(run("vary", "-m", cli_run, "床前明月光"), "expected 4 lines")
+    one_line_error(run("vary", "-m", cli_run, "床前明月光"), "expected 4 lines")
 
 
 def test_interpolate_ends_are_the_reconstructions(cli_run, known):

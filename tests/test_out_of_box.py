@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_MODEL_FLAGS
+from helpers import TINY_MODEL_FLAGS, one_line_error
 from typer.testing import CliRunner
 
 import poetvae.models
@@ -45,14 +45,6 @@ POEMS = [
 
 def cli(*args) -> object:
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, fragment: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def set_mtime(run: Path, seconds: float) -> None:
