@@ -105,7 +105,8 @@ class Poet:
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", weights: str = "best") -> Poet:
-        """weights: "best" (model.safetensors, lowest validation -ELBO) or "last"."""
+        """weights: "best" (model.safetensors, lowest validation rec + kl_max * KL: the
+        -ELBO) or "last"."""
         run = RunDir(run_dir)
         header = run.read_header()
         config, vocab = header.config, header.vocab

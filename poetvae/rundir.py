@@ -357,8 +357,8 @@ class RunDir:
         )
 
     def weights(self, which: str = "best") -> dict[str, torch.Tensor]:
-        """The model's state dict: "best" (model.safetensors, lowest validation -ELBO) or
-        "last" (the model part of the resume point)."""
+        """The model's state dict: "best" (model.safetensors, lowest validation
+        rec + kl_max * KL: the -ELBO) or "last" (the model part of the resume point)."""
         if which == "best":
             tensors, _ = load_tensors(self.best)
             return as_float32(tensors)  # a bundle may store them in half precision

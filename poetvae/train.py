@@ -230,7 +230,7 @@ class TrainState:
 
     step: int = 0  # optimizer steps done
     elapsed: float = 0.0  # seconds of training, over every session of the run
-    best: float = math.inf  # lowest validation -ELBO so far (-step without a validation split)
+    best: float = math.inf  # lowest selection_score so far (-step without a validation split)
     clock_start: float = 0.0  # time.perf_counter() at which `elapsed` would have been 0
     loss_sums: Tensor | None = None  # rec, kl, loss summed since the last step record
     steps_since_log: int = 0
@@ -502,6 +502,14 @@ def _log_step(run: TrainSetup, state: TrainState, *, epoch: int, beta: float) ->
     state.steps_since_log = 0
 
 
+def selection_score(valid: ElboTerms, kl_max: float) -> float:
+    """What the best weights minimise: the validation objective the run trains towards,
+    rec + kl_max * KL. With kl_max = 1 that is the -ELBO; an autoencoder (kl_max = 0) is
+    judged by its reconstruction alone, since its KL is free to grow and would otherwise
+    make its first epoch look best. (With no validation split the newest weights are best.)"""
+    return valid.rec + kl_max * valid.kl
+
+
 def _validate_and_checkpoint(run: TrainSetup, state: TrainState) -> None:
     """At the end of an epoch: validate, keep the best weights, write the epoch record and
     a resume point (in this order: a resumed run drops records past its resume point)."""
@@ -512,7 +520,7 @@ def _validate_and_checkpoint(run: TrainSetup, state: TrainState) -> None:
         # Validation draws its own z: on a forked, fixed RNG, so that it neither
         # shifts the training noise nor differs between ranks (which skip it).
         valid = elbo_terms(run.raw_model, run.valid_tokens, seed=run.cfg.train.seed)
-    score = valid.nelbo if valid is not None else -state.step  # with no validation split, the newest is the best
+    score = selection_score(valid, run.cfg.train.kl_max) if valid is not None else -state.step
     if score < state.best:
         state.best = score
         state.best_valid = valid
