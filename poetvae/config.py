@@ -123,6 +123,9 @@ class TrainConfig:
     kl_ratio: float = _opt(0.5, "cyclical: share of each cycle spent ramping beta up")
     free_bits: float = _opt(0.25, "KL floor per latent dim, nats (Kingma et al. 2016); 0: off")
     word_dropout: float = _opt(0.0, "share of decoder inputs replaced by <unk> (Bowman et al. 2016)")
+    encoder_word_dropout: float = _opt(
+        0.0, "share of the encoder's input characters replaced by <unk> (Shen et al. 2020, DAAE)"
+    )
     init_reset: str = _opt(
         "none",
         "with --init: start these parts afresh instead of from the init run (decoder: keep the "
@@ -210,6 +213,7 @@ def _validate(cfg: Config) -> Config:
     for name, v in {
         "model.dropout": m.dropout,
         "train.word_dropout": t.word_dropout,
+        "train.encoder_word_dropout": t.encoder_word_dropout,
         "train.kl_ratio": t.kl_ratio,
     }.items():
         if not 0.0 <= v <= 1.0:

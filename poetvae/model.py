@@ -251,14 +251,28 @@ class PoetVAE(nn.Module):
         return torch.randn(n, self.cfg.latent_dim, device=device, generator=generator)
 
     def forward(
-        self, tokens: Tensor, word_dropout: float = 0.0, eps: Tensor | None = None, drop: Tensor | None = None
+        self,
+        tokens: Tensor,
+        word_dropout: float = 0.0,
+        eps: Tensor | None = None,
+        drop: Tensor | None = None,
+        encoder_drop: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """tokens (B, T) rows of `Vocab.encode_batch`: the poem, <eos>, <pad>.
 
-        eps (B, Z) and drop (B, T) bool may be given to fix the noise of z = mu + sigma*eps
-        and of word dropout (multi-process training draws them for the whole global batch).
+        eps (B, Z) and the bool masks drop and encoder_drop (B, T) may be given to fix the
+        noise of z = mu + sigma*eps, of word dropout, and of the encoder's input noise
+        (multi-process training draws them for the whole global batch). Masks apply in
+        training mode only.
         """
-        mu, logvar = self.encode(tokens)
+        encoder_tokens = tokens
+        if self.training and encoder_drop is not None:
+            # Input noise on the encoder (Shen et al. 2020, DAAE): poems that differ in a few
+            # characters must map close together, which smooths the latent space that
+            # interpolation and variations walk through. The decoder still reconstructs the
+            # whole poem.
+            encoder_tokens = tokens.masked_fill(encoder_drop & (tokens > EOS), UNK)
+        mu, logvar = self.encode(encoder_tokens)
         z = self.reparameterize(mu, logvar, eps=eps)
         inputs = self.teacher_inputs(tokens)
         if self.training and (word_dropout > 0 or drop is not None):

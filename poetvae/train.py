@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -161,21 +162,37 @@ def elbo_terms(model: PoetVAE, tokens: Tensor, *, batch_size: int = 1024, seed: 
 
 
 # ---- one optimizer step -----------------------------------------------------------------
-def draw_noise(batch: int, cfg: Config, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """The randomness of one training step for a whole (global) batch: eps for z and the
-    word-dropout mask. Drawn in one place so that every process of a multi-process run
-    draws the same numbers and keeps its own slice."""
+class StepNoise(NamedTuple):
+    """The randomness of one training step: eps for z = mu + sigma * eps (B, Z), and the
+    masks (B, T) of word dropout on the decoder's inputs and of token dropout on the
+    encoder's (None where the setting is 0)."""
+
+    eps: Tensor
+    drop: Tensor | None
+    encoder_drop: Tensor | None
+
+    def rows(self, share: slice | Tensor) -> StepNoise:
+        """This process's slice of the global batch's noise."""
+        return StepNoise(*(t[share] if t is not None else None for t in self))
+
+
+def draw_noise(batch: int, cfg: Config, device: torch.device) -> StepNoise:
+    """The randomness of one training step for a whole (global) batch. Drawn in one place
+    so that every process of a multi-process run draws the same numbers and keeps its own
+    slice; a mask whose setting is 0 draws nothing, so adding encoder noise to the
+    settings changes no other run's random stream."""
     eps = torch.randn(batch, cfg.model.latent_dim, device=device)
-    word_dropout = cfg.train.word_dropout
+    word_dropout, encoder_dropout = cfg.train.word_dropout, cfg.train.encoder_word_dropout
     drop = torch.rand(batch, FORM.seq_len, device=device) < word_dropout if word_dropout > 0 else None
-    return eps, drop
+    encoder_drop = torch.rand(batch, FORM.seq_len, device=device) < encoder_dropout if encoder_dropout > 0 else None
+    return StepNoise(eps, drop, encoder_drop)
 
 
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     tokens: Tensor,
-    noise: tuple[Tensor, Tensor | None],
+    noise: StepNoise,
     cfg: Config,
     *,
     beta: float,
@@ -186,9 +203,8 @@ def train_step(
     (draw_noise's, sliced the same way) at KL weight `beta`. `model` may be wrapped in
     DistributedDataParallel. Returns the loss terms (detached)."""
     raw_model = model.module if isinstance(model, DDP) else model
-    eps, drop = noise
     with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        out = model(tokens, cfg.train.word_dropout, eps=eps, drop=drop)
+        out = model(tokens, eps=noise.eps, drop=noise.drop, encoder_drop=noise.encoder_drop)
     batch_mean = functools.partial(global_mean, process=process, differentiable=True) if process.active else None
     terms = raw_model.loss(tokens, out, beta, cfg.train.free_bits, batch_mean)
     optimizer.zero_grad(set_to_none=True)
@@ -467,13 +483,13 @@ def _train_epoch(run: TrainSetup, state: TrainState) -> bool:
     for i in range(first, run.steps_per_epoch):
         batch_rows = order[i * run.batch_size : (i + 1) * run.batch_size]
         tokens = run.train_tokens[batch_rows[run.share]]  # this process's share
-        eps, drop = draw_noise(run.batch_size, run.cfg, run.device)  # for the whole batch: every process draws the same
+        noise = draw_noise(run.batch_size, run.cfg, run.device)  # for the whole batch: every process draws the same
         beta = kl_weight(state.step, run.total_steps, train_cfg)
         terms = train_step(
             run.model,
             run.optimizer,
             tokens,
-            (eps[run.share], drop[run.share] if drop is not None else None),
+            noise.rows(run.share),
             run.cfg,
             beta=beta,
             use_amp=run.use_amp,

@@ -104,6 +104,22 @@ def test_word_dropout_only_while_training():
     assert not torch.allclose(m(x, word_dropout=0.0)["logits"], expected, atol=1e-3)
 
 
+def test_encoder_noise_hides_characters_from_the_encoder_only_while_training():
+    m = PoetVAE(CFG).eval()
+    x = batch()
+    everything = torch.ones_like(x, dtype=torch.bool)
+    # evaluation ignores the mask: the encoder reads the poem
+    assert torch.allclose(m(x, encoder_drop=everything)["mu"], m.encode(x)[0])
+    m.train()  # CFG has dropout 0: train mode differs only by the masks
+    hidden = x.masked_fill(x > EOS, UNK)  # every character <unk>, <eos> and <pad> kept
+    out = m(x, encoder_drop=everything)
+    assert torch.allclose(out["mu"], m.encode(hidden)[0], atol=1e-6)
+    assert not torch.allclose(out["mu"], m.encode(x)[0], atol=1e-4)
+    # the decoder still reads (and is scored on) the real poem
+    expected, _ = m.decode(out["z"], m.teacher_inputs(x))
+    assert torch.allclose(out["logits"], expected, atol=1e-5)
+
+
 def test_no_latent_model_has_no_encoder_and_zero_kl():
     m = PoetVAE(dataclasses.replace(CFG, use_latent=False))
     assert m.encoder is None

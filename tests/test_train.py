@@ -115,6 +115,25 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(prepared, tmp_pa
     assert steps == list(range(1, 19))
 
 
+@pytest.mark.parametrize("kl_max", [0.0, 1.0])
+def test_best_weights_minimise_the_runs_own_objective(prepared, tmp_path, kl_max):
+    # An autoencoder (kl_max = 0) is judged by rec alone: its KL grows freely, and judging it
+    # by rec + KL would keep an early epoch. A VAE is judged by the -ELBO.
+    cfg = tiny(epochs=4, kl_max=kl_max, free_bits=0.0, word_dropout=0.3, lr=1e-2)
+    train(cfg, prepared, tmp_path / "r")
+    epochs = [r.valid for r in read_log(tmp_path / "r") if isinstance(r, EpochRecord)]
+    score = [v.rec + kl_max * v.kl for v in epochs]
+    kept = ElboTerms.from_dict(ckpt.load_tensors(tmp_path / "r" / rundir.BEST)[1]["valid"])
+    assert kept == epochs[score.index(min(score))]
+
+
+def test_encoder_noise_is_part_of_the_seeded_run(prepared, tmp_path):
+    cfg = tiny(epochs=1, encoder_word_dropout=0.3)
+    a, b = train(cfg, prepared, tmp_path / "a"), train(cfg, prepared, tmp_path / "b")
+    plain = train(tiny(epochs=1), prepared, tmp_path / "c")
+    assert a.valid == b.valid and a.valid != plain.valid
+
+
 def test_bn_vae_needs_two_poems_per_batch(prepared, tmp_path):
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, bn_gamma=1.0))
     with pytest.raises(ConfigError, match="bn_gamma"):
