@@ -115,10 +115,10 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     grad_clip: float = _opt(5.0, "clip the global gradient norm to this (0: off)")
     kl_schedule: str = _opt(
-        "constant", "how beta (the KL weight) moves over training", ("constant", "linear", "sigmoid", "cyclical")
+        "linear", "how beta (the KL weight) moves over training", ("constant", "linear", "sigmoid", "cyclical")
     )
     kl_max: float = _opt(1.0, "the largest beta")
-    kl_warmup_steps: int = _opt(2000, "linear/sigmoid: steps to reach kl_max")
+    kl_warmup_steps: int = _opt(500, "linear/sigmoid: steps to reach kl_max")
     kl_cycles: int = _opt(4, "cyclical: number of cycles over the whole run (Fu et al. 2019)")
     kl_ratio: float = _opt(0.5, "cyclical: share of each cycle spent ramping beta up")
     free_bits: float = _opt(0.25, "KL floor per latent dim, nats (Kingma et al. 2016); 0: off")
