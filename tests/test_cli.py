@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import poetvae.train
 from poetvae.cli import app
+from poetvae.config import load_config
 
 runner = CliRunner()
 TINY_FLAGS = [*TINY_MODEL_FLAGS, "--epochs", "1", "--w2v-epochs", "1", "--min-count", "1"]
@@ -243,3 +244,12 @@ def test_evaluate_needs_a_run_with_its_splits(cli_run, tmp_path):
         shutil.copy(cli_run / name, bare / name)
     one_line_error(run("evaluate", "-m", bare), "has no prep/ directory with its training split")
     one_line_error(run("train", "--resume", bare), "not a prepared corpus")
+
+
+def test_every_config_in_the_repo_loads():
+    # the recipes that docs/experiments.md and the README name must stay valid settings
+    repo = Path(__file__).resolve().parent.parent
+    files = sorted((repo / "configs").rglob("*.toml"))
+    assert len(files) >= 10
+    for f in files:
+        load_config(f)
