@@ -4,6 +4,7 @@
     tensors, meta = load_tensors(path)
     tensors, meta = load_resume_point(path)      load_tensors, checked to be a resume point
     as_float32(tensors)                          half-precision weights (an exported bundle) widened
+    file_sha256(path)                            which weights file a derived file (a prior) belongs to
     flatten_train_state(model, optimizer)        the whole training state as flat tensors
     restore_train_state(model, optimizer, ...)   + JSON (optimizer scalars, RNG), and back
 
@@ -13,6 +14,7 @@ run directory holds, and what each is for, is poetvae.rundir's business.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -60,6 +62,12 @@ def as_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     bfloat16 (a bundle exported with --half, to halve its size) are computed in float32 like
     any others. Widening is exact, so a model loads the stored values unchanged."""
     return {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in tensors.items()}
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes: the identity of a weights file, recorded by what is
+    derived from it (a run's fitted prior, a fine-tuning run's init_from) and checked later."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_resume_point(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -34,6 +34,7 @@ from poetvae.decode import DecodeOptions, DecodeTables, generate
 from poetvae.form import FORM, Poem, matching_chars
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet, check_prior
+from poetvae.prior import seeded_rows
 from poetvae.prosody import check_scheme, rhyme_ok, tone_24_ok
 from poetvae.records import perplexity
 from poetvae.train import elbo_terms, eval_mode
@@ -436,8 +437,8 @@ TRAIN_RECONSTRUCTED = 1000  # training poems whose reconstruction accuracy evalu
 def _train_sample(poet: Poet, train: list[Poem], seed: int) -> Tensor:
     """The token rows of at most TRAIN_RECONSTRUCTED training poems, chosen with the seed
     (a fixed sample: the figure is comparable between runs on the same corpus)."""
-    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:TRAIN_RECONSTRUCTED]
-    return poet.tokens([train[i] for i in rows.sort().values.tolist()], allow_unk=True)
+    rows = seeded_rows(len(train), TRAIN_RECONSTRUCTED, seed)
+    return poet.tokens([train[i] for i in rows.tolist()], allow_unk=True)
 
 
 def evaluate_run(

@@ -24,20 +24,17 @@ putting one there (and building the package) is all it takes to ship one.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from poetvae.checkpoint import save_tensors
+from poetvae.checkpoint import file_sha256, save_tensors
 from poetvae.errors import CheckpointError, PoetVAEError
 from poetvae.files import atomic_write
-from poetvae.rundir import BEST, CONFIG, LAYOUT, RUNS, VOCAB, RunDir, Staging
+from poetvae.rundir import BEST, CONFIG, LAYOUT, PRIOR, RUNS, VOCAB, RunDir, Staging, new_dir
 
 BUNDLED_MODEL = "classical"  # the name of the model shipped in poetvae/bundled/
-PRIOR = "prior.safetensors"
 EVALUATION = "evaluation.json"
 MODEL_CARD = "MODEL_CARD.md"
 MODEL_FILES = (CONFIG, VOCAB, BEST)  # what Poet.load reads: a directory with these is a model
@@ -151,7 +148,7 @@ def export_bundle(run: str | Path, dest: str | Path, *, half: bool = False, over
 
     target = Path(os.path.abspath(dest))
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Staging(RunDir(target), _new_dir_beside(target, "export-"))
+    stage = Staging(RunDir(target), new_dir(target.with_name(f".{target.name}.export-")))
     try:
         for name in (CONFIG, VOCAB, PRIOR, EVALUATION, MODEL_CARD):
             if (source.path / name).is_file():
@@ -179,8 +176,7 @@ def _rebind_prior(prior_file: Path, run_sha256: str, bundle_weights: Path) -> No
         return
     prior = FittedPrior.load(prior_file)
     if prior.weights_sha256 == run_sha256:
-        sha = hashlib.sha256(bundle_weights.read_bytes()).hexdigest()
-        dataclasses.replace(prior, weights_sha256=sha).save(prior_file)
+        dataclasses.replace(prior, weights_sha256=file_sha256(bundle_weights)).save(prior_file)
 
 
 def _refuse_dest(dest: Path, source: Path, *, overwrite: bool) -> None:
@@ -195,17 +191,6 @@ def _refuse_dest(dest: Path, source: Path, *, overwrite: bool) -> None:
     foreign = sorted(e.name for e in dest.iterdir() if e.name not in BUNDLE_FILES | LAYOUT)
     if foreign:
         raise PoetVAEError(f"{dest} holds files that are not a model's ({foreign[0]}, ...); choose another directory")
-
-
-def _new_dir_beside(path: Path, suffix: str) -> Path:
-    """A fresh hidden directory .NAME.<suffix>XXXXXXXX beside `path`, with the usual mode."""
-    while True:
-        tmp = path.with_name(f".{path.name}.{suffix}{secrets.token_hex(4)}")
-        try:
-            tmp.mkdir()
-        except FileExistsError:
-            continue
-        return tmp
 
 
 def model_card(source: RunDir, name: str, meta: dict, evaluated: bool = False) -> str:

@@ -22,7 +22,6 @@ commands use without -m.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from poetvae.checkpoint import file_sha256
 from poetvae.config import Config
 from poetvae.controls import Controls, backoff_report
 from poetvae.decode import DecodeOptions, DecodeTables, generate, latent_path
@@ -152,7 +152,7 @@ class Poet:
         if prior.latent_dim != self.config.model.latent_dim:
             raise CheckpointError(f"{run.prior} has {prior.latent_dim} dims, the model {self.config.model.latent_dim}")
         # A resumed training stopped before its end leaves the prior of older weights.
-        if self.weights == "best" and prior.weights_sha256 not in (None, _sha256(run.best)):
+        if self.weights == "best" and prior.weights_sha256 not in (None, file_sha256(run.best)):
             raise CheckpointError(f"{run.prior} was fitted to other weights than {run.best}; refit it with: {refit}")
         return prior.to(self.device)
 
@@ -326,7 +326,3 @@ class Poet:
         rhymes)."""
         mu, _ = self.encode([a, b], allow_unk)
         return self.decode(latent_path(mu[0], mu[1], steps, method), options, with_z=True)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -46,6 +46,13 @@ if TYPE_CHECKING:  # poet imports this module; this one needs Poet only as a typ
 MAX_POEMS = 20_000  # training poems a run's prior is fitted on: plenty for Z(Z+3)/2 moments
 
 
+def seeded_rows(n: int, limit: int, seed: int) -> Tensor:
+    """The indices of at most `limit` of `n` rows, chosen with `seed`, in ascending order: a
+    fixed subset of a training split, the same on every call (a refitted prior, a figure
+    comparable between runs on the same corpus)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+
+
 @dataclass(frozen=True)
 class FittedPrior:
     """A Gaussian N(mean, L L^T) over z, fitted to the posteriors of a set of poems."""
@@ -195,8 +202,7 @@ def fit_run_prior(
     if train_tokens is None:
         train_tokens = best.vocab.encode_batch([p.lines for p in run.train_poems()])
     seed = best.config.train.seed if seed is None else seed
-    rows = torch.randperm(train_tokens.size(0), generator=torch.Generator().manual_seed(seed))[:max_poems]
-    tokens = train_tokens[rows.sort().values.to(train_tokens.device)]
+    tokens = train_tokens[seeded_rows(train_tokens.size(0), max_poems, seed).to(train_tokens.device)]
     with torch.random.fork_rng(devices=[]):  # building a model draws initial weights: leave the caller's RNG alone
         model = PoetVAE(best.config.model)
     model.load_state_dict(best.weights)

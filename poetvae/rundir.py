@@ -39,7 +39,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
-import hashlib
 import itertools
 import json
 import os
@@ -52,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from poetvae.checkpoint import as_float32, load_tensors, model_state
+from poetvae.checkpoint import as_float32, file_sha256, load_tensors, model_state
 from poetvae.config import INIT_FROM, Config, config_from_json
 from poetvae.corpus import load_poems, read_corpus
 from poetvae.distributed import env_rank, launched_by_torchrun
@@ -353,7 +352,7 @@ class RunDir:
             vocab=header.vocab,
             weights=weights,
             step=step if isinstance(step, int) and not isinstance(step, bool) else None,
-            sha256=hashlib.sha256(self.best.read_bytes()).hexdigest(),
+            sha256=file_sha256(self.best),
         )
 
     def weights(self, which: str = "best") -> dict[str, torch.Tensor]:
@@ -450,6 +449,19 @@ def fresh_run(name: str, parent: str | Path = RUNS) -> Iterator[RunDir]:
 
 
 # ---- staging: a new run becomes RUN in one step -----------------------------------------
+def new_dir(prefix: Path) -> Path:
+    """A fresh, empty directory named `prefix` + 8 random hex digits (a staged run, an export
+    in the making), made with the mode of any directory (0o777 less the umask), unlike
+    mkdtemp's 0o700."""
+    while True:
+        path = prefix.with_name(prefix.name + secrets.token_hex(4))
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+
+
 class Staging:
     """A new run in the making: a hidden directory .NAME.staging-XXXX beside its target,
     written like a run directory (`.run`), that `publish` makes the target in one step."""
@@ -473,13 +485,7 @@ class Staging:
         for leftover in prefix.parent.iterdir():  # not glob: the name may hold [ or *
             if leftover.name.startswith(prefix.name):
                 shutil.rmtree(leftover, ignore_errors=True)
-        while True:
-            path = prefix.with_name(prefix.name + secrets.token_hex(4))
-            try:
-                path.mkdir()  # the mode of any directory (0o777 less the umask), unlike mkdtemp's 0o700
-            except FileExistsError:
-                continue
-            return cls(target, path)
+        return cls(target, new_dir(prefix))
 
     def publish(self) -> None:
         """Make the staged run the target in one step: a rename when there is no target,

@@ -181,11 +181,12 @@ def draw_noise(batch: int, cfg: Config, device: torch.device) -> StepNoise:
     so that every process of a multi-process run draws the same numbers and keeps its own
     slice; a mask whose setting is 0 draws nothing, so adding encoder noise to the
     settings changes no other run's random stream."""
-    eps = torch.randn(batch, cfg.model.latent_dim, device=device)
-    word_dropout, encoder_dropout = cfg.train.word_dropout, cfg.train.encoder_word_dropout
-    drop = torch.rand(batch, FORM.seq_len, device=device) < word_dropout if word_dropout > 0 else None
-    encoder_drop = torch.rand(batch, FORM.seq_len, device=device) < encoder_dropout if encoder_dropout > 0 else None
-    return StepNoise(eps, drop, encoder_drop)
+
+    def mask(share: float) -> Tensor | None:
+        return torch.rand(batch, FORM.seq_len, device=device) < share if share > 0 else None
+
+    eps = torch.randn(batch, cfg.model.latent_dim, device=device)  # drawn in this order: eps, then the masks
+    return StepNoise(eps, mask(cfg.train.word_dropout), mask(cfg.train.encoder_word_dropout))
 
 
 def train_step(

@@ -124,7 +124,7 @@ def test_train_refuses_to_overwrite_and_resumes(cli_run):
 def test_train_flags_and_config_file_reach_the_library(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_train(cfg, data, run_dir, resume=False, on_log=None, staging=None):
+    def fake_train(cfg, data, run_dir, resume=False, on_log=None, staging=None, init=None):
         seen["cfg"], seen["run_dir"] = cfg, run_dir
         return poetvae.train.TrainResult(run_dir, 0, 0, 0.0)
 

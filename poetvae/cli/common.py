@@ -212,27 +212,38 @@ Acrostic = Annotated[
     str | None,
     typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines", rich_help_panel="controls"),
 ]
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """A Typer callback that accepts only `choices` (a bad value exits with 2, naming them)."""
+    listed = ", ".join(choices[:-1]) + " or " + choices[-1]
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"must be {listed}")
+        return value
+
+    return check
+
+
 # the decoding flags of the commands that write poems from z (sample, vary)
 Temperature = Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")]
 Seed = Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED, help="fixes z and the draws")]
 Greedy = Annotated[bool, typer.Option("--greedy", help="most likely token at every step")]
-PoemFormat = Annotated[str, typer.Option("--format", "-f", help="text | oneline | json")]
+PoemFormat = Annotated[
+    str, typer.Option("--format", "-f", callback=_one_of("text", "oneline", "json"), help="text | oneline | json")
+]
+# the commands that compare poems with what they decode to (interpolate, reconstruct)
+TableFormat = Annotated[str, typer.Option("--format", "-f", callback=_one_of("table", "json"), help="table | json")]
 WithZ = Annotated[bool, typer.Option("--with-z", help="include z in --format json")]
 AllowUnk = Annotated[bool, typer.Option("--allow-unk", help="read unknown characters as <unk>")]
-
-
-def _prior(value: str) -> str:
-    """Typer callback of --prior."""
-    if value not in ("normal", "fitted"):
-        raise typer.BadParameter("must be normal or fitted")
-    return value
 
 
 Prior = Annotated[
     str,
     typer.Option(
         "--prior",
-        callback=_prior,
+        callback=_one_of("normal", "fitted"),
         help="normal: z ~ N(0, I); fitted: the run's Gaussian fitted to its training poems (poetvae fit-prior)",
     ),
 ]

@@ -22,6 +22,7 @@ from poetvae.cli.common import (
     RunDir,
     Scheme,
     Seed,
+    TableFormat,
     Temperature,
     Tones,
     WithZ,
@@ -30,6 +31,7 @@ from poetvae.cli.common import (
     _finite,
     _json_number,
     _marked,
+    _one_of,
     app,
     out,
     use_model,
@@ -100,8 +102,6 @@ def sample(
     from poetvae.decode import DecodeOptions
     from poetvae.poet import Poet
 
-    if fmt not in ("text", "oneline", "json"):
-        raise typer.BadParameter("--format must be text, oneline or json")
     if first_line and prefix:
         raise typer.BadParameter("give --first-line or --prefix, not both")
     with user_errors():
@@ -135,14 +135,16 @@ def interpolate(
     poem_b: Annotated[str, typer.Argument(help="second poem")],
     model: RunDir = None,
     steps: Annotated[int, typer.Option("--steps", min=2, help="points on the path, both ends included")] = 8,
-    method: Annotated[str, typer.Option("--method", help="linear | slerp")] = "linear",
+    method: Annotated[
+        str, typer.Option("--method", callback=_one_of("linear", "slerp"), help="linear | slerp")
+    ] = "linear",
     sample_: Annotated[bool, typer.Option("--sample", help="sample at each point instead of greedy decoding")] = False,
     temp: Annotated[
         float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="temperature with --sample")
     ] = 0.8,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED)] = None,
     allow_unk: AllowUnk = False,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    fmt: TableFormat = "table",
     device: Device = "auto",
     rhyme: Rhyme = False,
     rhyme_group: RhymeGroup = None,
@@ -163,10 +165,6 @@ def interpolate(
     from poetvae.form import parse_poem
     from poetvae.poet import Poet, Reconstruction
 
-    if method not in ("linear", "slerp"):
-        raise typer.BadParameter("--method must be linear or slerp")
-    if fmt not in ("table", "json"):
-        raise typer.BadParameter("--format must be table or json")
     with user_errors():
         a, b = parse_poem(poem_a), parse_poem(poem_b)
         poet = Poet.load(use_model(model), device=device)

@@ -23,6 +23,7 @@ from poetvae.cli.common import (
     RunDir,
     Scheme,
     Seed,
+    TableFormat,
     Temperature,
     Tones,
     TrainedRun,
@@ -93,7 +94,7 @@ def reconstruct(
         list[str] | None, typer.Argument(help="poems, e.g. 床前明月光，疑是地上霜。举头望明月，低头思故乡。")
     ] = None,
     file: Annotated[Path | None, typer.Option("--file", help="a file of poems, one per line", readable=False)] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | json")] = "table",
+    fmt: TableFormat = "table",
     allow_unk: AllowUnk = False,
     device: Device = "auto",
 ) -> None:
@@ -103,8 +104,6 @@ def reconstruct(
     """
     from poetvae.poet import Poet
 
-    if fmt not in ("table", "json"):
-        raise typer.BadParameter("--format must be table or json")
     if not poems and file is None:
         raise typer.BadParameter("give poems as arguments or with --file")
     with user_errors():
@@ -158,8 +157,6 @@ def vary(
     from poetvae.form import parse_poem
     from poetvae.poet import Poet
 
-    if fmt not in ("text", "oneline", "json"):
-        raise typer.BadParameter("--format must be text, oneline or json")
     with user_errors():
         given = parse_poem(poem)
         controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, None)

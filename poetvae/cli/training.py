@@ -430,8 +430,7 @@ def _train_with_progress(
             progress.console.print(line) if live else out.print(line)
 
     with progress:
-        fine_tune = {"init": init} if init is not None else {}  # without --init, the call as it always was
-        return train_run(cfg, data, run_dir, resume=resume, on_log=on_log, staging=staging, **fine_tune)
+        return train_run(cfg, data, run_dir, resume=resume, on_log=on_log, staging=staging, init=init)
 
 
 def _print_train_result(result: Any) -> None:
