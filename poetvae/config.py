@@ -97,6 +97,14 @@ class ModelConfig:
         "tell the decoder at every step the 平仄 of the previous character and of the same place in "
         "the previous line, and line 2's rhyme group (平水韵; char tokenizer only)",
     )
+    output_layer: str = _opt(
+        "adaptive",
+        "the decoder's softmax: adaptive (a head over the frequent characters and clusters of rare ones at "
+        "reduced size, Grave et al. 2017; exact, ~4x fewer FLOPs) or full (one linear layer over the vocabulary)",
+        ("adaptive", "full"),
+    )
+    adaptive_head: int = _opt(2000, "adaptive softmax: ids in the head (the most frequent; then clusters of 2x)")
+    adaptive_div: float = _opt(2.0, "adaptive softmax: cluster i works at hidden_dim / adaptive_div^(i+1) dims")
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,12 @@ class TrainConfig:
     )
     freeze_embeddings: bool = _opt(False, "keep the word2vec embeddings fixed")
     device: str = _opt("auto", "auto (cuda if present), cpu, cuda, cuda:N")
-    amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")
+    amp: str = _opt(
+        "auto",
+        "bf16 autocast: auto = on CUDA and on CPUs with native bf16 (avx512_bf16 or AMX), cuda = on CUDA only, "
+        "off = fp32 everywhere",
+        ("auto", "cuda", "off"),
+    )
     log_every: int = _opt(20, "steps between log lines")
 
 
@@ -158,7 +171,16 @@ def user_fields() -> list[tuple[str, dataclasses.Field]]:
     return [(s, f) for s, cls in SECTIONS.items() for f in fields(cls) if f.name not in NOT_USER_SETTINGS]
 
 
+# What older configs said differently: `amp` was a bool that meant bf16 on CUDA only.
+LEGACY_AMP = {True: "cuda", False: "off"}
+# Model settings added with a new default: a saved config.json without them is an older
+# run's, trained with the value here (its weights fit only that layer).
+LEGACY_MODEL = {"output_layer": "full"}
+
+
 def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
+    if f.name == "amp" and isinstance(value, bool):
+        value = LEGACY_AMP[value]
     want = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     ok = (
         isinstance(value, bool)
@@ -198,6 +220,7 @@ def _validate(cfg: Config) -> Config:
         "model.latent_dim": m.latent_dim,
         "model.encoder_layers": m.encoder_layers,
         "model.decoder_layers": m.decoder_layers,
+        "model.adaptive_head": m.adaptive_head,
         "train.batch_size": t.batch_size,
         "train.epochs": t.epochs,
         "train.lr": t.lr,
@@ -232,6 +255,8 @@ def _validate(cfg: Config) -> Config:
     }.items():
         if v < 0:
             raise ConfigError(f"{name} must not be negative, got {v}")
+    if m.adaptive_div < 1.0:
+        raise ConfigError(f"model.adaptive_div must be at least 1, got {m.adaptive_div}")
     if m.form_features and p.tokenizer != "char":
         raise ConfigError("model.form_features needs prep.tokenizer = char (a jieba word spans several tones)")
     if not (0 <= p.valid_fraction < 1 and 0 <= p.test_fraction < 1 and p.valid_fraction + p.test_fraction < 1):
@@ -317,4 +342,6 @@ def config_from_json(text: str) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"config.json must hold an object of sections, not {type(values).__name__}")
     values.pop(INIT_FROM, None)
+    if isinstance(values.get("model"), dict):
+        values["model"] = LEGACY_MODEL | values["model"]
     return build_config(values)

@@ -69,11 +69,10 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> 
 def _rec(model: PoetVAE, tokens: Tensor, z: Tensor) -> Tensor:
     """-log p(x|z) per row (nats): the summed token cross-entropy, <pad> ignored.
 
-    Computed by `model.reconstruction_loss`, the term `model.loss` uses, so the likelihood
-    here is by construction the same term that training minimises.
+    Computed by `model.nll_given_z`, the term `model.loss` uses, so the likelihood here is
+    by construction the same term that training minimises.
     """
-    logits, _ = model.decode(z, PoetVAE.teacher_inputs(tokens))
-    return model.reconstruction_loss(tokens, logits)
+    return model.nll_given_z(z, tokens)
 
 
 @torch.no_grad()

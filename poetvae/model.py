@@ -3,7 +3,9 @@
     tokens (B, T) -> embedding -> highway layers -> bidirectional LSTM -> mu, logvar (B, Z)
     z = mu + sigma * eps                                       (reparameterisation)
     decoder: LSTM whose initial state is a function of z and whose every input step is
-             [embedding of the previous token ; z] -> logits over the vocabulary (B, T, V)
+             [embedding of the previous token ; z] -> hidden (B, T, H) -> output layer:
+             scores over the vocabulary (B, T, V), either a plain linear layer (logits) or
+             an adaptive softmax (log-probabilities, Grave et al. 2017)
 
 Loss per poem: reconstruction cross-entropy summed over tokens + beta * KL(q(z|x) || N(0, I))
 summed over latent dims (Bowman et al. 2016, "Generating Sentences from a Continuous Space").
@@ -100,6 +102,58 @@ class Encoder(nn.Module):
         return mu, self.to_logvar(h)
 
 
+def adaptive_cutoffs(vocab_size: int, head: int) -> list[int]:
+    """The cluster boundaries of the adaptive softmax for a vocabulary of `vocab_size` ids in
+    order of frequency (poetvae.vocab builds them so): the `head` most frequent ids, then
+    clusters of doubling size, head * 2^k, up to the vocabulary's end. A vocabulary no larger
+    than the head is split in half, so that the layer is always a head and a cluster."""
+    cutoffs, c = [], head
+    while c < vocab_size - 1:
+        cutoffs.append(c)
+        c *= 2
+    return cutoffs or [max(1, (vocab_size - 1) // 2)]
+
+
+class AdaptiveOutput(nn.AdaptiveLogSoftmaxWithLoss):
+    """The adaptive softmax (Grave et al. 2017): p(token | h) in two factors. A head over the
+    frequent ids plus one entry per cluster of rare ones, and within a cluster a softmax
+    computed from h projected down to H / div^(i+1) dims. The distribution is exact and
+    normalised, so likelihoods, perplexities and scores stay what they were; what it saves
+    is the full (N, H) x (H, V) product in training: a character that is not in the head
+    costs only its own cluster, and 92% of the characters of Tang and Song verse are among
+    the 2,000 most frequent.
+
+    torch's module holds the parameters and its own `log_prob`; the two computations here
+    run the softmaxes in fp32 whatever the autocast dtype of h (losses stay in fp32), and
+    `nll` takes rows of one cluster together, as the module's forward does."""
+
+    def __init__(self, hidden_dim: int, vocab_size: int, head: int, div_value: float):
+        super().__init__(hidden_dim, vocab_size, adaptive_cutoffs(vocab_size, head), div_value, head_bias=True)
+
+    def full_log_prob(self, hidden: Tensor) -> Tensor:
+        """(N, H) -> log p of every id (N, V), in fp32."""
+        head = self.head(hidden).float().log_softmax(dim=-1)  # (N, shortlist + clusters)
+        parts = [head[:, : self.shortlist_size]]
+        for i in range(self.n_clusters):
+            parts.append(self.tail[i](hidden).float().log_softmax(dim=-1) + head[:, self.shortlist_size + i, None])
+        return torch.cat(parts, dim=1)
+
+    def nll(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """(N, H), (N,) ids -> -log p(target) (N,) in fp32, 0 for <pad>. Every row has one
+        target in the head (its id, or its cluster's entry) and rows of a cluster one more
+        inside it, so the loss is one cross-entropy over the head and one per cluster, on
+        the rows whose target is there."""
+        cluster_of = torch.bucketize(target, target.new_tensor(self.cutoffs), right=True)  # 0: head
+        head_target = torch.where(cluster_of == 0, target, self.shortlist_size - 1 + cluster_of)
+        nll = F.cross_entropy(self.head(hidden).float(), head_target, ignore_index=PAD, reduction="none")
+        for i, lo in enumerate(self.cutoffs[:-1]):
+            rows = (cluster_of == i + 1).nonzero().squeeze(1)
+            if rows.numel():
+                inside = F.cross_entropy(self.tail[i](hidden[rows]).float(), target[rows] - lo, reduction="none")
+                nll = nll.index_add(0, rows, inside)
+        return nll
+
+
 class Decoder(nn.Module):
     """LSTM language model conditioned on z twice: in its initial state and at every step.
 
@@ -113,7 +167,11 @@ class Decoder(nn.Module):
         self.lstm = nn.LSTM(cfg.embed_dim + cfg.latent_dim, cfg.hidden_dim, cfg.decoder_layers, batch_first=True)
         self.init_state = nn.Linear(cfg.latent_dim, 2 * cfg.decoder_layers * cfg.hidden_dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
+        self.adaptive = cfg.output_layer == "adaptive"
+        if self.adaptive:
+            self.out = AdaptiveOutput(cfg.hidden_dim, cfg.vocab_size, cfg.adaptive_head, cfg.adaptive_div)
+        else:
+            self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
 
     def initial_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
         h_and_c = torch.tanh(self.init_state(z))  # (B, 2 * L * H)
@@ -121,13 +179,31 @@ class Decoder(nn.Module):
         return h, c  # each (L, B, H)
 
     def forward(self, x: Tensor, z: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: embedded inputs (B, T, E); z: (B, Z). Returns logits (B, T, V) and the new state.
+        """x: embedded inputs (B, T, E); z: (B, Z). Returns the hidden states (B, T, H) that
+        the output layer reads (after dropout) and the new state.
 
         The same call serves teacher forcing (T = 21) and generation (T = 1, step by step).
         """
         zs = z.unsqueeze(1).expand(-1, x.size(1), -1)
         h, state = self.lstm(torch.cat([x, zs], dim=-1), state)
-        return self.out(self.drop(h)), state
+        return self.drop(h), state
+
+    def scores(self, hidden: Tensor) -> Tensor:
+        """(..., H) -> (..., V) scores whose log_softmax is log p(next token): the logits of
+        the linear layer, or the log-probabilities themselves (fp32) of the adaptive one."""
+        if self.adaptive:
+            return self.out.full_log_prob(hidden.reshape(-1, hidden.size(-1))).view(*hidden.shape[:-1], -1)
+        return self.out(hidden)
+
+    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """hidden (..., H) and the next tokens (...) -> -log p(token) (...) in fp32, 0 at
+        <pad>. Only the adaptive layer's clusters that some target falls in are computed."""
+        h, t = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
+        if self.adaptive:
+            nll = self.out.nll(h, t)
+        else:
+            nll = F.cross_entropy(self.out(h).float(), t, ignore_index=PAD, reduction="none")
+        return nll.view(targets.shape)
 
 
 class PoetVAE(nn.Module):
@@ -224,11 +300,26 @@ class PoetVAE(nn.Module):
         positions: Tensor | None = None,
         features: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Teacher-forced or stepwise decoding. inputs: (B, T) ids of the previous tokens,
-        starting with <bos> unless `state` continues a decode. positions (B, T): characters
-        written before each step; and with form_features, `features`, the pair of (B, T)
-        from form_features: both computed from `inputs` when they start at <bos>, and
-        required when decoding step by step."""
+        """Teacher-forced or stepwise decoding -> scores over the vocabulary (B, T, V)
+        (Decoder.scores: their log_softmax is log p) and the new state. inputs: (B, T) ids
+        of the previous tokens, starting with <bos> unless `state` continues a decode.
+        positions (B, T): characters written before each step; and with form_features,
+        `features`, the pair of (B, T) from form_features: both computed from `inputs` when
+        they start at <bos>, and required when decoding step by step."""
+        hidden, state = self.decode_hidden(z, inputs, state, positions, features)
+        return self.decoder.scores(hidden), state
+
+    def decode_hidden(
+        self,
+        z: Tensor,
+        inputs: Tensor,
+        state: tuple[Tensor, Tensor] | None = None,
+        positions: Tensor | None = None,
+        features: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`decode` up to the output layer: the hidden states (B, T, H) and the new state.
+        Training and the likelihoods stop here and take Decoder.nll of the targets, which
+        for the adaptive softmax never builds the (B, T, V) distribution."""
         if state is None:
             state = self.decoder.initial_state(z)
         if positions is None:
@@ -283,13 +374,19 @@ class PoetVAE(nn.Module):
             drop = drop.clone()
             drop[:, 0] = False
             inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
-        logits, _ = self.decode(z, inputs)
-        return {"logits": logits, "mu": mu, "logvar": logvar, "z": z}
+        hidden, _ = self.decode_hidden(z, inputs)
+        return {"hidden": hidden, "mu": mu, "logvar": logvar, "z": z}
+
+    def nll_given_z(self, z: Tensor, tokens: Tensor) -> Tensor:
+        """-log p(x|z) per poem (B,) in fp32 (nats): the poem's tokens and <eos>, <pad> ignored.
+        Without dropout in eval mode; the same term `loss` minimises."""
+        hidden, _ = self.decode_hidden(z, self.teacher_inputs(tokens))
+        return self.decoder.nll(hidden, tokens).sum(dim=1)
 
     @staticmethod
     def reconstruction_loss(tokens: Tensor, logits: Tensor) -> Tensor:
-        """-log p(x|z) per poem (B,): the cross-entropy of `logits` (B, T, V), decoded from z,
-        summed over the poem's tokens and <eos>, <pad> ignored (nats)."""
+        """-log p(x|z) per poem (B,) from full scores (B, T, V) such as `decode` gives:
+        the cross-entropy summed over the poem's tokens and <eos>, <pad> ignored (nats)."""
         b, t, v = logits.shape
         ce = F.cross_entropy(
             logits.reshape(b * t, v).float(), tokens.reshape(b * t), ignore_index=PAD, reduction="none"
@@ -306,7 +403,7 @@ class PoetVAE(nn.Module):
     ) -> dict[str, Tensor]:
         """Per-poem terms and the scalar objective.
 
-        rec (B): reconstruction_loss, the cross-entropy summed over the poem's tokens and <eos> (nats).
+        rec (B): -log p(x|z), the cross-entropy summed over the poem's tokens and <eos> (nats).
         kl  (B): KL(N(mu, sigma^2) || N(0, I)) in closed form, summed over dims (nats).
         loss: mean(rec) + beta * KL term, where with free bits (Kingma et al. 2016) each
               dim's batch-mean KL counts as at least `free_bits` nats, so the optimiser gains
@@ -314,7 +411,7 @@ class PoetVAE(nn.Module):
               per-dim mean into the global batch's in multi-process training.
         """
         mu, logvar = out["mu"], out["logvar"]
-        rec = self.reconstruction_loss(tokens, out["logits"])
+        rec = self.decoder.nll(out["hidden"], tokens).sum(dim=1)
         kl_dims = 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float())  # (B, Z)
         kl = kl_dims.sum(dim=1)
         if self.encoder is None:

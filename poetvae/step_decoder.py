@@ -9,6 +9,8 @@ new one after changing them (poetvae.decode.DecodeTables holds one per loaded mo
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -77,9 +79,20 @@ class StepDecoder:
         # layers above the first: input products and biases (index k - 1 for layer k)
         self.w_ih = [weight(f"weight_ih_l{k}").T.contiguous() for k in range(1, self.layers)]
         self.bias = [weight(f"bias_ih_l{k}") + weight(f"bias_hh_l{k}") for k in range(1, self.layers)]
-        self.out_w, self.out_b = model.decoder.out.weight.detach(), model.decoder.out.bias.detach()
-        # The LSTM's output lies in (-1, 1), so no logit can exceed this in size.
-        self.logit_bound = float((self.out_w.abs().sum(dim=1) + self.out_b.abs()).max())
+        out = model.decoder.out
+        self.adaptive = model.decoder.adaptive
+        if self.adaptive:  # the adaptive softmax (model.AdaptiveOutput), its weights as products take them
+            self.out_w, self.out_b = out.head.weight.detach().T.contiguous(), out.head.bias.detach()
+            self.tails = [
+                (seq[0].weight.detach().T.contiguous(), seq[1].weight.detach().T.contiguous()) for seq in out.tail
+            ]
+            self.shortlist, self.cutoffs = out.shortlist_size, out.cutoffs
+            # logits() gives log-probabilities: the softmax of the sampler must shift them
+            self.logit_bound = math.inf
+        else:
+            self.out_w, self.out_b = out.weight.detach().T, out.bias.detach()
+            # The LSTM's output lies in (-1, 1), so no logit can exceed this in size.
+            self.logit_bound = float((out.weight.detach().abs().sum(dim=1) + self.out_b.abs()).max())
 
     def z_gates(self, z: Tensor) -> Tensor:
         """(B, Z) -> (B, 4H): the part of the first layer's gates that z fixes for the poem."""
@@ -132,5 +145,16 @@ class StepDecoder:
         return h1[-1], (h1, c1)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """(B, H) -> (B, V) in fp32, the output layer."""
-        return torch.addmm(self.out_b, hidden, self.out_w.T).float()
+        """(B, H) -> (B, V) in fp32, the output layer: the logits of the linear layer, or the
+        log-probabilities of the adaptive softmax (its head and every cluster: what the next
+        token may be is decided by masks over the whole vocabulary, so all of it is needed)."""
+        hidden = hidden.float()
+        if not self.adaptive:
+            return torch.addmm(self.out_b, hidden, self.out_w)
+        head = torch.addmm(self.out_b, hidden, self.out_w).log_softmax(dim=-1)
+        out = hidden.new_empty(hidden.size(0), self.cutoffs[-1])
+        out[:, : self.shortlist] = head[:, : self.shortlist]
+        for i, (down, up) in enumerate(self.tails):
+            cluster = (hidden @ down @ up).log_softmax(dim=-1)
+            torch.add(cluster, head[:, self.shortlist + i, None], out=out[:, self.cutoffs[i] : self.cutoffs[i + 1]])
+        return out

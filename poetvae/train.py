@@ -51,7 +51,7 @@ from poetvae.config import Config, TrainConfig
 from poetvae.distributed import Dist, any_process, global_mean, setup, teardown
 from poetvae.errors import ConfigError, TrainingDiverged
 from poetvae.form import FORM
-from poetvae.hardware import keep_freed_memory, resolve_device
+from poetvae.hardware import autocast_choice, keep_freed_memory, resolve_device
 from poetvae.model import PoetVAE
 from poetvae.prep import PreparedData
 from poetvae.records import ElboTerms, EpochRecord, LogRecord, StepRecord, append_log, perplexity, truncate_log
@@ -204,10 +204,12 @@ def train_step(
     (draw_noise's, sliced the same way) at KL weight `beta`. `model` may be wrapped in
     DistributedDataParallel. Returns the loss terms (detached)."""
     raw_model = model.module if isinstance(model, DDP) else model
+    batch_mean = functools.partial(global_mean, process=process, differentiable=True) if process.active else None
+    # the output layer runs in the loss (Decoder.nll), so under autocast too; its softmaxes,
+    # the KL and every sum are in fp32 whatever the autocast dtype
     with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=use_amp):
         out = model(tokens, eps=noise.eps, drop=noise.drop, encoder_drop=noise.encoder_drop)
-    batch_mean = functools.partial(global_mean, process=process, differentiable=True) if process.active else None
-    terms = raw_model.loss(tokens, out, beta, cfg.train.free_bits, batch_mean)
+        terms = raw_model.loss(tokens, out, beta, cfg.train.free_bits, batch_mean)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     if cfg.train.grad_clip > 0:
@@ -429,7 +431,7 @@ def _set_up(
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         share=slice(process.rank * per_process, (process.rank + 1) * per_process),
-        use_amp=train_cfg.amp and device.type == "cuda",
+        use_amp=autocast_choice(device, train_cfg.amp)[0],
         on_log=on_log,
         staging=staging if process.is_main else None,
         stop=stop,

@@ -147,13 +147,14 @@ def test_train_flags_and_config_file_reach_the_library(tmp_path, monkeypatch):
         "8",
         "--w2v-epochs",
         "1",
-        "--no-amp",
+        "--amp",
+        "off",
     )
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert cfg.model.latent_dim == 9  # flag beats file
     assert cfg.model.hidden_dim == 20  # file beats default
-    assert cfg.train.kl_schedule == "linear" and cfg.train.free_bits == 0.0 and cfg.train.amp is False
+    assert cfg.train.kl_schedule == "linear" and cfg.train.free_bits == 0.0 and cfg.train.amp == "off"
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,13 @@ def make_vocab(words: list[str]) -> Vocab:
     )
 
 
+def output_bias(model: PoetVAE) -> torch.Tensor:
+    """The bias of the output layer over the ids it scores directly: the whole vocabulary's
+    for the full layer, the head's (the most frequent ids, the specials first) for the adaptive one."""
+    out = model.decoder.out
+    return out.head.bias if model.decoder.adaptive else out.bias
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**31 - 1),
@@ -47,17 +54,26 @@ def make_vocab(words: list[str]) -> Vocab:
     top_p=st.floats(0.05, 1.0),
     greedy=st.booleans(),
     scale=st.floats(0.0, 20.0),
+    layer=st.sampled_from(["adaptive", "full"]),
 )
-def test_random_models_only_write_well_formed_poems(seed, words, temperature, top_k, top_p, greedy, scale):
+def test_random_models_only_write_well_formed_poems(seed, words, temperature, top_k, top_p, greedy, scale, layer):
     """Whatever the weights (scaled up to make special tokens overwhelmingly likely), the
     masks leave only well-formed poems."""
     torch.manual_seed(seed)
     vocab = make_vocab(words)
     model = PoetVAE(
-        ModelConfig(vocab_size=len(vocab), embed_dim=8, highway_layers=1, hidden_dim=8, latent_dim=3, dropout=0.0)
+        ModelConfig(
+            vocab_size=len(vocab),
+            embed_dim=8,
+            highway_layers=1,
+            hidden_dim=8,
+            latent_dim=3,
+            dropout=0.0,
+            output_layer=layer,
+        )
     ).eval()
     with torch.no_grad():
-        model.decoder.out.bias[:4] += scale  # push <pad>/<unk>/<bos>/<eos> to the top
+        output_bias(model)[:4] += scale  # push <pad>/<unk>/<bos>/<eos> to the top
     z = torch.randn(16, 3)
     ids, logprob, _ = generate(
         model, z, vocab, DecodeOptions(temperature, top_k, top_p, greedy), generator=torch.Generator().manual_seed(seed)
@@ -159,10 +175,12 @@ def test_argmax_in_blocks_equals_torch_argmax_including_ties():
         assert index.equal(x.argmax(dim=1)) and value.equal(x.amax(dim=1))
 
 
+@pytest.mark.parametrize("layer", ["adaptive", "full"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_step_decoder_equals_the_model_decoder(layers):
+def test_step_decoder_equals_the_model_decoder(layers, layer):
     torch.manual_seed(0)
-    model = PoetVAE(ModelConfig(vocab_size=30, embed_dim=8, hidden_dim=6, latent_dim=3, decoder_layers=layers)).eval()
+    cfg = ModelConfig(vocab_size=30, embed_dim=8, hidden_dim=6, latent_dim=3, decoder_layers=layers, output_layer=layer)
+    model = PoetVAE(cfg).eval()
     z = torch.randn(4, 3)
     inputs = torch.cat([torch.full((4, 1), 2), torch.randint(4, 30, (4, 6))], dim=1)
     want, _ = model.decode(z, inputs)
@@ -173,11 +191,13 @@ def test_step_decoder_equals_the_model_decoder(layers):
         assert torch.allclose(step.logits(hidden), want[:, t], atol=1e-5)
 
 
-def test_a_temperature_too_low_for_float_range_still_samples_allowed_tokens():
+@pytest.mark.parametrize("layer", ["adaptive", "full"])
+def test_a_temperature_too_low_for_float_range_still_samples_allowed_tokens(layer):
     vocab = make_vocab([])
-    model = PoetVAE(ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3, dropout=0.0)).eval()
+    cfg = ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=8, latent_dim=3, dropout=0.0, output_layer=layer)
+    model = PoetVAE(cfg).eval()
     with torch.no_grad():
-        model.decoder.out.bias[:4] += 200.0  # the allowed tokens' probabilities underflow to 0
+        output_bias(model)[:4] += 200.0  # the allowed tokens' probabilities underflow to 0
     ids, logprob, _ = generate(
         model, torch.randn(6, 3), vocab, DecodeOptions(temperature=0.05), generator=torch.Generator().manual_seed(0)
     )

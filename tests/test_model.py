@@ -7,10 +7,11 @@ from torch.distributions import Normal, kl_divergence
 
 from poetvae.config import ModelConfig
 from poetvae.form import FORM
-from poetvae.model import Highway, PoetVAE
+from poetvae.model import AdaptiveOutput, Highway, PoetVAE, adaptive_cutoffs
 from poetvae.vocab import BOS, EOS, UNK
 
 CFG = ModelConfig(vocab_size=40, embed_dim=12, highway_layers=2, hidden_dim=16, latent_dim=5, dropout=0.0)
+OUTPUT_LAYERS = ("adaptive", "full")
 
 
 def batch(b=6, v=40):
@@ -19,11 +20,13 @@ def batch(b=6, v=40):
     return x
 
 
-def test_shapes():
-    m = PoetVAE(CFG)
+@pytest.mark.parametrize("layer", OUTPUT_LAYERS)
+def test_shapes(layer):
+    m = PoetVAE(dataclasses.replace(CFG, output_layer=layer))
     x = batch()
     out = m(x)
-    assert out["logits"].shape == (6, FORM.seq_len, 40)
+    assert out["hidden"].shape == (6, FORM.seq_len, CFG.hidden_dim)
+    assert m.decoder.scores(out["hidden"]).shape == (6, FORM.seq_len, 40)
     assert out["mu"].shape == out["logvar"].shape == out["z"].shape == (6, 5)
     assert m.sample_prior(3).shape == (3, 5)
     h, c = m.decoder.initial_state(out["z"])
@@ -42,12 +45,13 @@ def test_kl_matches_closed_form_and_torch_distributions():
     assert (terms["kl"] >= 0).all()
 
 
-def test_reconstruction_is_summed_token_cross_entropy():
-    m = PoetVAE(CFG)
+@pytest.mark.parametrize("layer", OUTPUT_LAYERS)
+def test_reconstruction_is_summed_token_cross_entropy(layer):
+    m = PoetVAE(dataclasses.replace(CFG, output_layer=layer))
     x = batch()
     out = m(x)
     terms = m.loss(x, out, beta=0.0)
-    logp = torch.log_softmax(out["logits"], dim=-1).gather(2, x[..., None]).squeeze(-1)
+    logp = torch.log_softmax(m.decoder.scores(out["hidden"]), dim=-1).gather(2, x[..., None]).squeeze(-1)
     assert torch.allclose(terms["rec"], -logp.sum(dim=1), atol=1e-4)
     assert torch.isclose(terms["loss"], terms["rec"].mean())
 
@@ -77,8 +81,9 @@ def test_decoder_is_causal_and_uses_z():
     assert not torch.allclose(logits[:, 0], logits3[:, 0])  # z reaches the first step
 
 
-def test_stepwise_decoding_equals_teacher_forcing():
-    m = PoetVAE(CFG).eval()
+@pytest.mark.parametrize("layer", OUTPUT_LAYERS)
+def test_stepwise_decoding_equals_teacher_forcing(layer):
+    m = PoetVAE(dataclasses.replace(CFG, output_layer=layer)).eval()
     z = torch.randn(3, 5)
     inp = torch.cat([torch.full((3, 1), BOS), batch(3)[:, :-1]], dim=1)
     full, _ = m.decode(z, inp)
@@ -94,14 +99,14 @@ def test_word_dropout_only_while_training():
     m = PoetVAE(CFG).eval()
     m.reparameterize = lambda mu, logvar, generator=None, eps=None: mu  # a fixed z for the comparison
     x = batch()
-    assert torch.allclose(m(x, word_dropout=1.0)["logits"], m(x, word_dropout=0.0)["logits"])
+    assert torch.allclose(m(x, word_dropout=1.0)["hidden"], m(x, word_dropout=0.0)["hidden"])
     m.train()  # CFG has dropout 0, so train mode differs from eval only by word dropout
     mu, _ = m.encode(x)
     unk_inputs = torch.full_like(x, UNK)
     unk_inputs[:, 0] = BOS
-    expected, _ = m.decode(mu, unk_inputs)
-    assert torch.allclose(m(x, word_dropout=1.0)["logits"], expected, atol=1e-5)
-    assert not torch.allclose(m(x, word_dropout=0.0)["logits"], expected, atol=1e-3)
+    expected, _ = m.decode_hidden(mu, unk_inputs)
+    assert torch.allclose(m(x, word_dropout=1.0)["hidden"], expected, atol=1e-5)
+    assert not torch.allclose(m(x, word_dropout=0.0)["hidden"], expected, atol=1e-3)
 
 
 def test_encoder_noise_hides_characters_from_the_encoder_only_while_training():
@@ -116,8 +121,8 @@ def test_encoder_noise_hides_characters_from_the_encoder_only_while_training():
     assert torch.allclose(out["mu"], m.encode(hidden)[0], atol=1e-6)
     assert not torch.allclose(out["mu"], m.encode(x)[0], atol=1e-4)
     # the decoder still reads (and is scored on) the real poem
-    expected, _ = m.decode(out["z"], m.teacher_inputs(x))
-    assert torch.allclose(out["logits"], expected, atol=1e-5)
+    expected, _ = m.decode_hidden(out["z"], m.teacher_inputs(x))
+    assert torch.allclose(out["hidden"], expected, atol=1e-5)
 
 
 def test_no_latent_model_has_no_encoder_and_zero_kl():
@@ -136,13 +141,14 @@ def test_highway_starts_near_identity_and_keeps_shape():
     assert Highway(8, 0)(x).equal(x)
 
 
-def test_overfitting_one_batch_drops_the_loss():
+@pytest.mark.parametrize("layer", OUTPUT_LAYERS)
+def test_overfitting_one_batch_drops_the_loss(layer):
     torch.manual_seed(0)
-    m = PoetVAE(CFG)
+    m = PoetVAE(dataclasses.replace(CFG, output_layer=layer))
     x = batch(8)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     first = None
-    for _ in range(60):
+    for _ in range(100):
         terms = m.loss(x, m(x), beta=0.1)
         opt.zero_grad()
         terms["loss"].backward()
@@ -179,8 +185,70 @@ def test_decoder_knows_the_character_position():
     assert torch.equal(m.token_chars[inp].cumsum(1)[0], torch.arange(5))
 
 
-def test_reconstruction_loss_is_the_rec_term_of_the_loss():
-    m = PoetVAE(CFG)
+@pytest.mark.parametrize("layer", OUTPUT_LAYERS)
+def test_reconstruction_loss_is_the_rec_term_of_the_loss(layer):
+    m = PoetVAE(dataclasses.replace(CFG, output_layer=layer)).eval()
     x = batch()
     out = m(x)
-    assert torch.equal(m.reconstruction_loss(x, out["logits"]), m.loss(x, out)["rec"])
+    want = m.reconstruction_loss(x, m.decoder.scores(out["hidden"]))
+    assert torch.allclose(want, m.loss(x, out)["rec"], atol=1e-5)
+    assert torch.allclose(want, m.nll_given_z(out["z"], x), atol=1e-5)
+
+
+# ---- the adaptive softmax ----------------------------------------------------------------
+def test_adaptive_cutoffs_split_the_vocabulary_by_frequency_rank():
+    assert adaptive_cutoffs(8277, 2000) == [2000, 4000, 8000]
+    assert adaptive_cutoffs(4578, 2000) == [2000, 4000]
+    assert adaptive_cutoffs(4001, 2000) == [2000]  # a last cluster of one id would be no cluster
+    assert adaptive_cutoffs(40, 2000) == [19]  # a vocabulary smaller than the head: two halves
+
+
+def _plain_adaptive_log_prob(layer: AdaptiveOutput, h: torch.Tensor) -> torch.Tensor:
+    """The adaptive softmax written out as its definition: p(id) = p_head(id) for a head id,
+    p_head(cluster i) * p_i(id) for an id of cluster i."""
+    head = torch.softmax(h @ layer.head.weight.T + layer.head.bias, dim=-1)
+    parts = [head[:, : layer.shortlist_size]]
+    for i, tail in enumerate(layer.tail):
+        inside = torch.softmax(h @ tail[0].weight.T @ tail[1].weight.T, dim=-1)
+        parts.append(head[:, layer.shortlist_size + i, None] * inside)
+    return torch.cat(parts, dim=1).log()
+
+
+def test_adaptive_softmax_is_one_exact_distribution():
+    """The full distribution (decoding, scores) equals torch's own log_prob and the plain
+    formula, sums to 1, and the training loss (nll, which computes only the clusters its
+    targets fall in) is exactly its value at the targets, 0 at <pad>."""
+    torch.manual_seed(0)
+    layer = AdaptiveOutput(16, 300, 50, 2.0)
+    assert layer.cutoffs == [50, 100, 200, 300] and [t[0].out_features for t in layer.tail] == [8, 4, 2]
+    h = torch.randn(64, 16) * 3
+    full = layer.full_log_prob(h)
+    assert torch.allclose(full, layer.log_prob(h), atol=1e-5)
+    assert torch.allclose(full, _plain_adaptive_log_prob(layer, h), atol=1e-4)
+    assert torch.allclose(full.exp().sum(dim=1), torch.ones(64), atol=1e-5)
+    target = torch.randint(0, 300, (64,))
+    target[:3] = 0  # <pad>
+    target[3:6] = torch.tensor([49, 50, 299])  # either side of a cutoff, and the last id
+    want = -full.gather(1, target[:, None]).squeeze(1).masked_fill(target == 0, 0.0)
+    assert torch.allclose(layer.nll(h, target), want, atol=1e-5)
+
+
+def test_adaptive_softmax_gradients_equal_those_of_the_full_distribution():
+    torch.manual_seed(1)
+    layer = AdaptiveOutput(16, 300, 50, 2.0)
+    h = torch.randn(32, 16, requires_grad=True)
+    target = torch.randint(1, 300, (32,))
+    (g_fast,) = torch.autograd.grad(layer.nll(h, target).sum(), h)
+    (g_full,) = torch.autograd.grad(-layer.full_log_prob(h).gather(1, target[:, None]).sum(), h)
+    assert torch.allclose(g_fast, g_full, atol=1e-5)
+
+
+def test_adaptive_loss_stays_fp32_under_bf16_autocast():
+    torch.manual_seed(2)
+    m = PoetVAE(CFG).train()
+    x = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        terms = m.loss(x, out)
+    assert out["hidden"].dtype == torch.bfloat16  # the LSTM ran in bf16
+    assert terms["rec"].dtype == terms["kl"].dtype == terms["loss"].dtype == torch.float32

@@ -149,7 +149,7 @@ def plot(
 @app.command()
 def bench(
     size: Annotated[
-        list[str] | None, typer.Option("--size", help="default | reference (repeatable; default both)")
+        list[str] | None, typer.Option("--size", help="default | bundled | reference (repeatable; default all)")
     ] = None,
     device: Device = "auto",
     batch_size: Annotated[
@@ -174,16 +174,18 @@ def bench(
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
     m = report["machine"]
+    bf16 = m["matmul_bf16_flops_per_s"]
     # short columns and no vertical rules: the table fits 80 columns (a pipe or a log file)
     table = Table(
-        title=f"{m['device']}, {m['threads']} threads, torch {m['torch']}: "
-        f"matmul {m['matmul']} {m['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s",
+        title=f"{m['device']}, {m['threads']} threads, torch {m['torch']}: matmul fp32 "
+        f"{m['matmul_fp32_flops_per_s'] / 1e9:.0f}" + (f", bf16 {bf16 / 1e9:.0f}" if bf16 else "") + " GFLOP/s; "
+        f"training in {m['training_precision']}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
-        caption="poems/s; % of the matmul rate; peak memory",
+        caption="poems/s; % of the matmul rate of the training precision; peak memory",
         caption_justify="left",
     )
-    for col in ("size", "params", "train", "%", "sample", "%", "greedy", "memory"):
+    for col in ("size", "params", "train", "%", "sample", "greedy", "rhy+ton", "memory"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in report["results"]:
         table.add_row(
@@ -192,8 +194,8 @@ def bench(
             f"{r['train_poems_per_s']:,.0f}",
             f"{r['train_fraction_of_peak']:.0%}",
             f"{r['sample_poems_per_s']:,.0f}",
-            f"{r['sample_fraction_of_peak']:.0%}",
             f"{r['greedy_poems_per_s']:,.0f}",
+            f"{r['rhyme_tones_poems_per_s']:,.0f}",
             f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
         )
     out.print(table)

@@ -70,6 +70,13 @@ def _config_table(cfg: Any) -> Table:
     return table
 
 
+def _precision(cfg: Any) -> str:
+    """What the training header says of the arithmetic: bf16 autocast or fp32, and why."""
+    from poetvae.hardware import autocast_choice, resolve_device
+
+    return autocast_choice(resolve_device(cfg.train.device), cfg.train.amp)[1]
+
+
 def _shipped_name(value: str | None) -> str | None:
     """Typer callback of --corpus: the name of a shipped corpus."""
     from poetvae.data_files import SHIPPED_CORPORA
@@ -182,6 +189,7 @@ def train(
         main_process = env_rank() == 0  # under torchrun only rank 0 speaks
         if main_process:
             out.print(_config_table(cfg))
+            out.print(f"precision: {_precision(cfg)}")
             if init_run is not None:
                 _print_init(init_run, data)
         result = _train_with_progress(cfg, data, run_dir, resume is not None, stage, init_run)
