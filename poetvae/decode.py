@@ -145,10 +145,13 @@ def generate(
                 top_p=options.top_p,
                 greedy=options.greedy,
                 logit_bound=step.logit_bound,
+                log_probs=step.adaptive,
                 generator=generator,
             )
         else:
-            logp = torch.log_softmax(step.logits(hidden), dim=-1)
+            logp = step.logits(hidden)
+            if not step.adaptive:  # the adaptive softmax gives log-probabilities already
+                logp = torch.log_softmax(logp, dim=-1)
             v = logp.size(1)
             # a finished row extends only with <pad>, at no cost
             step_logp = mask.fill_(torch.where(rows.finished[:, None], 0.0, logp), -math.inf)

@@ -169,6 +169,7 @@ def choose_token(
     top_p: float = 1.0,
     greedy: bool = False,
     logit_bound: float = math.inf,
+    log_probs: bool = False,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One token per row and its log-probability under the model: the same as
@@ -181,10 +182,14 @@ def choose_token(
     fresh uniform from `generator`, so that the token is always an allowed one.
     `logit_bound`: a bound on |logit| (StepDecoder.logit_bound); when it, divided by the
     temperature, is at most EXP_SAFE, exp needs no shift and there is no softmax.
+    `log_probs`: the logits are log-probabilities already (the adaptive softmax's), so
+    there is no normaliser to compute either (see _choose_normalized).
     May overwrite logits.
     """
     filtered = top_k > 0 or top_p < 1.0
     scale = 1.0 if greedy or filtered else 1.0 / temperature
+    if log_probs and not filtered:
+        return _choose_normalized(logits, mask, greedy, u, scale, generator)
     if not filtered and logit_bound * max(scale, 1.0) <= EXP_SAFE:
         return _choose_unshifted(logits, mask, greedy, u, scale, generator)
     probs = mask.fill_(torch.softmax(logits, dim=-1), 0.0)
@@ -217,6 +222,26 @@ def choose_token(
     if lost.numel():
         logp[lost] = torch.log_softmax(logits[lost], dim=-1).gather(1, token[lost, None]).squeeze(1)
     return token, logp
+
+
+def _choose_normalized(
+    logp: Tensor, mask: TokenMask, greedy: bool, u: Tensor | None, scale: float, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """choose_token for log-probabilities logp (B, V): every entry is at most 0, so exp never
+    overflows at any temperature (scale = 1 / temperature), no shift is needed, and a
+    token's log-probability under the model is its own entry. One exp pass (greedy too:
+    the maximum of exp is that of logp); the rows whose allowed weights all underflow are
+    chosen again from logp itself, as in choose_token."""
+    weights = torch.exp(logp * scale) if scale != 1.0 else torch.exp(logp)
+    mask.fill_(weights, 0.0)
+    token, total = argmax_in_blocks(weights) if greedy else draw_by_cdf(weights, u)
+    again = _rows_to_choose_again(token, total, mask, weights.size(1))
+    if again.numel():
+        u_again = None if greedy else uniforms(again.numel(), weights.device, generator)
+        token[again] = choose_allowed(
+            logp[again], mask.rows(again, weights.size(1)), u_again, temperature=1.0 / scale, greedy=greedy
+        )
+    return token, logp.gather(1, token[:, None]).squeeze(1)
 
 
 def _choose_unshifted(

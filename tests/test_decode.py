@@ -234,8 +234,14 @@ def test_choose_token_picks_like_the_plain_algorithm(choice, same_for_all_rows, 
     u = torch.rand(400, 1, dtype=torch.float64, generator=g)
     want_token, want_logp = choose_token_plain(logits, allowed, u, **choice)
     assert torch.allclose(want_logp, torch.log_softmax(logits, dim=-1).gather(1, want_token[:, None]).squeeze(1))
-    for bound in (float(logits.abs().max()), math.inf):  # the fast way (where it applies), then the softmax
-        token, logp = choose_token(logits.clone(), mask, u, logit_bound=bound, **choice)
+    normalized = torch.log_softmax(logits, dim=-1)  # the adaptive softmax's kind of scores
+    ways = [  # the fast way (where it applies), the softmax, and scores that are log-probabilities
+        (logits, {"logit_bound": float(logits.abs().max())}),
+        (logits, {"logit_bound": math.inf}),
+        (normalized, {"log_probs": True}),
+    ]
+    for scores, how in ways:
+        token, logp = choose_token(scores.clone(), mask, u, **how, **choice)
         assert allowed.gather(1, token[:, None]).all()
         same = token == want_token
         # only rounding at a boundary between two tokens may tell the two apart
@@ -380,8 +386,9 @@ def test_choose_token_returns_an_allowed_token_whatever_the_logits(choice, same_
         mask = TokenMask(allowed=torch.rand(8, v, generator=torch.Generator().manual_seed(0)) < 0.5)
     allowed = mask.dense(logits)
     u = torch.rand(8, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for bound in (float(logits.abs().max()), 10.0, math.inf):  # also a bound that is wrong: NaN gets past it
-        token, _ = choose_token(logits.clone(), mask, u, logit_bound=bound, **choice)
+    ways = [{"logit_bound": b} for b in (float(logits.abs().max()), 10.0, math.inf)]  # 10: a wrong bound
+    for how in [*ways, {"log_probs": True}]:  # and scores said to be log-probabilities that are not
+        token, _ = choose_token(logits.clone(), mask, u, **how, **choice)
         assert allowed.gather(1, token[:, None]).all(), token
         if allowed[3, 9] and allowed[3, 7]:
             assert token[3] in (7, 9)
