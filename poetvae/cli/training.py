@@ -16,7 +16,14 @@ from rich.text import Text
 
 from poetvae.cli.common import ConfigFile, _flag, _number, _styled, _with_config_flags, app, err, out, user_errors
 from poetvae.config import load_config, user_fields
-from poetvae.distributed import env_rank
+
+
+def env_rank() -> int:
+    """This process's rank under torchrun (0 when alone); poetvae.distributed loads torch,
+    so it is imported only when a command runs."""
+    from poetvae.distributed import env_rank as rank
+
+    return rank()
 
 
 # ---- prep -------------------------------------------------------------------------------
