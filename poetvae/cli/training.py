@@ -55,17 +55,23 @@ def prep(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="directory to write")] = Path("prep"),
     config: ConfigFile = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a prepared corpus already in the output directory")
+    ] = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
     """Clean a corpus, split it, build the vocabulary and word2vec embeddings.
 
+    The output directory appears whole or not at all; one that exists is refused
+    (--overwrite replaces a prepared corpus, nothing else).
+
     Example: [bold]poetvae prep ../shared/data/tang_quatrains.txt -o prep/tang[/]
     """
-    from poetvae.prep import prepare
+    from poetvae.rundir import write_prepared
 
     with user_errors():
         cfg = load_config(config, settings)
-        result = prepare(corpus, output, cfg.prep, cfg.model.embed_dim)
+        result = write_prepared(corpus, output, cfg.prep, cfg.model.embed_dim, overwrite=overwrite)
     _print_prep(result)
 
 
