@@ -17,14 +17,14 @@ a usage error answer without loading torch.
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = ["app", "main"]
 
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (Ctrl-C)
+CLOSED_PIPE = 128 + 13  # the shell's code for a command ended by SIGPIPE
 COMMAND_MODULES = ("training", "generation", "latent", "reports", "export")
 
 
-def _load_app() -> Any:
+def _load_app() -> object:
     """The Typer app with every command registered (each module registers its own)."""
     import importlib
 
@@ -35,7 +35,7 @@ def _load_app() -> Any:
     return app
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "app":
         return _load_app()
     raise AttributeError(name)
@@ -54,13 +54,24 @@ def _closed_pipe_is_an_error() -> None:
 
 
 def main() -> None:
-    """The `poetvae` console script (and `python -m poetvae`)."""
+    """The `poetvae` console script (and `python -m poetvae`). Nothing has been imported
+    before this runs but this package and poetvae's (neither imports anything), so a
+    Ctrl-C is answered with one line and 130 from the first instant."""
     try:
         _closed_pipe_is_an_error()
         app = _load_app()
         app()
     except KeyboardInterrupt:  # while the commands load, or between Typer's steps
-        from poetvae.cli.common import INTERRUPTED, interrupted
-
         interrupted()
         raise SystemExit(INTERRUPTED) from None
+
+
+def interrupted() -> None:
+    """Ctrl-C: one line on stderr (the caller exits with INTERRUPTED)."""
+    import sys
+
+    try:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

@@ -18,19 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from poetvae.config import MAX_SEED, check_device, user_fields
+from poetvae.cli import CLOSED_PIPE, INTERRUPTED, interrupted
+from poetvae.config import MAX_BEAM, MAX_SEED, check_device, user_fields
 from poetvae.errors import ConfigError, PoetVAEError
 from poetvae.prosody import SCHEMES
-
-INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (Ctrl-C)
-CLOSED_PIPE = 128 + 13  # the shell's code for a command ended by SIGPIPE
-
-
-def interrupted() -> None:
-    """Ctrl-C: one line on stderr (the caller exits with INTERRUPTED)."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write("interrupted\n")
-        sys.stderr.flush()
 
 
 def _quiet_stdout() -> None:
@@ -257,7 +248,7 @@ Tones = Annotated[
     bool, typer.Option("--tones", help="二四异 and the 粘对 pattern of the regular 五绝", rich_help_panel="controls")
 ]
 Beam = Annotated[
-    int, typer.Option("--beam", min=1, max=256, help="beam-search width (1: sample)", rich_help_panel="controls")
+    int, typer.Option("--beam", min=1, max=MAX_BEAM, help="beam-search width (1: sample)", rich_help_panel="controls")
 ]
 Device = Annotated[str, typer.Option("--device", callback=_device, help="auto, cpu, cuda, cuda:N, mps")]
 Acrostic = Annotated[
