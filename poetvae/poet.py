@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from poetvae.checkpoint import file_sha256
+from poetvae.checkpoint import check_dtypes, file_sha256
 from poetvae.config import Config
 from poetvae.controls import Controls, backoff_report
 from poetvae.decode import DecodeOptions, DecodeTables, generate, latent_path
@@ -119,6 +119,7 @@ class Poet:
             keep_freed_memory()
         tensors = run.weights(weights)
         model = PoetVAE(config.model)
+        check_dtypes(tensors, model, run.best if weights == "best" else run.last)
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:

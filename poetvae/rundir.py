@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from poetvae.checkpoint import as_float32, file_sha256, load_tensors, model_state
+from poetvae.checkpoint import as_float32, check_dtypes, file_sha256, load_tensors, model_state
 from poetvae.config import INIT_FROM, Config, PrepConfig, config_from_json
 from poetvae.corpus import load_poems, read_corpus
 from poetvae.distributed import env_rank, launched_by_torchrun
@@ -348,7 +348,9 @@ class RunDir:
         weights = as_float32(weights)  # a bundle exported with --half can be fine-tuned too
         try:
             with torch.random.fork_rng(devices=[]):  # building the model draws; leave the caller's state alone
-                PoetVAE(header.config.model).load_state_dict(weights)
+                model = PoetVAE(header.config.model)
+            check_dtypes(weights, model, self.best)
+            model.load_state_dict(weights)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{self.best} does not fit the model of {self.config_file} ({first})") from None
