@@ -191,10 +191,10 @@ def train(
         else:
             init_run = _open_init(init, settings)
             sources, name = _corpus(corpus, shipped)
+            cfg = _new_run_config(config, settings, init_run)  # before a run directory is claimed for it
             # locked until training ends: one training per run directory
             run = held.enter_context(_claim_output(output, name, overwrite))
             run_dir = run.path
-            cfg = _new_run_config(config, settings, init_run)
             stage = held.enter_context(run.staging())  # None on torchrun ranks > 0, which write nothing
             data = (stage.run if stage else run).load_training_data(sources, cfg, init_run)
         main_process = env_rank() == 0  # under torchrun only rank 0 speaks
@@ -353,9 +353,9 @@ def _launch_torchrun(
         else:
             init_run = _open_init(init, settings)
             sources, name = _corpus(corpus, shipped)
+            cfg = _new_run_config(config, settings, init_run)
             run = held.enter_context(_claim_output(output, name, overwrite))
             run_dir = run.path  # the workers get it as -o
-            cfg = _new_run_config(config, settings, init_run)
             stage = held.enter_context(run.staging())
             env[rundir.STAGING_ENV] = str(stage.path)
             # into the staged run's prep/ once here, which every process then reads
