@@ -30,6 +30,10 @@ and becomes RUN in one rename once it has a resume point; replacing an old run
 before that, RUN is as it was; the staging directory left behind is removed by the next
 training into RUN.
 
+The same rule, lock and staging serve every directory poetvae writes (refuse_target,
+building): `prep` (write_prepared) and `export` (poetvae.models.export_bundle) build their
+directory the way `train` builds a run, and never replace what is not of their kind.
+
 The file formats live elsewhere: safetensors and the train state in poetvae.checkpoint,
 the vocabulary in poetvae.vocab, the prepared corpus in poetvae.prep.
 """
