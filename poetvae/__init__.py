@@ -7,43 +7,35 @@ The library is the product; the `poetvae` command is a thin layer over it:
     print(poet.sample(1, DecodeOptions(temperature=0.8, seed=0))[0].layout())
 """
 
-from poetvae.config import Config, ModelConfig, PrepConfig, TrainConfig, load_config
-from poetvae.errors import CheckpointError, ConfigError, CorpusError, PoetVAEError, VocabError
-from poetvae.form import FORM, Poem, parse_poem
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config",
-    "ModelConfig",
-    "PrepConfig",
-    "TrainConfig",
-    "load_config",
-    "Poet",
-    "DecodeOptions",
-    "Controls",
-    "FORM",
-    "Poem",
-    "parse_poem",
-    "PoetVAEError",
-    "CorpusError",
-    "ConfigError",
-    "CheckpointError",
-    "VocabError",
-]
+# Every name is imported when first asked for (`from poetvae import Poet` imports torch;
+# `poetvae --help` imports none of it), so that the command starts in a few milliseconds
+# and a Ctrl-C finds its handler already in place (poetvae.cli.main).
+_WHERE = {
+    "Config": "poetvae.config",
+    "ModelConfig": "poetvae.config",
+    "PrepConfig": "poetvae.config",
+    "TrainConfig": "poetvae.config",
+    "load_config": "poetvae.config",
+    "Poet": "poetvae.poet",
+    "DecodeOptions": "poetvae.decode",
+    "Controls": "poetvae.controls",
+    "FORM": "poetvae.form",
+    "Poem": "poetvae.form",
+    "parse_poem": "poetvae.form",
+    "PoetVAEError": "poetvae.errors",
+    "CorpusError": "poetvae.errors",
+    "ConfigError": "poetvae.errors",
+    "CheckpointError": "poetvae.errors",
+    "VocabError": "poetvae.errors",
+}
+__all__ = list(_WHERE)
 
 
-def __getattr__(name: str):  # these pull in torch: import them only when asked for
-    if name == "Poet":
-        from poetvae.poet import Poet
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(name)
+    import importlib
 
-        return Poet
-    if name == "DecodeOptions":
-        from poetvae.decode import DecodeOptions
-
-        return DecodeOptions
-    if name == "Controls":
-        from poetvae.controls import Controls
-
-        return Controls
-    raise AttributeError(name)
+    return getattr(importlib.import_module(_WHERE[name]), name)

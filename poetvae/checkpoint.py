@@ -64,6 +64,25 @@ def as_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in tensors.items()}
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_dtypes(tensors: dict[str, torch.Tensor], model: torch.nn.Module, source: str | Path) -> None:
+    """CheckpointError (naming `source`) unless every tensor that `model` has a place for is
+    of the kind of dtype that place holds: a float of 16 to 64 bits for a floating-point
+    parameter or buffer, the model's own dtype for an integer buffer. load_state_dict would
+    cast an int, bool or complex tensor silently (complex losing its imaginary part)."""
+    own = model.state_dict()
+    for name, value in tensors.items():
+        mine = own.get(name)
+        if mine is None:
+            continue  # load_state_dict names what the model does not have
+        ok = value.dtype in FLOAT_DTYPES if mine.is_floating_point() else value.dtype == mine.dtype
+        if not ok:
+            want = "a float tensor" if mine.is_floating_point() else str(mine.dtype)
+            raise CheckpointError(f"{source}: {name} is {value.dtype}, not {want}")
+
+
 def file_sha256(path: Path) -> str:
     """The hex SHA-256 of a file's bytes: the identity of a weights file, recorded by what is
     derived from it (a run's fitted prior, a fine-tuning run's init_from) and checked later."""
@@ -151,11 +170,101 @@ def restore_train_state(
     """The inverse of flatten_train_state: model, optimizer and RNG as they were saved.
     `meta["optimizer"]` is the JSON half that flatten_train_state returned. CheckpointError
     (naming `source`) when they do not fit the model and optimizer."""
+    check_dtypes(model_state(tensors), model, source)
+    problem = optimizer_state_problem(optimizer, tensors, meta["optimizer"])
+    if problem:
+        raise CheckpointError(f"{source} is not a valid resume point: {problem}")
     try:
         _restore(model, optimizer, tensors, meta)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{source} does not fit this model and optimizer ({first})") from None
+
+
+def optimizer_state_problem(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict
+) -> str | None:
+    """What is wrong with a saved optimizer state (flatten_train_state's tensors and JSON
+    half) for `optimizer`, or None: checked before it is loaded, since torch takes any
+    values and fails only in the first step (an lr of "x", betas of [2.0, 5], a moment of
+    another shape). Each setting of a param group must be of the kind the optimizer's own
+    is, in its range; each moment a finite float tensor of its parameter's shape; each step
+    count a finite number >= 0."""
+    template = optimizer.state_dict()["param_groups"]
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(template):
+        return f"the optimizer has {len(template)} param groups, the resume point {_count(groups)}"
+    for i, (group, own) in enumerate(zip(groups, template)):
+        if not isinstance(group, dict):
+            return f"param group {i} is not an object"
+        for key, default in own.items():
+            problem = _setting_problem(key, group.get(key, _MISSING), default)
+            if problem:
+                return f"param group {i}: {problem}"
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, pid, what = name.split(".", 2)
+        if int(pid) >= len(params):
+            return f"{name} belongs to no parameter (the model has {len(params)})"
+        problem = _moment_problem(what, value, params[int(pid)].shape)
+        if problem:
+            return f"{name}: {problem}"
+    for pid, values in saved.get("scalars", {}).items():
+        if int(pid) >= len(params):
+            return f"optimizer scalars of parameter {pid}, which the model does not have"
+        for what, value in values.items():
+            if what != "step" or not (_is_number(value) and math.isfinite(value) and value >= 0):
+                return f"optimizer scalar {what} = {value!r} of parameter {pid}"
+    return None
+
+
+_MISSING = object()
+_POSITIVE = {"eps"}  # settings that must be > 0; the other numbers must be >= 0
+
+
+def _count(value: Any) -> str:
+    return str(len(value)) if isinstance(value, list) else "none"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _setting_problem(key: str, value: Any, default: Any) -> str | None:
+    """What is wrong with one saved param-group setting, judged by the optimizer's own value."""
+    if value is _MISSING:  # a switch an older torch did not save gets its default; a number may not be missing
+        return None if isinstance(default, bool) or default is None else f"no {key}"
+    if key == "params":
+        ok = isinstance(value, list) and value == default
+        return None if ok else f"params must be {default}, got {str(value)[:60]}"
+    if isinstance(default, bool) or default is None:
+        return None if value is None or isinstance(value, bool) else f"{key} must be true, false or null"
+    if _is_number(default):
+        if not (_is_number(value) and math.isfinite(value)):
+            return f"{key} must be a finite number, got {str(value)[:60]!r}"
+        return None if (value > 0 if key in _POSITIVE else value >= 0) else f"{key} out of range: {value}"
+    if isinstance(default, (tuple, list)):  # betas
+        ok = isinstance(value, (tuple, list)) and len(value) == len(default)
+        ok = ok and all(_is_number(v) and math.isfinite(v) and 0 <= v < 1 for v in value)
+        return None if ok else f"{key} must be {len(default)} numbers in [0, 1), got {str(value)[:60]}"
+    return None if type(value) is type(default) else f"{key} must be a {type(default).__name__}"
+
+
+def _moment_problem(what: str, value: torch.Tensor, shape: torch.Size) -> str | None:
+    """What is wrong with one saved tensor of the optimizer state of a parameter of `shape`."""
+    if not (value.is_floating_point() or (what == "step" and value.dtype in (torch.int32, torch.int64))):
+        return f"must be floating point, not {value.dtype}"
+    if what == "step":
+        if value.numel() != 1 or not bool(value.isfinite().all()) or float(value.reshape(-1)[0]) < 0:
+            return "the step count must be one finite number >= 0"
+        return None
+    if value.shape != shape:
+        return f"has shape {tuple(value.shape)}, its parameter {tuple(shape)}"
+    if not bool(value.isfinite().all()):
+        return "is not finite"
+    return None
 
 
 def _restore(

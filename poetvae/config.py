@@ -29,7 +29,72 @@ MAX_COUNT = 2**31 - 1  # the largest count a setting may hold (steps, epochs, wi
 MAX_UPPER = {"embed_dim": 2**16, "hidden_dim": 2**16, "latent_dim": 2**16, "batch_size": 2**20}
 MAX_UPPER |= {name: 64 for name in ("highway_layers", "encoder_layers", "decoder_layers")}
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]+))?")
+MAX_DEVICE_INDEX = 127  # torch keeps a device index in 8 bits: cuda:128 would be read as cuda:-128
+
+# ---- the bounds of the commands' count and size flags (beyond them: a usage error) -------
+MAX_POEMS = 10**9  # -n of sample and vary: streamed batch by batch, so only time bounds it
+MAX_EVAL_SAMPLES = 10**6  # evaluate --samples: held together for their statistics
+MAX_PATH_STEPS = 10_000  # interpolate --steps: the points of a path are decoded together
+MAX_BEAM = 256  # --beam
+MAX_RERANK = 1024  # --rerank
+MAX_DECODE_BATCH = 2**20  # sample --batch-size, bench --sample-batch: poems decoded together
+MAX_TRAIN_BATCH = MAX_UPPER["batch_size"]  # train/bench --batch-size
+# What decoding holds per candidate and vocabulary entry at once (logits, probabilities,
+# masks, the sort of top-p and beam search), and training per poem, position and entry
+# (logits, log-softmax and their gradients): the estimate that settings each in range but
+# too large together (--beam 256 --rerank 1024) are checked against.
+DECODE_BYTES_PER_ENTRY = 32
+TRAIN_BYTES_PER_ENTRY = 16
+
+
+def memory_ceiling() -> int | None:
+    """The most memory this process may use, in bytes: the smallest of the machine's RAM,
+    the address-space and data limits (ulimit -v, -d) and the cgroup's memory.max; None
+    when none can be read."""
+    import os
+    import resource
+
+    found = []
+    try:
+        found.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for limit in ("RLIMIT_AS", "RLIMIT_DATA"):
+        soft = resource.getrlimit(getattr(resource, limit))[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            found.append(soft)
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text(encoding="ascii").strip()
+        if text.isdigit():
+            found.append(int(text))
+    except OSError:
+        pass
+    return min(found) if found else None
+
+
+def check_memory(what: str, needed: int, advice: str) -> None:
+    """ConfigError (one line) when `what` needs more than memory_ceiling() bytes at once."""
+    ceiling = memory_ceiling()
+    if ceiling is not None and needed > ceiling:
+        raise ConfigError(
+            f"{what} would need about {needed / 2**30:,.1f} GiB at once, more than the "
+            f"{ceiling / 2**30:,.1f} GiB this process may use; {advice}"
+        )
+
+
+def check_decode_memory(rows: int, vocab_size: int, flags: str) -> None:
+    """Decoding `rows` candidates together over a vocabulary of `vocab_size` must fit in memory."""
+    needed = rows * vocab_size * DECODE_BYTES_PER_ENTRY
+    check_memory(f"decoding {rows:,} candidates together ({flags})", needed, "lower them")
+
+
+def check_train_memory(batch: int, vocab_size: int, flag: str = "--batch-size") -> None:
+    """A training step on `batch` poems over a vocabulary of `vocab_size` must fit in memory."""
+    from poetvae.form import FORM
+
+    needed = batch * FORM.seq_len * vocab_size * TRAIN_BYTES_PER_ENTRY
+    check_memory(f"a training step on {batch:,} poems ({flag} {batch})", needed, f"lower {flag}")
 
 
 def is_finite_number(value: Any) -> bool:
@@ -56,8 +121,13 @@ def check_seed(name: str, value: Any) -> int:
 
 def check_device(name: str) -> str:
     """`name` if it names a device poetvae can run on; ConfigError otherwise."""
-    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+    match = _DEVICE.fullmatch(name) if isinstance(name, str) else None
+    if match is None:
         raise ConfigError(f"unknown device {name!r} (expected {DEVICE_NAMES})")
+    index = match.group(1).lstrip("0") if match.group(1) is not None else ""
+    if len(index) > 3 or (index and int(index) > MAX_DEVICE_INDEX):
+        shown = name if len(name) <= 30 else name[:30] + "…"
+        raise ConfigError(f"device {shown}: the index must be at most {MAX_DEVICE_INDEX}")
     return name
 
 

@@ -51,6 +51,7 @@ one-line message; poems that merely fail the rules are skipped and counted in th
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 import unicodedata
@@ -146,6 +147,27 @@ class _Candidate:
     author: str = ""
 
 
+MAX_CORPUS_BYTES = 2 * 2**30  # the most a corpus file may hold, uncompressed (2 GiB)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n:,} bytes"
+
+
+def _check_decompressed_size(data: bytes, path: Path) -> None:
+    """CorpusError when the gzip data decompresses to more than MAX_CORPUS_BYTES, found by
+    decompressing it a block at a time and keeping none of it (a few MB of gzip can hold
+    terabytes of zeros)."""
+    total = 0
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+        while block := f.read(1 << 20):
+            total += len(block)
+            if total > MAX_CORPUS_BYTES:
+                raise CorpusError(
+                    f"{path} decompresses to more than {_size(MAX_CORPUS_BYTES)}, more than a corpus file may hold"
+                )
+
+
 def _read_text(path: Path) -> str:
     """Read a file as UTF-8 text (BOM stripped, CRLF/CR -> LF), decompressing it first when
     it is gzip, or raise CorpusError."""
@@ -154,6 +176,8 @@ def _read_text(path: Path) -> str:
     if path.is_dir():
         raise CorpusError(f"{path} is a directory, not a corpus file")
     try:
+        if path.stat().st_size > MAX_CORPUS_BYTES:
+            raise CorpusError(f"{path} is larger than {_size(MAX_CORPUS_BYTES)}, more than a corpus file may hold")
         # Bytes, then a strict decode: this gives the offset of a bad byte, which a
         # text-mode open(encoding="utf-8") would not.
         data = path.read_bytes()
@@ -162,6 +186,7 @@ def _read_text(path: Path) -> str:
     compressed = data.startswith(_GZIP_MAGIC)
     if compressed:
         try:
+            _check_decompressed_size(data, path)  # counted, not kept: a gzip bomb costs no memory
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:  # a damaged or truncated file
             raise CorpusError(f"{path} is not a readable gzip file ({e})") from None

@@ -32,7 +32,7 @@ from pathlib import Path
 from poetvae.checkpoint import file_sha256, save_tensors
 from poetvae.errors import CheckpointError, PoetVAEError
 from poetvae.files import atomic_write
-from poetvae.rundir import BEST, CONFIG, LAYOUT, PRIOR, RUNS, VOCAB, RunDir, Staging, new_dir
+from poetvae.rundir import BEST, CONFIG, LAYOUT, PRIOR, RUNS, VOCAB, DirKind, RunDir, building, own_file
 
 BUNDLED_MODEL = "classical"  # the name of the model shipped in poetvae/bundled/
 EVALUATION = "evaluation.json"
@@ -121,19 +121,26 @@ class ExportResult:
     dtype: str  # of the stored weights: "float16" or "float32"
 
 
+BUNDLE_KIND = DirKind("model", BUNDLE_FILES | LAYOUT, is_model_dir)  # --overwrite replaces a bundle or a run
+
+
 def export_bundle(run: str | Path, dest: str | Path, *, half: bool = False, overwrite: bool = False) -> ExportResult:
     """Write the run's model as a bundle at `dest` (see the module's docstring): the run's
     config, vocabulary and best weights, float16 with `half`; its prior, evaluation report
     and model card when it has them (a card is written when it has none).
 
-    The bundle is built in a hidden directory beside `dest` and appears in one rename, so
-    `dest` is never half written. An existing `dest` is refused, or with `overwrite`
-    replaced in one step when it holds a model and nothing else (so a typo cannot replace
-    a folder of other files). CheckpointError when the run is not a sound model, or its
-    weights do not fit in float16."""
+    `dest` follows the rule of every directory poetvae writes (poetvae.rundir.building): its
+    lock is held (a run in training there is refused), an existing one is refused unless
+    `overwrite` and it holds a model (a bundle or a run) and nothing else, and the bundle is
+    built beside it and appears in one step. Only the run's own files are copied: a symbolic
+    link among them is refused, never followed. CheckpointError when the run is not a sound
+    model, or its weights do not fit in float16."""
     source, dest = RunDir(run), Path(dest)
     init = source.open_for_init()  # the config, vocabulary and weights, checked to fit and be finite
-    _refuse_dest(dest, source.path, overwrite=overwrite)
+    if dest.exists() and source.path.exists() and dest.resolve() == source.path.resolve():
+        raise PoetVAEError(f"{dest} is the run itself; export it to another directory")
+    copied = [f for name in (CONFIG, VOCAB, PRIOR, EVALUATION, MODEL_CARD) if (f := own_file(source.path / name))]
+    own_file(source.best)
     weights = init.weights
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
@@ -146,23 +153,18 @@ def export_bundle(run: str | Path, dest: str | Path, *, half: bool = False, over
     origin = {"run": Path(os.path.abspath(source.path)).name, "step": init.step, "sha256": init.sha256}
     meta = {"step": init.step, "dtype": "float16" if half else "float32", "exported_from": origin}
 
-    target = Path(os.path.abspath(dest))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Staging(RunDir(target), new_dir(target.with_name(f".{target.name}.export-")))
-    try:
-        for name in (CONFIG, VOCAB, PRIOR, EVALUATION, MODEL_CARD):
-            if (source.path / name).is_file():
-                atomic_write(stage.path / name, (source.path / name).read_bytes())
+    with building(dest, BUNDLE_KIND, overwrite=overwrite) as stage:
+        for path in copied:
+            atomic_write(stage.path / path.name, path.read_bytes())
         save_tensors(stage.path / BEST, weights, meta)
         _rebind_prior(stage.path / PRIOR, init.sha256, stage.path / BEST)
         if not (stage.path / MODEL_CARD).is_file():
-            card = model_card(source, target.name, meta, evaluated=(stage.path / EVALUATION).is_file())
+            name = Path(os.path.abspath(dest)).name
+            card = model_card(source, name, meta, evaluated=(stage.path / EVALUATION).is_file())
             atomic_write(stage.path / MODEL_CARD, card)
         files = sorted(p.name for p in stage.path.iterdir())
         size = sum((stage.path / f).stat().st_size for f in files)
         stage.publish()  # a rename, or with overwrite an exchange with the old bundle, then its removal
-    finally:
-        stage.discard()
     return ExportResult(dest, files, size, meta["dtype"])
 
 
@@ -177,20 +179,6 @@ def _rebind_prior(prior_file: Path, run_sha256: str, bundle_weights: Path) -> No
     prior = FittedPrior.load(prior_file)
     if prior.weights_sha256 == run_sha256:
         dataclasses.replace(prior, weights_sha256=file_sha256(bundle_weights)).save(prior_file)
-
-
-def _refuse_dest(dest: Path, source: Path, *, overwrite: bool) -> None:
-    if dest.exists() and source.exists() and dest.resolve() == source.resolve():
-        raise PoetVAEError(f"{dest} is the run itself; export it to another directory")
-    if not os.path.lexists(dest):
-        return
-    if not overwrite:
-        raise PoetVAEError(f"{dest} already exists; --overwrite replaces it")
-    if not dest.is_dir() or dest.is_symlink() or not is_model_dir(dest):
-        raise PoetVAEError(f"{dest} is not a model directory; --overwrite replaces only a bundle or a run")
-    foreign = sorted(e.name for e in dest.iterdir() if e.name not in BUNDLE_FILES | LAYOUT)
-    if foreign:
-        raise PoetVAEError(f"{dest} holds files that are not a model's ({foreign[0]}, ...); choose another directory")
 
 
 def model_card(source: RunDir, name: str, meta: dict, evaluated: bool = False) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from poetvae.checkpoint import file_sha256
+from poetvae.checkpoint import check_dtypes, file_sha256
 from poetvae.config import Config
 from poetvae.controls import Controls, backoff_report
 from poetvae.decode import DecodeOptions, DecodeTables, generate, latent_path
@@ -119,6 +119,7 @@ class Poet:
             keep_freed_memory()
         tensors = run.weights(weights)
         model = PoetVAE(config.model)
+        check_dtypes(tensors, model, run.best if weights == "best" else run.last)
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
@@ -234,6 +235,7 @@ class Poet:
         not a posterior the model was trained to give."""
         if not controls.prefix:
             raise ValueError("infer_z needs a prefix")
+        self._require_latent("infer z from the given lines")
         self.vocab.require_known(controls.prefix)
         with torch.no_grad():
             return self.model.encode(self.vocab.encode_batch([controls.prefix]).to(self.device))
@@ -277,6 +279,7 @@ class Poet:
         compared character by character (Reconstruction.same, .accuracy). Unknown
         characters raise VocabError naming them, unless allow_unk reads them as <unk>
         (which never matches: the decoder does not write it)."""
+        self._require_latent("reconstruct a poem")
         given = [p if isinstance(p, Poem) else Poem(self._lines(p)) for p in poems]
         tokens = self.tokens(given, allow_unk)
         out: list[Reconstruction] = []
@@ -286,6 +289,30 @@ class Poet:
             decoded = self.decode(mu, DecodeOptions(greedy=True))
             out += [Reconstruction.of(g, d) for g, d in zip(given[i : i + batch_size], decoded)]
         return out
+
+    def iter_vary(
+        self,
+        poem: PoemLike,
+        n: int,
+        options: DecodeOptions = DecodeOptions(),
+        *,
+        spread: float = 1.0,
+        allow_unk: bool = False,
+        with_z: bool = False,
+    ) -> Iterator[list[Sample]]:
+        """n variations of a poem, options.batch_size at a time (for streaming large n): z =
+        mu + spread * sigma * eps, eps ~ N(0, I), around its posterior q(z|x) = N(mu, sigma^2)
+        (spread 1: z drawn from q(z|x); 0: the posterior mean itself), decoded with the
+        options (temperature, greedy, beam, controls). The seed fixes z and the draws. A
+        poem that cannot be read, or a model without a latent, raises here, before the first."""
+        if not (math.isfinite(spread) and spread >= 0):
+            raise ValueError(f"spread must be a finite number >= 0, not {spread}")
+        if options.infer_z:
+            raise ValueError("vary draws z around the poem's posterior: infer_z does not apply")
+        self._require_latent("vary a poem")
+        mu, logvar = self.encode([poem], allow_unk)
+        scale = spread * torch.exp(0.5 * logvar)
+        return self._decode_draws(n, options, lambda k, g: mu + scale * self._noise(k, g), with_z=with_z)
 
     def vary(
         self,
@@ -297,18 +324,16 @@ class Poet:
         allow_unk: bool = False,
         with_z: bool = False,
     ) -> list[Sample]:
-        """n variations of a poem: z = mu + spread * sigma * eps, eps ~ N(0, I), around its
-        posterior q(z|x) = N(mu, sigma^2) (spread 1: z drawn from q(z|x); 0: the posterior
-        mean itself), decoded with the options (temperature, greedy, beam, controls). The
-        seed fixes z and the draws."""
-        if not (math.isfinite(spread) and spread >= 0):
-            raise ValueError(f"spread must be a finite number >= 0, not {spread}")
-        if options.infer_z:
-            raise ValueError("vary draws z around the poem's posterior: infer_z does not apply")
-        mu, logvar = self.encode([poem], allow_unk)
-        scale = spread * torch.exp(0.5 * logvar)
-        draws = self._decode_draws(n, options, lambda k, g: mu + scale * self._noise(k, g), with_z=with_z)
+        """n variations of a poem, all at once (see iter_vary)."""
+        draws = self.iter_vary(poem, n, options, spread=spread, allow_unk=allow_unk, with_z=with_z)
         return [s for batch in draws for s in batch]
+
+    def _require_latent(self, what: str) -> None:
+        """ConfigError for a model trained without a latent (--no-latent): its encoder is not
+        trained and its decoder ignores z, so what z holds of a poem means nothing."""
+        if not self.config.model.use_latent:
+            where = f" {self.run_dir}" if self.run_dir is not None else ""
+            raise ConfigError(f"the model{where} has no latent (trained with --no-latent): it cannot {what}")
 
     def interpolate(
         self,
@@ -324,5 +349,6 @@ class Poet:
         with greedy options the first and last poems are the reconstructions of a and b,
         see Reconstruction.of); controls apply to every point (e.g. every poem on the path
         rhymes)."""
+        self._require_latent("interpolate between poems")
         mu, _ = self.encode([a, b], allow_unk)
         return self.decode(latent_path(mu[0], mu[1], steps, method), options, with_z=True)

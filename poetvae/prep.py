@@ -35,6 +35,10 @@ from poetvae.vocab import Vocab
 
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
+# every entry of a prep directory (what `prep --overwrite` may replace: poetvae.rundir)
+PREP_FILES = frozenset(
+    {*(f"{s}.txt" for s in SPLITS), "vocab.json", "embeddings.safetensors", "word2vec.txt", MANIFEST}
+)
 
 
 def split_file(prep_dir: str | Path, split: str) -> Path:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poetvae.errors import CheckpointError
 from poetvae.files import atomic_write
 from poetvae.form import FORM
 from poetvae.rundir import LOG
@@ -100,31 +101,71 @@ def append_log(run_dir: Path, record: LogRecord) -> None:
         f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
 
 
-def _from_json(obj: Any) -> LogRecord | None:
+MAX_LINE = 64 * 1024  # bytes: a record is a few hundred; a longer line is not one of them
+
+
+def _from_json(obj: Any, where: str) -> LogRecord | None:
     """The record a parsed line holds; None for an unknown kind. A field missing from the
-    line (an older log, a hand-written one) reads as None."""
+    line (an older log, a hand-written one) reads as None; one of the wrong type (a string,
+    a list, an object) is a CheckpointError naming `where`."""
     if not isinstance(obj, dict):
         return None
     if obj.get("kind") == "step":
-        return StepRecord(**{f.name: obj.get(f.name) for f in dataclasses.fields(StepRecord)})
+        values = {f.name: obj.get(f.name) for f in dataclasses.fields(StepRecord)}
+        _check_numbers(values, where)
+        return StepRecord(**values)
     if obj.get("kind") == "epoch":
         flat = {name[len("valid_") :]: v for name, v in obj.items() if name.startswith("valid_")}
+        _check_numbers({"step": obj.get("step"), "epoch": obj.get("epoch"), "seconds": obj.get("seconds")}, where)
+        _check_numbers({f"valid_{k}": v for k, v in flat.items()}, where)
         return EpochRecord(obj.get("step"), obj.get("epoch"), obj.get("seconds"), ElboTerms.from_dict(flat))
     return None
 
 
+def _check_numbers(values: dict[str, Any], where: str) -> None:
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CheckpointError(f"{where}: {name} must be a number, got {type(value).__name__}")
+
+
+def _log_lines(path: Path) -> list[tuple[bytes, Any]]:
+    """Each line of a log (its bytes, newline included) with its parsed JSON, or None for a
+    line that is not JSON (cut short by a crash). CheckpointError naming the file and the
+    line for what no crash leaves: bytes that are not UTF-8, a line far longer than any
+    record, JSON nested too deeply to read."""
+    out = []
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1):
+        where = f"{path} line {number}"
+        whole = raw.endswith(b"\n")
+        if len(raw) > MAX_LINE:
+            raise CheckpointError(f"{where} is {len(raw):,} bytes long, not a log record; the log is damaged")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if not whole:
+                out.append((raw, None))  # the last line, cut short inside a character
+                continue
+            raise CheckpointError(f"{where} is not UTF-8 text; the log is damaged") from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None
+        except RecursionError:
+            raise CheckpointError(f"{where} is JSON nested too deeply to be a log record") from None
+        out.append((raw, obj))
+    return out
+
+
 def read_log(run_dir: Path) -> list[LogRecord]:
     """Every record of RUN_DIR/log.jsonl in file order ([] when there is no log). Lines
-    cut short by a crash and records of unknown kinds are skipped."""
+    cut short by a crash and records of unknown kinds are skipped; a line no crash leaves
+    (not UTF-8, nested JSON, a field of the wrong type) is a CheckpointError naming it."""
     path = Path(run_dir) / LOG
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = _from_json(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
+    for number, (_, obj) in enumerate(_log_lines(path), 1):
+        record = _from_json(obj, f"{path} line {number}")
         if record is not None:
             out.append(record)
     return out
@@ -134,23 +175,22 @@ def truncate_log(run_dir: Path, step: int) -> None:
     """Keep only the lines of RUN_DIR/log.jsonl up to optimizer step `step` (the resume
     point), so that a resumed run appends after them without repeating a step: records of
     steps a killed run did past its last resume point are dropped, and so is a line cut
-    short. Rewritten atomically, and only when something is dropped."""
+    short. Rewritten atomically, and only when something is dropped. CheckpointError for a
+    damaged log (see read_log)."""
     path = Path(run_dir) / LOG
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if _up_to(line, step)]
-    if kept != lines:
-        atomic_write(path, "".join(kept))
+    lines = _log_lines(path)
+    for number, (_, obj) in enumerate(lines, 1):
+        _from_json(obj, f"{path} line {number}")  # a record of the wrong types: damaged, not cut short
+    kept = [raw for raw, obj in lines if _up_to(raw, obj, step)]
+    if len(kept) != len(lines):
+        atomic_write(path, b"".join(kept))
 
 
-def _up_to(line: str, step: int) -> bool:
+def _up_to(raw: bytes, obj: Any, step: int) -> bool:
     """Whether a log line is whole and belongs to a step <= `step`."""
-    if not line.endswith("\n"):
+    if not raw.endswith(b"\n") or obj is None:
         return False  # cut short by a crash
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        return False
     at = obj.get("step") if isinstance(obj, dict) else None
     return not (isinstance(at, (int, float)) and at > step)

@@ -30,12 +30,17 @@ and becomes RUN in one rename once it has a resume point; replacing an old run
 before that, RUN is as it was; the staging directory left behind is removed by the next
 training into RUN.
 
+The same rule, lock and staging serve every directory poetvae writes (refuse_target,
+building): `prep` (write_prepared) and `export` (poetvae.models.export_bundle) build their
+directory the way `train` builds a run, and never replace what is not of their kind.
+
 The file formats live elsewhere: safetensors and the train state in poetvae.checkpoint,
 the vocabulary in poetvae.vocab, the prepared corpus in poetvae.prep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import errno
@@ -44,22 +49,22 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from poetvae.checkpoint import as_float32, file_sha256, load_tensors, model_state
-from poetvae.config import INIT_FROM, Config, config_from_json
+from poetvae.checkpoint import as_float32, check_dtypes, file_sha256, load_tensors, model_state
+from poetvae.config import INIT_FROM, Config, PrepConfig, config_from_json
 from poetvae.corpus import load_poems, read_corpus
 from poetvae.distributed import env_rank, launched_by_torchrun
 from poetvae.errors import CheckpointError, ConfigError, PoetVAEError, RunLocked
 from poetvae.files import atomic_write
 from poetvae.form import Poem
 from poetvae.model import PoetVAE
-from poetvae.prep import PreparedData, is_prep_dir, load_prepared, prepare, split_file
+from poetvae.prep import MANIFEST, PREP_FILES, PreparedData, PrepResult, is_prep_dir, load_prepared, prepare, split_file
 from poetvae.vocab import Vocab
 
 CONFIG = "config.json"
@@ -192,50 +197,54 @@ class RunDir:
         return self.config_file.is_file() and self.vocab_file.is_file()
 
     def refuse_existing(self, *, overwrite: bool) -> None:
-        """Raise unless this directory is free for a new run (or `overwrite` allows replacing it).
-        A new run replaces the directory whole, so one that holds anything but a run's own
-        files (another project, the current directory) is refused too."""
-        if self.path.exists() and not self.path.is_dir():
-            raise PoetVAEError(f"{self.path} is not a directory")
-        if self.exists() and not overwrite:
-            raise PoetVAEError(
-                f"{self.path} already holds a run: --resume {self.path} continues it, --overwrite replaces it"
-            )
-        if self.path.is_dir():
-            foreign = sorted(e.name for e in self.path.iterdir() if e.name not in LAYOUT and not _is_temporary(e.name))
-            if foreign:
-                raise PoetVAEError(
-                    f"{self.path} holds files that are not a run's ({foreign[0]}, ...); choose another --output"
-                )
+        """Raise unless this directory is free for a new run (or `overwrite` allows replacing
+        it): the rule of every directory poetvae writes, refuse_target with RUN_KIND."""
+        refuse_target(self.path, RUN_KIND, overwrite=overwrite)
 
     # ---- one training at a time, and a new run in one step --------------------------------
     def _beside(self, suffix: str) -> Path:
         """A hidden name beside the run: .NAME.<suffix> in the same parent directory."""
         path = Path(os.path.abspath(self.path))
+        if not path.name:
+            raise PoetVAEError(f"{self.path} is the root of the file system, not a directory poetvae can write or lock")
         return path.with_name(f".{path.name}.{suffix}")
 
     @contextmanager
     def lock(self, *, resume: bool = False) -> Iterator[None]:
-        """Hold the run's lock for the duration: one training per run directory at a time.
+        """Hold the directory's lock for the duration: one training per run directory at a
+        time, and no prep or export into a directory that one is writing.
 
-        An exclusive flock on .NAME.lock beside the run (the file stays; the kernel drops
-        the lock when the process ends, kill -9 included). RunLocked when another process
-        holds it. The launcher of `train --devices N` holds it for its torchrun workers,
-        and a torchrun worker other than rank 0 never takes it. With `resume`, a directory
-        that is not there is not locked (opening it fails anyway) and nothing is created."""
+        An exclusive flock on .NAME.lock beside the directory, removed when the holder lets
+        go (a kill -9 leaves the file, but the kernel drops the lock, and the next holder
+        takes it). RunLocked when another process holds it. The launcher of
+        `train --devices N` holds it for its torchrun workers, and a torchrun worker other
+        than rank 0 never takes it. With `resume`, a directory that is not there is not
+        locked (opening it fails anyway) and nothing is created."""
         if fcntl is None or os.environ.get(LOCK_HELD_ENV) or env_rank() != 0 or (resume and not self.path.is_dir()):
             yield
             return
         path = self._beside("lock")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                os.close(fd)
                 raise RunLocked(f"{self.path} is in use by another training; wait for it to end") from None
+            # The holder before us removes the file as it lets go: the lock is ours only if
+            # the file we locked is still the one at the path (else take the new one).
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
             yield
         finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # while held: no one else holds this file
             os.close(fd)  # releases the lock
 
     @contextmanager
@@ -290,7 +299,11 @@ class RunDir:
             if launched_by_torchrun() and env_rank() != 0:
                 return sources[0]  # rank 0 alone copies it into the run
             if sources[0].resolve() != target.resolve():
-                shutil.copytree(sources[0], target, dirs_exist_ok=True)
+                target.mkdir(parents=True, exist_ok=True)
+                # the prep directory's own files, never what a link points to; the manifest last
+                for name in sorted(PREP_FILES, key=lambda name: (name == MANIFEST, name)):
+                    if (source_file := own_file(sources[0] / name)) is not None:
+                        shutil.copyfile(source_file, target / name)
         elif launched_by_torchrun():
             raise ConfigError(
                 "multi-process training reads a prepared corpus: run `poetvae prep` first, "
@@ -339,7 +352,9 @@ class RunDir:
         weights = as_float32(weights)  # a bundle exported with --half can be fine-tuned too
         try:
             with torch.random.fork_rng(devices=[]):  # building the model draws; leave the caller's state alone
-                PoetVAE(header.config.model).load_state_dict(weights)
+                model = PoetVAE(header.config.model)
+            check_dtypes(weights, model, self.best)
+            model.load_state_dict(weights)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{self.best} does not fit the model of {self.config_file} ({first})") from None
@@ -446,6 +461,121 @@ def fresh_run(name: str, parent: str | Path = RUNS) -> Iterator[RunDir]:
                 continue  # published by a training that ended while we looked
             yield run
             return
+
+
+# ---- the rule of every directory poetvae writes: a run, a prepared corpus, a bundle ------
+@dataclass(frozen=True)
+class DirKind:
+    """A kind of directory that poetvae writes whole (a run, a prepared corpus, a bundle), for
+    the rule that protects what is already where it would go (refuse_target)."""
+
+    name: str  # "run", "prepared corpus", ...: what the messages call it
+    names: frozenset[str]  # the entries such a directory may hold; anything else is the user's
+    holds: Callable[[Path], bool]  # whether a directory already is one
+    hint: str = ""  # what else to do with one that is there, "{path}" standing for its path
+
+
+def _is_run(path: Path) -> bool:
+    return RunDir(path).exists()
+
+
+RUN_KIND = DirKind("run", LAYOUT, _is_run, hint="--resume {path} continues it, ")
+PREP_KIND = DirKind("prepared corpus", PREP_FILES, is_prep_dir)
+
+
+def refuse_target(path: str | Path, kind: DirKind, *, overwrite: bool) -> None:
+    """Raise PoetVAEError (one line) unless `path` is free for a new directory of `kind`.
+    The one rule for every directory poetvae writes, so that nothing a user owns is lost:
+
+    - nothing there, or an empty directory: free;
+    - a file, a symbolic link or the root of the file system: refused;
+    - a directory inside a run (RUN/prep, RUN/x): refused, those are the run's;
+    - a directory that is not a whole `kind`, or holds anything a `kind` does not (the
+      user's own files, a `train.txt` of their own): refused, with --overwrite too;
+    - a `kind`: refused unless `overwrite`, which replaces it whole.
+
+    Call it with the target's lock held (RunDir.lock), then build the new directory in a
+    Staging and publish it: the old one is then replaced in one step, or left as it was."""
+    path = Path(path)
+    if not Path(os.path.abspath(path)).name:
+        raise PoetVAEError(f"{path} is the root of the file system; choose a directory to write")
+    if os.path.islink(path):
+        raise PoetVAEError(f"{path} is a symbolic link; give the directory itself, or another one")
+    if os.path.lexists(path) and not path.is_dir():
+        raise PoetVAEError(f"{path} is not a directory")
+    parent = Path(os.path.abspath(path)).parent
+    if _is_run(parent):
+        raise PoetVAEError(
+            f"{path} is inside the run {parent}, whose files are the run's; choose a directory outside it"
+        )
+    if not path.is_dir():
+        return
+    entries = sorted(e.name for e in path.iterdir() if not _is_temporary(e.name))
+    if not entries:
+        return
+    foreign = [name for name in entries if name not in kind.names]
+    if foreign:
+        raise PoetVAEError(
+            f"{path} holds files that are not a {kind.name}'s ({foreign[0]}, ...): nothing there is replaced; "
+            "choose another directory"
+        )
+    if not kind.holds(path):
+        raise PoetVAEError(
+            f"{path} is not empty and not a whole {kind.name}: nothing there is replaced; choose another directory"
+        )
+    if not overwrite:
+        raise PoetVAEError(f"{path} already holds a {kind.name}: {kind.hint.format(path=path)}--overwrite replaces it")
+
+
+@contextmanager
+def building(target: str | Path, kind: DirKind, *, overwrite: bool) -> Iterator[Staging]:
+    """A new directory of `kind` at `target`, under the rule (refuse_target): with the
+    target's lock held, what is there is checked, and the body builds the new directory in
+    a Staging beside it and calls its publish() when it is whole, which makes it the target
+    in one step (replacing an old one, with `overwrite`). Left unpublished (an error, a
+    Ctrl-C), it is removed; killed, the next build into `target` removes it. `prep` and
+    `export` build this way; `train` holds the same lock and rule (publishing at its
+    first resume point)."""
+    directory = RunDir(target)
+    with directory.lock():
+        refuse_target(directory.path, kind, overwrite=overwrite)
+        stage = Staging.begin(directory)
+        try:
+            yield stage
+        finally:
+            stage.discard()
+
+
+def own_file(path: str | Path) -> Path | None:
+    """`path` when it is a regular file of its directory, None when there is none; a symbolic
+    link (which could point anywhere on the machine) is refused, never followed: what poetvae
+    copies out of a run or a prepared corpus (export, train) is that directory's own."""
+    path = Path(path)
+    if os.path.islink(path):
+        raise PoetVAEError(f"{path} is a symbolic link; only a directory's own files are copied out of it")
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise PoetVAEError(f"{path} is not a file")
+    return path
+
+
+def write_prepared(
+    corpus: Sequence[str | Path],
+    prep_dir: str | Path,
+    cfg: PrepConfig = PrepConfig(),
+    embed_dim: int = 128,
+    *,
+    overwrite: bool = False,
+) -> PrepResult:
+    """`poetvae prep`: poetvae.prep.prepare into a new directory `prep_dir`, under the rule of
+    every directory poetvae writes (building): an existing one is refused unless `overwrite`
+    and it is a prepared corpus, the new one is built beside it and appears whole in one
+    step, and nothing else is ever replaced."""
+    with building(prep_dir, PREP_KIND, overwrite=overwrite) as stage:
+        result = prepare(corpus, stage.path, cfg, embed_dim)
+        stage.publish()
+    return dataclasses.replace(result, prep_dir=Path(prep_dir))
 
 
 # ---- staging: a new run becomes RUN in one step -----------------------------------------

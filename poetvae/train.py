@@ -477,7 +477,9 @@ def _model_from_embeddings(cfg: Config, data: PreparedData, device: torch.device
 
 def _train_epoch(run: TrainSetup, state: TrainState) -> bool:
     """Steps from state.step to the end of its epoch, of the run or of the time budget,
-    whichever comes first (True), or to a Ctrl-C (False)."""
+    whichever comes first (True), or to a Ctrl-C (False). A Ctrl-C on the epoch's last step
+    ends the epoch (True): its validation and best weights come before the stop, as in the
+    run that is not interrupted."""
     train_cfg = run.cfg.train
     epoch, first = divmod(state.step, run.steps_per_epoch)
     # The batch order of an epoch depends on (seed, epoch) alone: a resumed run finds it again.
@@ -503,7 +505,8 @@ def _train_epoch(run: TrainSetup, state: TrainState) -> bool:
         state.steps_since_log += 1
         if state.step % train_cfg.log_every == 0 or state.step == run.total_steps:
             _log_step(run, state, epoch=epoch, beta=beta)
-        if _stop_requested(run):
+        last = i + 1 == run.steps_per_epoch or state.step >= run.total_steps
+        if _stop_requested(run) and not last:  # on an epoch's last step: its validation comes first
             return False
         if state.step >= run.total_steps or _out_of_time(run, state.clock()):
             break

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from poetvae.errors import CheckpointError, VocabError
-from poetvae.form import FORM
+from poetvae.form import FORM, is_han
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
@@ -31,6 +31,19 @@ def _jieba_cut(line: str) -> list[str]:
 
     jieba.setLogLevel(60)
     return jieba.lcut(line, HMM=False)  # HMM off: only dictionary words, deterministic
+
+
+def _token_problem(tokens: list[str], tokenizer: str) -> str | None:
+    """What is wrong with a loaded vocabulary's tokens, or None: after the special tokens,
+    each must be one Han character (char), or a word of Han characters that fits in a line
+    (jieba). Anything else (several characters, a newline, a terminal's escape codes) would
+    be printed raw into the poems and break their form."""
+    longest = FORM.chars_per_line if tokenizer == "jieba" else 1
+    for i, token in enumerate(tokens[len(SPECIALS) :], len(SPECIALS)):
+        if not (1 <= len(token) <= longest and all(is_han(ch) for ch in token)):
+            what = "one Han character" if longest == 1 else f"a word of 1 to {longest} Han characters"
+            return f"token {i} is {ascii(token)[:40]}, not {what}"
+    return None
 
 
 @dataclass
@@ -161,7 +174,7 @@ class Vocab:
             if tokenizer not in ("char", "jieba")
             else "min_count must be a whole number"
             if not isinstance(min_count, int) or isinstance(min_count, bool)
-            else None
+            else _token_problem(tokens, tokenizer)
         )
         if problem:
             raise CheckpointError(f"{source} is not a poetvae vocabulary ({problem})")

@@ -12,6 +12,8 @@ handling and its table are exercised.
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import itertools
 import json
 import math
@@ -20,14 +22,17 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from helpers import TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import poetvae.bench
+import poetvae.corpus
 from poetvae.checkpoint import load_tensors, save_tensors
 from poetvae.cli import app
 from poetvae.config import user_fields
+from poetvae.train import train
 
 runner = CliRunner()
 JING_YE_SI = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"
@@ -46,6 +51,7 @@ TINY_CORPUS = [
 FLOATS = ["nan", "NaN", "inf", "-inf", "1e308", "1e400", "-1e308", "-1", "0", "-0.0", "1e-9", "0.5", "1", "2", "1e6"]
 FLOATS += ["18446744073709551616"]
 INTS = ["-1", "0", "1", "2", "3", "18446744073709551616", "99999999999999999999999", "-18446744073709551617"]
+INTS += ["100000000000", "10000000000000000000000", "2147483648"]  # past every count's bound
 # for counts that a correct program loops over (epochs, layers, poems): nothing so large
 # that it would take long, but every kind of wrong one
 SMALL_INTS = ["-1", "0", "1", "2", "3"]
@@ -77,8 +83,35 @@ def break_weights(run: Path, fill) -> None:
     )
 
 
+SMALL_CEILING = 100_000  # poetvae.corpus.MAX_CORPUS_BYTES while the fuzz runs
+# runs with one file damaged each (their cause, issue 18): the log, the optimizer state, the
+# vocabulary, the dtype of the weights; and a run trained without a latent
+DAMAGED_RUNS = ("badlog_run", "nested_log_run", "badopt_run", "badvocab_run", "int_run", "nolatent_run")
+
+
+def damage_run_files(root: Path, run: Path, prepared) -> None:
+    """The DAMAGED_RUNS, copies of `run` under `root` (and a tiny run without a latent)."""
+    for name in DAMAGED_RUNS[:-1]:
+        shutil.copytree(run, root / name)
+    with open(root / "badlog_run" / "log.jsonl", "ab") as f:
+        f.write(b'{"kind": "step", "step": 1}\xff\n')
+    with open(root / "nested_log_run" / "log.jsonl", "ab") as f:
+        f.write(b"[" * 20_000 + b"]" * 20_000 + b"\n")
+    tensors, meta = load_tensors(run / "last.safetensors")
+    meta["optimizer"]["param_groups"][0].update(lr="x", betas=[2.0, 5])
+    save_tensors(root / "badopt_run" / "last.safetensors", tensors, meta)
+    vocab = json.loads((run / "vocab.json").read_text(encoding="utf-8"))
+    vocab["tokens"][5] = "\x1b[31m\n"
+    (root / "badvocab_run" / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    break_weights(root / "int_run", lambda k, v: v.int() if k == "embedding.weight" else v)
+    no_latent = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, use_latent=False))
+    train(
+        dataclasses.replace(no_latent, train=dataclasses.replace(TINY.train, epochs=1)), prepared, root / "nolatent_run"
+    )
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, trained_run, prep_dir) -> dict[str, Path]:
+def world(tmp_path_factory, trained_run, prep_dir, prepared) -> dict[str, Path]:
     """The paths the fuzz draws from: runs (sound, NaN weights, huge weights), a corpus, a
     file that is no corpus, a directory, missing paths, names that look like markup."""
     root = tmp_path_factory.mktemp("fuzz")
@@ -92,8 +125,12 @@ def world(tmp_path_factory, trained_run, prep_dir) -> dict[str, Path]:
     ):
         shutil.copytree(run, root / name)
         break_weights(root / name, fill)
+    damage_run_files(root, run, prepared)
     corpus = "\n".join(TINY_CORPUS)
     (root / "tiny.txt").write_text(corpus, encoding="utf-8")
+    (root / "bomb.txt.gz").write_bytes(gzip.compress(b"\n" * (2 * SMALL_CEILING)))  # past the (patched) ceiling
+    (root / "mine").mkdir()  # the user's own directory, with a file of a prep directory's name
+    (root / "mine" / "train.txt").write_text(corpus, encoding="utf-8")
     (root / "a[").mkdir()
     (root / "a[/]b.txt").write_text(corpus, encoding="utf-8")  # the file "]b.txt" in the folder "a["
     (root / "notes.txt").write_text("hello\n", encoding="utf-8")
@@ -104,6 +141,9 @@ def world(tmp_path_factory, trained_run, prep_dir) -> dict[str, Path]:
     return {
         **{name: root / name for name in ("run", "nan_run", "inf_run", "huge_run", "tiny.txt", "a[/]b.txt")},
         **{name: root / name for name in ("notes.txt", "nan.toml", "huge.toml", "empty", "out")},
+        **{name: root / name for name in DAMAGED_RUNS + ("bomb.txt.gz", "mine")},
+        "run/prep": run / "prep",
+        "root": Path("/"),
         "prep": prep_dir,
         "missing": root / "no" / "such",
         "markup missing": root / "x[/red]",
@@ -127,9 +167,14 @@ def paths(draw, world: dict[str, Path], *names: str) -> str:
 
 @st.composite
 def output(draw, world: dict[str, Path]) -> str:
-    kind = draw(st.sampled_from(["fresh", "fresh markup", "file", "nested"]))
+    """A directory to write: mostly fresh; else one that exists and must survive whatever
+    the command (a file, a run, a prep directory, a run's own prep/, the user's directory,
+    the root)."""
+    kind = draw(st.sampled_from(["fresh", "fresh markup", "nested", "fresh", "file", "existing"]))
     if kind == "file":
         return str(world["notes.txt"])
+    if kind == "existing":
+        return str(world[draw(st.sampled_from(["run", "prep", "run/prep", "mine", "root"]))])
     return str(fresh_output(world, {"fresh": "o", "fresh markup": "[bold]o[/]", "nested": "/a/b"}[kind]))
 
 
@@ -161,7 +206,9 @@ ANY_INT = st.sampled_from(INTS * 3 + NOT_INTS)
 SMALL_INT = st.sampled_from(SMALL_INTS * 3 + NOT_INTS)
 DEVICE: Flag = (
     ["cpu", "auto"],
-    st.sampled_from(["auto", "cpu", "cuda", "cuda:7", "meta", "mps", "", "[red]", "cpu:0"]),
+    st.sampled_from(
+        ["auto", "cpu", "cuda", "cuda:7", "meta", "mps", "", "[red]", "cpu:0", "cuda:2147483648", "cuda:128"]
+    ),
 )
 SCHEME: Flag = (["pingshui", "xinyun"], st.sampled_from(["pingshui", "xinyun", "", "[/]", "other"]))
 TEMP: Flag = (["0.5", "1", "2"], ANY_NUMBER)
@@ -297,15 +344,36 @@ def command(draw, world: dict[str, Path]) -> list[str]:
     and corpora, so that the flags get past the paths."""
     name = draw(
         weighted(
-            sample=8, interpolate=4, reconstruct=3, vary=3, fit_prior=1, evaluate=3, prep=3, train=4, plot=1, bench=2
-        )
+            sample=8,
+            interpolate=4,
+            reconstruct=3,
+            vary=3,
+            fit_prior=1,
+            evaluate=3,
+            prep=3,
+            train=4,
+            plot=1,
+            bench=2,
+            export=2,
+        )  # fmt: skip
     )
-    model_name = draw(weighted(run=8, nan_run=1, inf_run=1, huge_run=1, bad=3))
+    model_name = draw(weighted(run=8, nan_run=1, inf_run=1, huge_run=1, bad=3, damaged=3))
     if model_name == "bad":
         model_name = draw(st.sampled_from(["missing", "empty", "notes.txt", "prep", "markup missing", "bold"]))
+    if model_name == "damaged":
+        model_name = draw(st.sampled_from(DAMAGED_RUNS))
     model = str(world[model_name])
     corpora = paths(
-        world, "tiny.txt", "tiny.txt", "a[/]b.txt", "notes.txt", "empty", "missing", "markup missing", "prep"
+        world,
+        "tiny.txt",
+        "tiny.txt",
+        "a[/]b.txt",
+        "notes.txt",
+        "empty",
+        "missing",
+        "markup missing",
+        "prep",
+        "bomb.txt.gz",
     )
     if name == "sample":
         return ["sample", "-m", model, *draw(flags(SAMPLE_FLAGS))]
@@ -337,11 +405,17 @@ def command(draw, world: dict[str, Path]) -> list[str]:
             corpus = draw(st.sampled_from([["--corpus", "small"], ["--corpus", "nope"], ["--corpus", ""]]))
         extra = draw(weighted(none=6, resume=1, config=2))
         if extra == "resume":
-            corpus = ["--resume", draw(paths(world, "missing", "empty", "notes.txt"))]
+            corpus = [
+                "--resume",
+                draw(paths(world, "missing", "empty", "notes.txt", "root", "badlog_run", "badopt_run")),
+            ]
         elif extra == "config":
             corpus += ["-c", draw(paths(world, "nan.toml", "huge.toml", "missing", "empty", "notes.txt", "tiny.txt"))]
         train_flags = draw(flags(TRAIN_FLAGS))
         return ["train", *corpus, "-o", draw(output(world)), *TRAIN_BASE, *train_flags]
+    if name == "export":
+        switches = draw(st.lists(st.sampled_from(["--half", "--overwrite"]), unique=True))
+        return ["export", "-m", model, draw(output(world)), *switches]
     return ["bench", *draw(flags(BENCH_FLAGS))]
 
 
@@ -390,12 +464,27 @@ def test_no_command_line_ends_in_a_traceback(world):
         if problem is not None:
             failures.setdefault(problem.split("\n")[0], problem)
 
+    owned = {name: files_of(world[name]) for name in ("run", "prep", "mine", "notes.txt")}
     with (
         mock.patch.object(poetvae.bench, "bench_size", _fake_bench_size),
         mock.patch.object(poetvae.bench, "matmul_rate", lambda device: {"flops": 1e9, "n": 1, "dtype": "fp32"}),
+        mock.patch.object(poetvae.corpus, "MAX_CORPUS_BYTES", SMALL_CEILING),
     ):
         one_command()
     assert not failures, f"{len(failures)} kinds of traceback:\n" + "\n".join(failures.values())
+    # nothing a user owns was overwritten: no command's output replaced a run, a prepared
+    # corpus, a run's own prep/ or the user's files (plot and fit-prior write RUN/plots and
+    # RUN/prior.safetensors, as they should)
+    assert {name: files_of(world[name]) for name in owned} == owned
+
+
+def files_of(path: Path) -> dict[str, bytes]:
+    """The files under `path` (or the file itself), but what plot and fit-prior write."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    skip = ("plots", "prior.safetensors")
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+            and not str(p.relative_to(path)).startswith(skip)}  # fmt: skip
 
 
 @pytest.mark.parametrize("run_name", ["nan_run", "inf_run"])
@@ -430,3 +519,58 @@ def test_a_run_with_broken_weights_samples_poems_and_valid_json(world, run_name)
     assert json.loads(report.output, **strict)["samples"]["well_formed"] == 1.0
     table = runner.invoke(app, ["evaluate", "-m", run, "--samples", "5", "--iw", "2"])
     assert table.exit_code == 0 and "Traceback" not in table.output, table.output
+
+
+# ---- each cause of issue 18, by name: the fuzz draws them, these make sure ------------------
+ISSUE_18: dict[str, list[str]] = {
+    "device index past 8 bits (sample)": ["sample", "-m", "{run}", "--device", "cuda:2147483648"],
+    "device index past 8 bits (vary)": ["vary", "-m", "{run}", JING_YE_SI, "--device", "cuda:2147483648"],
+    "device index past 8 bits (train)": ["train", "{tiny.txt}", "-o", "{fresh}", *TRAIN_BASE, "--device", "cuda:128"],
+    "device index past 8 bits (bench)": ["bench", "--device", "cuda:2147483648"],
+    "--steps 1e11": ["interpolate", "-m", "{run}", JING_YE_SI, DENG_GUAN_QUE_LOU, "--steps", "100000000000"],
+    "--steps 1e22": ["interpolate", "-m", "{run}", JING_YE_SI, DENG_GUAN_QUE_LOU, "--steps", str(10**22)],
+    "bench --batch-size 1e22": ["bench", "--batch-size", str(10**22)],
+    "bench --sample-batch 1e11": ["bench", "--sample-batch", "100000000000"],
+    "vary -n 1e22": ["vary", "-m", "{run}", JING_YE_SI, "-n", str(10**22)],
+    "log not UTF-8 (plot)": ["plot", "{badlog_run}", "-o", "{fresh}"],
+    "log nested (plot)": ["plot", "{nested_log_run}", "-o", "{fresh}"],
+    "log not UTF-8 (resume)": ["train", "--resume", "{badlog_run}"],
+    "log nested (resume)": ["train", "--resume", "{nested_log_run}"],
+    "optimizer lr 'x', betas [2, 5]": ["train", "--resume", "{badopt_run}"],
+    "train -o /": ["train", "{tiny.txt}", "-o", "/", *TRAIN_BASE],
+    "train --resume /": ["train", "--resume", "/"],
+    "prep -o /": ["prep", "{tiny.txt}", "-o", "/"],
+    "prep -o RUN": ["prep", "{tiny.txt}", "-o", "{run}", "--overwrite"],
+    "prep -o RUN/prep": ["prep", "{tiny.txt}", "-o", "{run/prep}", "--overwrite"],
+    "prep -o the user's dir": ["prep", "{tiny.txt}", "-o", "{mine}", "--overwrite"],
+    "prep a gzip bomb": ["prep", "{bomb.txt.gz}", "-o", "{fresh}"],
+    "export over a prep dir": ["export", "-m", "{run}", "{prep}", "--overwrite"],
+    "vocab tokens of escapes": ["sample", "-m", "{badvocab_run}", "-f", "oneline"],
+    "int weights (sample)": ["sample", "-m", "{int_run}"],
+    "int weights (export)": ["export", "-m", "{int_run}", "{fresh}"],
+    "reconstruct, no latent": ["reconstruct", "-m", "{nolatent_run}", JING_YE_SI, "--allow-unk"],
+    "vary, no latent": ["vary", "-m", "{nolatent_run}", JING_YE_SI, "--allow-unk"],
+    "interpolate, no latent": ["interpolate", "-m", "{nolatent_run}", JING_YE_SI, DENG_GUAN_QUE_LOU, "--allow-unk"],
+    "--first-line ''": ["sample", "-m", "{run}", "--first-line", ""],
+    "--init-reset without --init": ["train", "{tiny.txt}", "-o", "{fresh}", *TRAIN_BASE, "--init-reset", "decoder"],
+    "--scheme bogus": ["sample", "-m", "{run}", "--scheme", "bogus"],
+}
+# the exit code of each: 2 a usage error, 1 an error (no case of issue 18 succeeds silently any more)
+USAGE = {"--steps 1e11", "--steps 1e22", "bench --batch-size 1e22", "bench --sample-batch 1e11", "vary -n 1e22"}
+USAGE |= {name for name in ISSUE_18 if "past 8 bits" in name and "train" not in name}
+USAGE |= {"--first-line ''", "--init-reset without --init", "--scheme bogus"}
+
+
+@pytest.mark.parametrize("case", sorted(ISSUE_18))
+def test_each_cause_of_issue_18_ends_in_one_line_and_its_exit_code(world, case):
+    places = {**world, "fresh": fresh_output(world, "x")}  # "{name}" stands for that path of the world
+    args = [str(places[a[1:-1]]) if a.startswith("{") and a.endswith("}") else a for a in ISSUE_18[case]]
+    owned = {name: files_of(world[name]) for name in ("run", "prep", "mine")}
+    with mock.patch.object(poetvae.corpus, "MAX_CORPUS_BYTES", SMALL_CEILING):
+        problem = traceback_of(args)
+        result = runner.invoke(app, args)
+    assert problem is None, problem
+    assert result.exit_code == (2 if case in USAGE else 1), result.output
+    if result.exit_code == 1:
+        assert result.output.strip().splitlines()[-1].startswith("error:"), result.output
+    assert {name: files_of(world[name]) for name in owned} == owned

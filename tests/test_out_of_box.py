@@ -215,9 +215,10 @@ def test_export_refuses_what_exists_and_overwrites_only_a_model(trained_run, bun
     dest = tmp_path / "b"
     dest.mkdir()
     (dest / "notes.txt").write_text("mine", encoding="utf-8")
-    one_line_error(cli("export", "-m", trained_run, dest), "already exists; --overwrite replaces it")
-    one_line_error(cli("export", "-m", trained_run, dest, "--overwrite"), "is not a model directory")
+    one_line_error(cli("export", "-m", trained_run, dest), "holds files that are not a model's (notes.txt")
+    one_line_error(cli("export", "-m", trained_run, dest, "--overwrite"), "holds files that are not a model's")
     assert [p.name for p in dest.iterdir()] == ["notes.txt"]
+    one_line_error(cli("export", "-m", trained_run, bundles["fp32"]), "already holds a model: --overwrite replaces it")
 
     shutil.copytree(bundles["fp32"], tmp_path / "old")
     result = cli("export", "-m", trained_run, tmp_path / "old", "--half", "--overwrite")

@@ -18,21 +18,46 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from poetvae.config import MAX_SEED, check_device, user_fields
+from poetvae.cli import CLOSED_PIPE, INTERRUPTED, interrupted
+from poetvae.config import MAX_BEAM, MAX_SEED, check_device, user_fields
 from poetvae.errors import ConfigError, PoetVAEError
+from poetvae.prosody import SCHEMES
+
+
+def _quiet_stdout() -> None:
+    """stdout's reader is gone: point stdout at /dev/null, so that nothing fails at exit."""
+    with contextlib.suppress(OSError, ValueError):  # no real stdout under a test runner
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class _Group(typer.core.TyperGroup):
-    """The command group, plus one thing: a reader that closes the pipe early
-    (`poetvae sample | head -1`) ends the command quietly, as it does `yes` or `cat`."""
+    """The command group, plus the exit codes that no command should have to handle itself
+    (see poetvae.cli): Ctrl-C ends any command with one line and 130, from the parsing of
+    its flags on; a reader that closes the pipe early (`poetvae sample | head -1`) ends it
+    quietly with 141, as it does `yes` or `cat`, whatever the command and its format,
+    --help included."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _exit_codes():
+            return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except BrokenPipeError:
-            with contextlib.suppress(OSError, ValueError):  # no real stdout under a test runner
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
-            raise typer.Exit(128 + 13) from None  # the shell's code for a command ended by SIGPIPE
+        with _exit_codes():
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here when the output was buffered
+            return result
+
+
+@contextlib.contextmanager
+def _exit_codes() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted()
+        raise typer.Exit(INTERRUPTED) from None
+    except BrokenPipeError:
+        _quiet_stdout()
+        raise typer.Exit(CLOSED_PIPE) from None
 
 
 app = typer.Typer(
@@ -72,6 +97,18 @@ def _finite(value: float | None) -> float | None:
     if value is not None and not math.isfinite(value):
         raise typer.BadParameter(f"must be a finite number, not {value}")
     return value
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """A Typer callback that accepts only `choices` (a bad value exits with 2, naming them)."""
+    listed = ", ".join(choices[:-1]) + " or " + choices[-1]
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"must be {listed}")
+        return value
+
+    return check
 
 
 def _device(value: str) -> str:
@@ -199,31 +236,25 @@ RhymeGroup = Annotated[
     typer.Option("--rhyme-group", help="rhyme in this group, e.g. 七阳 (implies --rhyme)", rich_help_panel="controls"),
 ]
 Scheme = Annotated[
-    str, typer.Option("--scheme", help="pingshui (平水韵) or xinyun (中华新韵)", rich_help_panel="controls")
+    str,
+    typer.Option(
+        "--scheme",
+        callback=_one_of(*SCHEMES),
+        help="pingshui (平水韵) or xinyun (中华新韵)",
+        rich_help_panel="controls",
+    ),
 ]
 Tones = Annotated[
     bool, typer.Option("--tones", help="二四异 and the 粘对 pattern of the regular 五绝", rich_help_panel="controls")
 ]
 Beam = Annotated[
-    int, typer.Option("--beam", min=1, max=256, help="beam-search width (1: sample)", rich_help_panel="controls")
+    int, typer.Option("--beam", min=1, max=MAX_BEAM, help="beam-search width (1: sample)", rich_help_panel="controls")
 ]
 Device = Annotated[str, typer.Option("--device", callback=_device, help="auto, cpu, cuda, cuda:N, mps")]
 Acrostic = Annotated[
     str | None,
     typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines", rich_help_panel="controls"),
 ]
-
-
-def _one_of(*choices: str) -> Callable[[str], str]:
-    """A Typer callback that accepts only `choices` (a bad value exits with 2, naming them)."""
-    listed = ", ".join(choices[:-1]) + " or " + choices[-1]
-
-    def check(value: str) -> str:
-        if value not in choices:
-            raise typer.BadParameter(f"must be {listed}")
-        return value
-
-    return check
 
 
 # the decoding flags of the commands that write poems from z (sample, vary)

@@ -37,13 +37,13 @@ from poetvae.cli.common import (
     use_model,
     user_errors,
 )
-from poetvae.config import MAX_SEED
+from poetvae.config import MAX_DECODE_BATCH, MAX_PATH_STEPS, MAX_POEMS, MAX_RERANK, MAX_SEED
 
 
 @app.command()
 def sample(
     model: RunDir = None,
-    n: Annotated[int, typer.Option("-n", "--num", min=1, help="how many poems")] = 10,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_POEMS, help="how many poems")] = 10,
     temp: Temperature = 0.8,
     seed: Seed = None,
     top_k: Annotated[int, typer.Option("--top-k", min=0, help="sample from the k likeliest tokens (0: all)")] = 0,
@@ -53,7 +53,9 @@ def sample(
     greedy: Greedy = False,
     fmt: PoemFormat = "text",
     with_z: WithZ = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="poems decoded together")] = 2048,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=MAX_DECODE_BATCH, help="poems decoded together")
+    ] = 2048,
     prior: Prior = "normal",
     device: Device = "auto",
     rhyme: Rhyme = False,
@@ -78,7 +80,11 @@ def sample(
     rerank: Annotated[
         int,
         typer.Option(
-            "--rerank", min=1, max=1024, help="candidates per z; keep the most likely", rich_help_panel="controls"
+            "--rerank",
+            min=1,
+            max=MAX_RERANK,
+            help="candidates per z; keep the most likely",
+            rich_help_panel="controls",
         ),
     ] = 1,
     prosody_weight: Annotated[
@@ -99,18 +105,21 @@ def sample(
     Example: [bold]poetvae sample -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
     (the newest run in ./runs, else the bundled model; -m RUN to choose)
     """
+    from poetvae.config import check_decode_memory
     from poetvae.decode import DecodeOptions
     from poetvae.poet import Poet
 
-    if first_line and prefix:
+    if first_line is not None and prefix is not None:
         raise typer.BadParameter("give --first-line or --prefix, not both")
     with user_errors():
-        controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, first_line or prefix)
+        controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, first_line if prefix is None else prefix)
         if infer_z and not controls.prefix:
             raise typer.BadParameter("--infer-z needs --first-line or --prefix")
         if infer_z and prior != "normal":
             raise typer.BadParameter("--infer-z draws z from the encoder, not a prior: leave out --prior fitted")
         poet = Poet.load(use_model(model), device=device)
+        flags = f"--batch-size {batch_size}, -n {n}, --beam {beam}, --rerank {rerank}"
+        check_decode_memory(min(batch_size, n) * beam * rerank, len(poet.vocab), flags)
         options = DecodeOptions(
             temperature=temp,
             top_k=top_k,
@@ -134,7 +143,9 @@ def interpolate(
     poem_a: Annotated[str, typer.Argument(help="first poem, e.g. 床前明月光，疑是地上霜。举头望明月，低头思故乡。")],
     poem_b: Annotated[str, typer.Argument(help="second poem")],
     model: RunDir = None,
-    steps: Annotated[int, typer.Option("--steps", min=2, help="points on the path, both ends included")] = 8,
+    steps: Annotated[
+        int, typer.Option("--steps", min=2, max=MAX_PATH_STEPS, help="points on the path, both ends included")
+    ] = 8,
     method: Annotated[
         str, typer.Option("--method", callback=_one_of("linear", "slerp"), help="linear | slerp")
     ] = "linear",
@@ -161,6 +172,7 @@ def interpolate(
     Example: [bold]poetvae interpolate -m runs/tang
     床前明月光，疑是地上霜。举头望明月，低头思故乡。 白日依山尽，黄河入海流。欲穷千里目，更上一层楼。[/]
     """
+    from poetvae.config import check_decode_memory
     from poetvae.decode import DecodeOptions
     from poetvae.form import parse_poem
     from poetvae.poet import Poet, Reconstruction
@@ -168,6 +180,7 @@ def interpolate(
     with user_errors():
         a, b = parse_poem(poem_a), parse_poem(poem_b)
         poet = Poet.load(use_model(model), device=device)
+        check_decode_memory(steps * beam, len(poet.vocab), f"--steps {steps}, --beam {beam}")
         controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
         options = DecodeOptions(temperature=temp, greedy=not sample_, beam=beam, controls=controls, seed=seed)
         path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)

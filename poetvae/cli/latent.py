@@ -37,6 +37,7 @@ from poetvae.cli.common import (
     use_model,
     user_errors,
 )
+from poetvae.config import MAX_COUNT, MAX_POEMS
 
 
 # ---- reconstruct --------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def reconstruct(
 def vary(
     poem: Annotated[str, typer.Argument(help="the poem, e.g. 床前明月光，疑是地上霜。举头望明月，低头思故乡。")],
     model: RunDir = None,
-    n: Annotated[int, typer.Option("-n", "--num", min=1, help="how many variations")] = 5,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_POEMS, help="how many variations")] = 5,
     spread: Annotated[
         float,
         typer.Option(
@@ -153,6 +154,7 @@ def vary(
 
     Example: [bold]poetvae vary -m runs/default 床前明月光，疑是地上霜。举头望明月，低头思故乡。 -n 5 --spread 0.5[/]
     """
+    from poetvae.config import check_decode_memory
     from poetvae.decode import DecodeOptions
     from poetvae.form import parse_poem
     from poetvae.poet import Poet
@@ -162,8 +164,9 @@ def vary(
         controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, None)
         poet = Poet.load(use_model(model), device=device)
         options = DecodeOptions(temperature=temp, greedy=greedy, beam=beam, controls=controls, seed=seed)
-        variations = poet.vary(given, n, options, spread=spread, allow_unk=allow_unk, with_z=with_z)
-    _emit(variations, fmt, with_z)
+        check_decode_memory(min(options.batch_size, n) * beam, len(poet.vocab), f"-n {n}, --beam {beam}")
+        for batch in poet.iter_vary(given, n, options, spread=spread, allow_unk=allow_unk, with_z=with_z):
+            _emit(batch, fmt, with_z)  # streamed, as sample: a large -n holds one batch at a time
 
 
 # ---- fit-prior ----------------------------------------------------------------------------
@@ -171,7 +174,8 @@ def vary(
 def fit_prior(
     model: TrainedRun = None,
     max_poems: Annotated[
-        int, typer.Option("--max-poems", min=1, help="training poems to fit on, chosen with the run's seed")
+        int,
+        typer.Option("--max-poems", min=1, max=MAX_COUNT, help="training poems to fit on, chosen with the run's seed"),
     ] = 20_000,  # poetvae.prior.MAX_POEMS, not imported here: the CLI loads torch only when a command runs
     device: Device = "auto",
 ) -> None:

@@ -24,7 +24,7 @@ from poetvae.cli.common import (
     use_model,
     user_errors,
 )
-from poetvae.config import MAX_SEED
+from poetvae.config import MAX_DECODE_BATCH, MAX_EVAL_SAMPLES, MAX_SEED, MAX_TRAIN_BATCH
 
 
 # ---- evaluate -----------------------------------------------------------------------------
@@ -72,7 +72,9 @@ def evaluate(
     corpus: Annotated[
         list[Path] | None, typer.Argument(help="held-out corpus (default: the run's test split)", readable=False)
     ] = None,
-    samples: Annotated[int, typer.Option("--samples", min=0, help="poems drawn from the prior")] = 1000,
+    samples: Annotated[
+        int, typer.Option("--samples", min=0, max=MAX_EVAL_SAMPLES, help="poems drawn from the prior")
+    ] = 1000,
     iw: Annotated[int, typer.Option("--iw", min=1, max=10**6, help="importance samples K for the IW-NLL")] = 100,
     temp: Annotated[float, typer.Option("--temp", "-t", min=1e-3, callback=_finite, help="sampling temperature")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED)] = 0,
@@ -153,10 +155,15 @@ def bench(
     ] = None,
     device: Device = "auto",
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="training batch (CPU 128, GPU 1024)")
+        int | None,
+        typer.Option("--batch-size", min=1, max=MAX_TRAIN_BATCH, help="training batch (CPU 128, GPU 1024)"),
     ] = None,
-    sample_batch: Annotated[int | None, typer.Option("--sample-batch", min=1, help="poems decoded together")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="timed repeats; the median is reported")] = 3,
+    sample_batch: Annotated[
+        int | None, typer.Option("--sample-batch", min=1, max=MAX_DECODE_BATCH, help="poems decoded together")
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option("--repeats", min=1, max=1000, help="timed repeats; the median is reported")
+    ] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (keys: poetvae.bench.run_bench)")] = False,
 ) -> None:
     """Training and sampling throughput, model FLOP/s, and the share of this machine's matmul rate.
@@ -164,11 +171,17 @@ def bench(
     Example: [bold]poetvae bench --size reference[/]
     """
     from poetvae.bench import SIZES, run_bench
+    from poetvae.config import check_decode_memory, check_train_memory
 
     for s in size or []:
         if s not in SIZES:
             raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}")
     with user_errors():
+        vocab_size = max(SIZES[s].vocab_size for s in size or SIZES)
+        if batch_size is not None:
+            check_train_memory(batch_size, vocab_size)
+        if sample_batch is not None:
+            check_decode_memory(sample_batch, vocab_size, f"--sample-batch {sample_batch}")
         report = run_bench(size, device, batch_size, sample_batch, repeats=repeats)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")

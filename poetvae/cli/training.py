@@ -15,8 +15,15 @@ from rich.table import Table
 from rich.text import Text
 
 from poetvae.cli.common import ConfigFile, _flag, _number, _styled, _with_config_flags, app, err, out, user_errors
-from poetvae.config import load_config, user_fields
-from poetvae.distributed import env_rank
+from poetvae.config import MAX_DEVICE_INDEX, load_config, user_fields
+
+
+def env_rank() -> int:
+    """This process's rank under torchrun (0 when alone); poetvae.distributed loads torch,
+    so it is imported only when a command runs."""
+    from poetvae.distributed import env_rank as rank
+
+    return rank()
 
 
 # ---- prep -------------------------------------------------------------------------------
@@ -48,17 +55,23 @@ def prep(
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="directory to write")] = Path("prep"),
     config: ConfigFile = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a prepared corpus already in the output directory")
+    ] = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
     """Clean a corpus, split it, build the vocabulary and word2vec embeddings.
 
+    The output directory appears whole or not at all; one that exists is refused
+    (--overwrite replaces a prepared corpus, nothing else).
+
     Example: [bold]poetvae prep ../shared/data/tang_quatrains.txt -o prep/tang[/]
     """
-    from poetvae.prep import prepare
+    from poetvae.rundir import write_prepared
 
     with user_errors():
         cfg = load_config(config, settings)
-        result = prepare(corpus, output, cfg.prep, cfg.model.embed_dim)
+        result = write_prepared(corpus, output, cfg.prep, cfg.model.embed_dim, overwrite=overwrite)
     _print_prep(result)
 
 
@@ -120,7 +133,10 @@ def train(
     ] = False,
     no_latent: Annotated[bool, typer.Option("--no-latent", help="train the decoder alone as a language model")] = False,
     devices: Annotated[
-        int, typer.Option("--devices", min=1, help="processes (GPUs) for DDP training; >1 launches torchrun")
+        int,
+        typer.Option(
+            "--devices", min=1, max=MAX_DEVICE_INDEX + 1, help="processes (GPUs) for DDP training; >1 launches torchrun"
+        ),
     ] = 1,
     init: Annotated[
         Path | None,
@@ -153,6 +169,8 @@ def train(
         raise typer.BadParameter("give corpus files or --corpus NAME, not both")
     if shipped is not None and resume is not None:
         raise typer.BadParameter("--resume takes the run's own data and config; give no corpus or settings")
+    if init is None and settings.get("init_reset", "none") != "none":
+        raise typer.BadParameter("--init-reset says what to start afresh of the --init run: give --init RUN")
     _refuse_prep_flags(corpus, settings)
     if devices > 1:
         with user_errors():
@@ -180,10 +198,10 @@ def train(
         else:
             init_run = _open_init(init, settings)
             sources, name = _corpus(corpus, shipped)
+            cfg = _new_run_config(config, settings, init_run)  # before a run directory is claimed for it
             # locked until training ends: one training per run directory
             run = held.enter_context(_claim_output(output, name, overwrite))
             run_dir = run.path
-            cfg = load_config(config, settings, fixed=init_run.fixed_settings() if init_run else None)
             stage = held.enter_context(run.staging())  # None on torchrun ranks > 0, which write nothing
             data = (stage.run if stage else run).load_training_data(sources, cfg, init_run)
         main_process = env_rank() == 0  # under torchrun only rank 0 speaks
@@ -253,6 +271,17 @@ def _open_init(init: Path | None, settings: dict[str, Any]) -> Any:
             f"{', '.join(clashes)}: the model and tokenizer come from the --init run {init}; leave these flags out"
         )
     return init_run
+
+
+def _new_run_config(config: Path | None, settings: dict[str, Any], init_run: Any) -> Any:
+    """The config of a new run: load_config, with what the --init run fixes; init_reset
+    (from a --config file) without an --init run is an error, not ignored."""
+    from poetvae.errors import ConfigError
+
+    cfg = load_config(config, settings, fixed=init_run.fixed_settings() if init_run else None)
+    if init_run is None and cfg.train.init_reset != "none":
+        raise ConfigError(f"train.init_reset = {cfg.train.init_reset!r} in {config} needs an --init run to reset")
+    return cfg
 
 
 def _print_init(init_run: Any, data: Any) -> None:
@@ -332,9 +361,9 @@ def _launch_torchrun(
         else:
             init_run = _open_init(init, settings)
             sources, name = _corpus(corpus, shipped)
+            cfg = _new_run_config(config, settings, init_run)
             run = held.enter_context(_claim_output(output, name, overwrite))
             run_dir = run.path  # the workers get it as -o
-            cfg = load_config(config, settings, fixed=init_run.fixed_settings() if init_run else None)
             stage = held.enter_context(run.staging())
             env[rundir.STAGING_ENV] = str(stage.path)
             # into the staged run's prep/ once here, which every process then reads
