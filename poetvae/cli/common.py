@@ -279,24 +279,13 @@ def _marked(rec: Any) -> tuple[Text, str]:
     return text, "".join(marks).rstrip()
 
 
-def _json_number(x: float, digits: int) -> float | None:
-    """x rounded for JSON; None (null) when x is NaN or infinite (a model with broken weights)."""
-    return round(x, digits) if math.isfinite(x) else None
-
-
 def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
     """Write poet.Sample objects to stdout as they come, in the chosen format."""
+    from poetvae.poem_json import sample_record
+
     for poem in samples:
         if fmt == "json":
-            record = {
-                "lines": poem.lines,
-                "text": poem.oneline(),
-                "logprob": _json_number(poem.logprob, 4),
-                "backoff": poem.backoff,
-            }
-            if with_z:
-                record["z"] = [_json_number(v, 5) for v in poem.z]
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(sample_record(poem, with_z=with_z), ensure_ascii=False) + "\n")
         elif fmt == "oneline":
             sys.stdout.write(poem.oneline() + "\n")
         else:
