@@ -5,7 +5,7 @@ renders the result with rich. Library errors (PoetVAEError) become a one-line
 `error: …` on stderr and exit code 1; Typer's own usage errors exit with 2.
 """
 
-from poetvae.cli import export, generation, latent, reports, training  # noqa: F401  (each registers its commands)
+from poetvae.cli import export, generation, latent, reports, serve, training  # noqa: F401  (each registers its commands)
 from poetvae.cli.common import app
 
 __all__ = ["app", "main"]
