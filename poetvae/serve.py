@@ -50,6 +50,7 @@ from poetvae.form import parse_poem
 from poetvae.models import EVALUATION, MODEL_CARD
 from poetvae.poem_json import path_records, reconstruction_record, sample_record
 from poetvae.poet import Poet
+from poetvae.rundir import PRIOR
 
 # The limits of one request, so that no body can hold the server for long (README, `serve`).
 # A candidate is one decoded row: n poems with beam B and rerank R decode n·B·R rows, about
@@ -280,7 +281,7 @@ def model_info(poet: Poet, source: str | None = None) -> dict[str, Any]:
         "tokenizer": poet.vocab.tokenizer,
         "latent_dim": m.latent_dim if m.use_latent else 0,
         "form_features": m.form_features,
-        "fitted_prior": run is not None and (run / "prior.safetensors").is_file(),
+        "fitted_prior": run is not None and (run / PRIOR).is_file(),
         "device": str(poet.device),
         "evaluation": evaluation if isinstance(evaluation, dict) else None,
         "card": card,

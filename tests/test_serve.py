@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import Server, one_line_error
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from poetvae.cli import app as cli_app
@@ -273,6 +275,49 @@ def test_bad_input_is_a_4xx_with_one_line(client, path, body, status, fragment):
         response = client.post(path, json=body)
     assert_error(response, status, fragment)
     assert client.get("/api/health").status_code == 200  # and the server keeps serving
+
+
+# any JSON value where an option goes: numbers of every size and kind, strings, poems
+VALUES = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=-2, max_value=20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=30),
+    st.sampled_from([JINGYESI, DENGGUANQUE, UNKNOWN, "春夏秋冬", "白日依山尽", "七阳", "pingshui", "xinyun"]),
+    st.lists(st.sampled_from([JINGYESI, "x", 1]), max_size=3),
+)
+OPTIONS = {
+    "/api/sample": ["n", "temp", "seed", "top_k", "top_p", "beam", "rerank", "rhyme", "rhyme_group", "scheme",
+                    "tones", "acrostic", "first_line", "prefix", "infer_z", "prior", "prosody_weight", "nonsense"],
+    "/api/vary": ["poem", "n", "spread", "temp", "seed", "beam", "acrostic", "allow_unk", "greedy"],
+    "/api/reconstruct": ["poems", "allow_unk"],
+    "/api/interpolate": ["poem_a", "poem_b", "steps", "method", "sample", "temp", "seed", "beam", "rhyme"],
+}  # fmt: skip
+
+
+@st.composite
+def request_body(draw) -> tuple[str, dict]:
+    path = draw(st.sampled_from(sorted(OPTIONS)))
+    keys = draw(st.lists(st.sampled_from(OPTIONS[path]), max_size=5, unique=True))
+    return path, {k: draw(VALUES) for k in keys}
+
+
+def test_no_body_ends_in_a_500(client):
+    """Generated bodies: each gets 200, or a 4xx with one line of JSON; never a 500."""
+
+    @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(request=request_body())
+    def one(request):
+        path, body = request
+        content = json.dumps(body).encode()  # as Python writes JSON: NaN and Infinity included
+        response = client.post(path, content=content, headers={"content-type": "application/json"})
+        if response.status_code != 200:
+            assert_error(response, response.status_code)
+            assert 400 <= response.status_code < 500, (path, body, response.text)
+
+    one()
 
 
 def test_allow_unk_reads_unknown_characters(client):
