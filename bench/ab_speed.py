@@ -44,46 +44,52 @@ def rate(fn, work: float, repeats: int = 5) -> float:
     return work / statistics.median(times)
 
 
+def measure(name: str, cfg: ModelConfig) -> dict:
+    """Training and sampling poems/s of one size at this version's defaults."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = PoetVAE(cfg)
+    config = Config(model=cfg, train=TrainConfig(batch_size=128))
+    use_amp = autocast_choice(cpu, config.train.amp)[0] if autocast_choice else False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    w = torch.zeros(cfg.vocab_size)
+    w[len(SPECIALS) :] = 1.0 / torch.arange(1, cfg.vocab_size - len(SPECIALS) + 1, dtype=torch.float)
+    chars = torch.multinomial(w, 128 * 20, replacement=True, generator=torch.Generator().manual_seed(0))
+    tokens = torch.cat([chars.view(128, 20), torch.full((128, 1), EOS)], dim=1)
+
+    def steps() -> None:
+        for _ in range(3):
+            train_step(model, optimizer, tokens, draw_noise(128, config, cpu), config, beta=1.0, use_amp=use_amp)
+
+    model.train()
+    train = rate(steps, 3 * 128)
+    model.eval()
+    vocab_tokens = [chr(0x4E00 + i) for i in range(cfg.vocab_size - len(SPECIALS))]
+    vocab = Vocab(list(SPECIALS) + vocab_tokens, [0] * len(SPECIALS) + [1] * len(vocab_tokens))
+    if cfg.form_features:
+        model.use_vocab(vocab)
+    tables = DecodeTables(model, vocab, cpu)
+    z = torch.randn(2048, cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(0)
+    out = {"size": name, "train_precision": "bf16" if use_amp else "fp32", "train_poems_per_s": round(train)}
+    for key, options in (
+        ("sample", DecodeOptions(temperature=1.0)),
+        ("greedy", DecodeOptions(greedy=True)),
+        ("rhyme_tones", DecodeOptions(controls=Controls(rhyme=True, tones=True))),
+    ):
+
+        def decode(o: DecodeOptions = options) -> None:
+            generate(model, z, vocab, o, generator=g, tables=tables)
+
+        out[f"{key}_poems_per_s"] = round(rate(decode, 2048, 3))
+    return out
+
+
 def main() -> None:
     keep_freed_memory()
     sizes = {"default": dict(vocab_size=4578), "bundled": dict(vocab_size=8277, form_features=True)}
-    cpu = torch.device("cpu")
     for name, values in sizes.items():
-        cfg = ModelConfig(**values)
-        torch.manual_seed(0)
-        model = PoetVAE(cfg)
-        config = Config(model=cfg, train=TrainConfig(batch_size=128))
-        use_amp = autocast_choice(cpu, config.train.amp)[0] if autocast_choice else False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        w = torch.zeros(cfg.vocab_size)
-        w[len(SPECIALS) :] = 1.0 / torch.arange(1, cfg.vocab_size - len(SPECIALS) + 1, dtype=torch.float)
-        chars = torch.multinomial(w, 128 * 20, replacement=True, generator=torch.Generator().manual_seed(0))
-        tokens = torch.cat([chars.view(128, 20), torch.full((128, 1), EOS)], dim=1)
-
-        def steps() -> None:
-            for _ in range(3):
-                train_step(model, optimizer, tokens, draw_noise(128, config, cpu), config, beta=1.0, use_amp=use_amp)
-
-        model.train()
-        train = rate(steps, 3 * 128)
-        model.eval()
-        vocab_tokens = [chr(0x4E00 + i) for i in range(cfg.vocab_size - len(SPECIALS))]
-        vocab = Vocab(list(SPECIALS) + vocab_tokens, [0] * len(SPECIALS) + [1] * len(vocab_tokens))
-        if cfg.form_features:
-            model.use_vocab(vocab)
-        tables = DecodeTables(model, vocab, cpu)
-        z = torch.randn(2048, cfg.latent_dim, generator=torch.Generator().manual_seed(1))
-        g = torch.Generator().manual_seed(0)
-        out = {"size": name, "train_precision": "bf16" if use_amp else "fp32", "train_poems_per_s": round(train)}
-        for key, options in (
-            ("sample", DecodeOptions(temperature=1.0)),
-            ("greedy", DecodeOptions(greedy=True)),
-            ("rhyme_tones", DecodeOptions(controls=Controls(rhyme=True, tones=True))),
-        ):
-            out[f"{key}_poems_per_s"] = round(
-                rate(lambda o=options: generate(model, z, vocab, o, generator=g, tables=tables), 2048, 3)
-            )
-        print(json.dumps(out), flush=True)
+        print(json.dumps(measure(name, ModelConfig(**values))), flush=True)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from poetvae import prosody
 from poetvae.errors import ConfigError, VocabError
-from poetvae.form import FORM, is_han
+from poetvae.form import FORM, is_han, split_verse
 from poetvae.vocab import SPECIALS, Vocab
 
 NONE, PING, ZE = 0, 1, 2  # required tone at a position / definite tone of a character
@@ -99,6 +99,18 @@ class Controls:
         for i, line in enumerate(self.prefix):
             fixed.update({i * FORM.chars_per_line + c: ch for c, ch in enumerate(line)})
         return fixed
+
+
+def given_lines(text: str | None) -> tuple[str, ...]:
+    """The lines of a given first line or prefix as typed (`--first-line`, `--prefix`, the
+    web API's first_line / prefix), cut by form.split_verse; () for None. ConfigError when
+    the text holds no characters at all (Controls checks the lines themselves)."""
+    if text is None:
+        return ()
+    lines = tuple(split_verse(text))
+    if not lines:
+        raise ConfigError(f"the given lines {text!r} hold no characters")
+    return lines
 
 
 class ControlTables:

@@ -1,9 +1,19 @@
-"""Shared test helpers (not a test file): the tiny config every training test uses, and the
-well-formedness check of decoded token rows."""
+"""Shared test helpers (not a test file): the tiny config every training test uses, the
+well-formedness check of decoded token rows, and `poetvae serve` run as a user runs it."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import torch
 
@@ -59,3 +69,58 @@ def one_line_error(result, fragment: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+class Server:
+    """`poetvae serve ARGS --port 0` in a subprocess (a free loopback port, no race for one):
+    started by `Server.start`, the URL read from its startup line; `stop` sends Ctrl-C."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, first_line: str):
+        self.proc, self.url, self.first_line = proc, url, first_line
+
+    @classmethod
+    def start(cls, *args: str, cwd: Path, timeout: float = 120) -> Server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "poetvae", "serve", *args, "--port", "0"],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+        try:
+            line = lines.get(timeout=timeout)  # the model loads first, then the line
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"poetvae serve printed nothing in {timeout} s: {proc.stderr.read()}") from None
+        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        if found is None:
+            proc.kill()
+            raise AssertionError(f"no URL in the startup line {line!r}: {proc.communicate()[1]}")
+        return cls(proc, found.group(0), line)
+
+    def get(self, path: str) -> tuple[int, dict]:
+        return self.request(path)
+
+    def post(self, path: str, body: object) -> tuple[int, dict]:
+        return self.request(path, json.dumps(body).encode())
+
+    def request(self, path: str, data: bytes | None = None) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=data, headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self) -> tuple[int, str]:
+        """Ctrl-C, as a user stops it: (exit code, what it wrote on stderr)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode, self.proc.stderr.read()  # stdout: drained by the reader thread

@@ -21,7 +21,7 @@ __all__ = ["app", "main"]
 
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (Ctrl-C)
 CLOSED_PIPE = 128 + 13  # the shell's code for a command ended by SIGPIPE
-COMMAND_MODULES = ("training", "generation", "latent", "reports", "export")
+COMMAND_MODULES = ("training", "generation", "latent", "reports", "export", "serve")
 
 
 def _load_app() -> object:

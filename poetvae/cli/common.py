@@ -218,12 +218,17 @@ def use_model(model: Path | None, *, bundled: bool = True, hint: str = "pass -m 
     the newest run in ./runs, else (with `bundled`) the bundled model. When it chose, it says
     which in one line on stderr, so that stdout holds the poems alone (`poetvae sample | head`).
     Call it inside user_errors(): with no model at all it raises a one-line error."""
+    return use_resolved(model, bundled=bundled, hint=hint).path
+
+
+def use_resolved(model: Path | None, *, bundled: bool = True, hint: str = "pass -m RUN") -> Any:
+    """use_model's poetvae.models.ResolvedModel: the path and how it was chosen."""
     from poetvae.models import resolve_model
 
     resolved = resolve_model(model, bundled=bundled, hint=hint)
     if resolved.note:
         err.print(resolved.note)
-    return resolved.path
+    return resolved
 
 
 # ---- sample -------------------------------------------------------------------------------
@@ -284,12 +289,12 @@ def _controls(
     rhyme: bool, rhyme_group: str | None, scheme: str, tones: bool, acrostic: str | None, prefix: str | None
 ) -> Any:
     """The decoding controls from the flags (a given prefix is parsed into its lines)."""
-    from poetvae.controls import Controls
-    from poetvae.form import split_verse
+    from poetvae.controls import Controls, given_lines
 
-    lines = tuple(split_verse(prefix)) if prefix is not None else ()
-    if prefix is not None and not lines:
-        raise typer.BadParameter(f"the given lines {prefix!r} hold no characters", param_hint="--first-line/--prefix")
+    try:
+        lines = given_lines(prefix)
+    except ConfigError as e:  # a usage error (exit 2) like the flags' other checks
+        raise typer.BadParameter(str(e), param_hint="--first-line/--prefix") from None
     return Controls(rhyme=rhyme, rhyme_group=rhyme_group, scheme=scheme, tones=tones, acrostic=acrostic, prefix=lines)
 
 
@@ -310,24 +315,13 @@ def _marked(rec: Any) -> tuple[Text, str]:
     return text, "".join(marks).rstrip()
 
 
-def _json_number(x: float, digits: int) -> float | None:
-    """x rounded for JSON; None (null) when x is NaN or infinite (a model with broken weights)."""
-    return round(x, digits) if math.isfinite(x) else None
-
-
 def _emit(samples: list[Any], fmt: str, with_z: bool) -> None:
     """Write poet.Sample objects to stdout as they come, in the chosen format."""
+    from poetvae.poem_json import sample_record
+
     for poem in samples:
         if fmt == "json":
-            record = {
-                "lines": poem.lines,
-                "text": poem.oneline(),
-                "logprob": _json_number(poem.logprob, 4),
-                "backoff": poem.backoff,
-            }
-            if with_z:
-                record["z"] = [_json_number(v, 5) for v in poem.z]
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(sample_record(poem, with_z=with_z), ensure_ascii=False) + "\n")
         elif fmt == "oneline":
             sys.stdout.write(poem.oneline() + "\n")
         else:

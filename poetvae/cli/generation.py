@@ -29,7 +29,6 @@ from poetvae.cli.common import (
     _controls,
     _emit,
     _finite,
-    _json_number,
     _marked,
     _one_of,
     app,
@@ -184,22 +183,14 @@ def interpolate(
         controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
         options = DecodeOptions(temperature=temp, greedy=not sample_, beam=beam, controls=controls, seed=seed)
         path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)
-    # the ends of the path next to the poems they were encoded from
-    ends = {0: ("A", Reconstruction.of(a, path[0])), len(path) - 1: ("B", Reconstruction.of(b, path[-1]))}
     if fmt == "json":
-        for i, point in enumerate(path):
-            t = i / (len(path) - 1)
-            record = {
-                "t": round(t, 4),
-                "lines": point.lines,
-                "text": point.oneline(),
-                "logprob": _json_number(point.logprob, 4),
-                "backoff": point.backoff,
-            }
-            if i in ends:
-                record["accuracy"] = round(ends[i][1].accuracy, 4)  # against A (t = 0) or B (t = 1)
+        from poetvae.poem_json import path_records
+
+        for record in path_records(a, b, path):
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
+    # the ends of the path next to the poems they were encoded from
+    ends = {0: ("A", Reconstruction.of(a, path[0])), len(path) - 1: ("B", Reconstruction.of(b, path[-1]))}
     what = "samples at" if sample_ else "reconstructions of"
     table = Table(
         title=f"{method} path, {steps} steps",

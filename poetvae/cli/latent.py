@@ -113,15 +113,10 @@ def reconstruct(
     if fmt == "table":
         _print_reconstructions(recs)
         return
+    from poetvae.poem_json import reconstruction_record
+
     for rec in recs:
-        record = {
-            "given": rec.given.oneline(),
-            "text": rec.decoded.oneline(),
-            "lines": rec.decoded.lines,
-            "same": rec.same,
-            "accuracy": round(rec.accuracy, 4),
-        }
-        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(reconstruction_record(rec), ensure_ascii=False) + "\n")
 
 
 # ---- vary ---------------------------------------------------------------------------------
