@@ -271,19 +271,26 @@ class Poet:
         return [s for batch in self.iter_sample(n, options, with_z=with_z, prior=prior) for s in batch]
 
     def reconstruct(
-        self, poems: Sequence[PoemLike], allow_unk: bool = False, *, batch_size: int = 1024
+        self,
+        poems: Sequence[PoemLike],
+        allow_unk: bool = False,
+        *,
+        batch_size: int = 1024,
+        repetition_rule: bool = True,
     ) -> list[Reconstruction]:
         """Each poem next to its reconstruction: the greedy decode of its posterior mean,
         compared character by character (Reconstruction.same, .accuracy). Unknown
         characters raise VocabError naming them, unless allow_unk reads them as <unk>
-        (which never matches: the decoder does not write it)."""
+        (which never matches: the decoder does not write it). repetition_rule: decode with
+        the repetition rule (poetvae.repetition), as every decode does by default, so that
+        the reconstructions are the ends of a greedy interpolation path."""
         given = [p if isinstance(p, Poem) else Poem(self._lines(p)) for p in poems]
         tokens = self.tokens(given, allow_unk)
         out: list[Reconstruction] = []
         for i in range(0, len(given), batch_size):
             with torch.no_grad():
                 mu, _ = self.model.encode(tokens[i : i + batch_size])
-            decoded = self.decode(mu, DecodeOptions(greedy=True))
+            decoded = self.decode(mu, DecodeOptions(greedy=True, repetition_rule=repetition_rule))
             out += [Reconstruction.of(g, d) for g, d in zip(given[i : i + batch_size], decoded)]
         return out
 

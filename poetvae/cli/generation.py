@@ -17,6 +17,7 @@ from poetvae.cli.common import (
     Greedy,
     PoemFormat,
     Prior,
+    RepetitionRule,
     Rhyme,
     RhymeGroup,
     RunDir,
@@ -90,6 +91,7 @@ def sample(
             rich_help_panel="controls",
         ),
     ] = 0.0,
+    repetition_rule: RepetitionRule = True,
 ) -> None:
     """Draw z from the prior and decode well-formed quatrains, streaming them as they are made.
 
@@ -120,6 +122,7 @@ def sample(
             rerank=rerank,
             prosody_weight=prosody_weight,
             controls=controls,
+            repetition_rule=repetition_rule,
             infer_z=infer_z,
             seed=seed,
             batch_size=batch_size,
@@ -151,6 +154,7 @@ def interpolate(
     scheme: Scheme = "pingshui",
     tones: Tones = False,
     beam: Beam = 1,
+    repetition_rule: RepetitionRule = True,
 ) -> None:
     """Walk the latent space from poem A to poem B (posterior means), decoding each point.
 
@@ -169,7 +173,14 @@ def interpolate(
         a, b = parse_poem(poem_a), parse_poem(poem_b)
         poet = Poet.load(use_model(model), device=device)
         controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
-        options = DecodeOptions(temperature=temp, greedy=not sample_, beam=beam, controls=controls, seed=seed)
+        options = DecodeOptions(
+            temperature=temp,
+            greedy=not sample_,
+            beam=beam,
+            controls=controls,
+            repetition_rule=repetition_rule,
+            seed=seed,
+        )
         path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)
     # the ends of the path next to the poems they were encoded from
     ends = {0: ("A", Reconstruction.of(a, path[0])), len(path) - 1: ("B", Reconstruction.of(b, path[-1]))}
