@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from poetvae.config import check_seed
+from poetvae.controls import Controls
 from poetvae.decode import DecodeOptions, DecodeTables, generate
 from poetvae.form import FORM, Poem, matching_chars
 from poetvae.model import PoetVAE
@@ -444,7 +445,9 @@ class ReportMeta:
     # <unk>, which the likelihood then scores as <unk>)
     temperature: float  # evaluate_run's arguments
     prior: str  # where the samples' z came from: "normal" N(0, I) or "fitted" (poetvae.prior)
-    repetition_rule: bool  # whether the samples were decoded with it (poetvae.repetition)
+    repetition_rule: bool  # whether samples and reconstructions were decoded with it (poetvae.repetition)
+    rerank: int  # candidates decoded per sample, the best kept (Poet.sample; 1: none)
+    prosody_weight: float  # with rerank > 1: the weight of the prosody score in that choice
     seed: int
     scheme: str
     device: str  # where the model ran
@@ -494,13 +497,17 @@ def evaluate_run(
     prior: str = "normal",
     pretraining: Sequence[Poem] = (),
     repetition_rule: bool = True,
+    rerank: int = 1,
+    prosody_weight: float = 0.0,
 ) -> EvaluationReport:
     """Evaluate a trained model on held-out poems (the fields: EvaluationReport and the
     classes of its sections). `samples` poems are drawn from `prior` ("normal": N(0, I);
     "fitted": the run's fitted prior, poetvae.prior) at `temperature`, iw_nll uses
     `iw_samples` samples per poem, rhymes and tones are read in `scheme` (and the rhyme
     in both schemes too). Samples and reconstructions are decoded with the repetition rule
-    (poetvae.repetition) unless `repetition_rule` is False. Reconstruction
+    (poetvae.repetition) unless `repetition_rule` is False; each sample is the best of
+    `rerank` candidates by log-probability + `prosody_weight` x prosody score, as `poetvae
+    sample --rerank N --prosody-weight W` chooses it. Reconstruction
     accuracy is measured on the held-out poems and on at most TRAIN_RECONSTRUCTED
     training poems. Copies are counted against `train` and `pretraining` (the poems of the
     runs a fine-tuned model started from). Deterministic for a seed (on a given device).
@@ -535,7 +542,14 @@ def evaluate_run(
     )
 
     seen = [*train, *pretraining]  # everything the model was trained on, for the copy counts
-    options = DecodeOptions(temperature=temperature, seed=seed, repetition_rule=repetition_rule)
+    options = DecodeOptions(
+        temperature=temperature,
+        seed=seed,
+        repetition_rule=repetition_rule,
+        rerank=rerank,
+        prosody_weight=prosody_weight,
+        controls=Controls(scheme=scheme),  # the scheme of the rerank's prosody score
+    )
     drawn = poet.sample(samples, options, prior=prior) if samples > 0 else []
     return EvaluationReport(
         likelihood=Likelihood(
@@ -555,6 +569,8 @@ def evaluate_run(
             temperature=temperature,
             prior=prior,
             repetition_rule=repetition_rule,
+            rerank=rerank,
+            prosody_weight=prosody_weight,
             seed=seed,
             scheme=scheme,
             device=str(device),

@@ -182,10 +182,16 @@ class Poet:
             generator.manual_seed(seed)
         return generator
 
+    @staticmethod
+    def _candidates(options: DecodeOptions) -> int:
+        """Candidates decoded per z: options.rerank, or 1 where decoding draws nothing
+        (greedy, beam search), which would decode the same poem every time."""
+        return 1 if options.greedy or options.beam > 1 else options.rerank
+
     def _samples(self, z: Tensor, options: DecodeOptions, generator: torch.Generator, *, with_z: bool) -> list[Sample]:
         """Decode z; with options.rerank > 1, decode that many candidates per z and keep the
         one with the best log-probability + prosody_weight * prosody_score."""
-        rerank = options.rerank
+        rerank = self._candidates(options)
         ids, logprob, backoff = generate(
             self.model,
             z.repeat_interleave(rerank, dim=0),
@@ -211,11 +217,13 @@ class Poet:
     def _decode_draws(
         self, n: int, options: DecodeOptions, draw: Callable[[int, torch.Generator], Tensor], *, with_z: bool
     ) -> Iterator[list[Sample]]:
-        """n poems, options.batch_size at a time: z = draw(size, generator), then decoded;
-        one generator, seeded with options.seed, for both."""
+        """n poems, options.batch_size decoded at a time (candidates of a rerank included):
+        z = draw(size, generator), then decoded; one generator, seeded with options.seed, for
+        both."""
         generator = self._generator(options.seed)
-        for start in range(0, n, options.batch_size):
-            size = min(options.batch_size, n - start)
+        per_batch = max(1, options.batch_size // self._candidates(options))
+        for start in range(0, n, per_batch):
+            size = min(per_batch, n - start)
             yield self._samples(draw(size, generator), options, generator, with_z=with_z)
 
     # ---- the operations ----------------------------------------------------------------

@@ -366,7 +366,19 @@ REPORT_KEYS = {
         "train_reconstruction_accuracy",
     },
     "samples": set(SAMPLE_STATS_KEYS),
-    "meta": {"poems", "unk_rate", "temperature", "prior", "repetition_rule", "seed", "scheme", "device", "seconds"},
+    "meta": {
+        "poems",
+        "unk_rate",
+        "temperature",
+        "prior",
+        "repetition_rule",
+        "rerank",
+        "prosody_weight",
+        "seed",
+        "scheme",
+        "device",
+        "seconds",
+    },
 }
 REPORT_KEYS["reference"] = REPORT_KEYS["samples"]
 

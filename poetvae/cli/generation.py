@@ -79,24 +79,32 @@ def sample(
     rerank: Annotated[
         int,
         typer.Option(
-            "--rerank", min=1, max=1024, help="candidates per z; keep the most likely", rich_help_panel="controls"
+            "--rerank",
+            min=1,
+            max=1024,
+            help="candidates per z; keep the best by --prosody-weight x prosody score + log-probability "
+            "(greedy and beam search decode one)",
+            rich_help_panel="controls",
         ),
-    ] = 1,
+    ] = 3,
     prosody_weight: Annotated[
         float,
         typer.Option(
             "--prosody-weight",
             callback=_finite,
-            help="with --rerank: weight of the rhyme/tone score",
+            help="with --rerank: weight of the prosody score (lines 2 and 4 rhyme on two characters; 二四异), "
+            "against the log-probability in nats (0: the most likely candidate)",
             rich_help_panel="controls",
         ),
-    ] = 0.0,
+    ] = 100.0,
     repetition_rule: RepetitionRule = True,
 ) -> None:
     """Draw z from the prior and decode well-formed quatrains, streaming them as they are made.
 
     The prior is N(0, I), or with --prior fitted a Gaussian fitted to the run's training poems
-    (RUN/prior.safetensors: `poetvae fit-prior`).
+    (RUN/prior.safetensors: `poetvae fit-prior`). By default each poem is the best of 3
+    candidates by prosody (--rerank 3 --prosody-weight 100: chosen by measurement,
+    docs/experiments.md), decoded with the repetition rule.
 
     Example: [bold]poetvae sample -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
     (the newest run in ./runs, else the bundled model; -m RUN to choose)

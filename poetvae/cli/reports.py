@@ -47,6 +47,7 @@ def _print_report(report: Any, source: str) -> None:
     out.print(table)
     prior = "" if meta.prior == "normal" else f", {meta.prior} prior"
     prior += "" if meta.repetition_rule else ", no repetition rule"
+    prior += f", best of {meta.rerank} (prosody weight {meta.prosody_weight:g})" if meta.rerank > 1 else ""
     stats = Table(title=f"samples (temperature {meta.temperature}{prior}) vs the held-out poems", title_justify="left")
     stats.add_column("")
     stats.add_column("samples", justify="right")
@@ -89,6 +90,12 @@ def evaluate(
     ] = False,
     device: Device = "auto",
     repetition_rule: RepetitionRule = True,
+    rerank: Annotated[
+        int, typer.Option("--rerank", min=1, max=1024, help="candidates per sample, the best kept (as sample)")
+    ] = 1,
+    prosody_weight: Annotated[
+        float, typer.Option("--prosody-weight", callback=_finite, help="with --rerank: as sample's")
+    ] = 0.0,
 ) -> None:
     """Measure a run: likelihood, latent use, and the statistics of its samples next to human verse.
 
@@ -117,6 +124,8 @@ def evaluate(
             prior=prior,
             pretraining=run.pretraining_poems(),
             repetition_rule=repetition_rule,
+            rerank=rerank,
+            prosody_weight=prosody_weight,
         )
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
