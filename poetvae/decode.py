@@ -40,8 +40,9 @@ from poetvae.vocab import BOS, EOS, PAD, UNK, Vocab
 class DecodeOptions:
     """Every decoding choice, from the CLI through Poet to generate.
 
-    generate reads temperature, top_k, top_p, greedy, beam, controls and repetition_rule; Poet also reads
-    the rest: which z (seed, infer_z), how many at a time, and the candidates per z.
+    generate reads temperature, top_k, top_p, greedy, beam, controls and repetition_rule;
+    Poet also reads the rest: which z (seed, infer_z), how many at a time, and the
+    candidates per z.
     """
 
     temperature: float = 1.0  # <1 sharper, >1 flatter
