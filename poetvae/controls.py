@@ -6,7 +6,9 @@
 - prefix: up to 3 whole lines are fixed (a given first line, or more).
   Fixed characters are hard constraints: they are never relaxed.
 - rhyme: the last characters of lines 2 and 4 share a rhyme group, and so does the last
-  character of line 1 when it is 平 (the form allows line 1 to rhyme or not). Without
+  character of line 1 when it is 平 (the form allows line 1 to rhyme or not); each rhyme
+  is a character of its own: line 4 never ends on line 2's character (重韵), nor a line on
+  the character of an earlier rhyme. Without
   `rhyme_group`, any 平 group (pingshui) or any group (xinyun) may be chosen, by whatever
   the decoder writes first at a rhyme position; with it, that group.
 - tones: 二四异 in every line, and the 粘对 pattern of the regular 五绝 across lines, with
@@ -36,7 +38,10 @@ from poetvae.form import FORM, is_han, split_verse
 from poetvae.vocab import SPECIALS, Vocab
 
 NONE, PING, ZE = 0, 1, 2  # required tone at a position / definite tone of a character
-BACKOFF_NAMES = ("tones", "rhyme")  # the order in which constraints are relaxed
+# What decoding may relax, as the columns of a Generation's backoff: the controls' tones,
+# then their rhyme (in that order), and the repetition rule (poetvae.repetition), which
+# gives way before either.
+BACKOFF_NAMES = ("tones", "rhyme", "repeats")
 
 # 粘对: the tone required at the 2nd (c=1) and 4th (c=3) character of each line, as
 # "same as s" (True) or "opposite of s" (False), where s is the tone of line 1's 2nd char.
@@ -138,6 +143,11 @@ class ControlTables:
         vocab.require_known(["".join(ch for _, ch in sorted(fixed.items()))])
         self.fixed_ok = fixed_ok.to(device)
 
+        # each token's last character, as an id (-1: none), so that a rhyme can be told apart
+        # from the same character again (重韵)
+        last_ids: dict[str, int] = {}
+        self.last_char = torch.tensor([last_ids.setdefault(t[-1], len(last_ids)) if t else -1 for t in real]).to(device)
+
         # rhyme groups of each token's last character
         names, rows = prosody.rhyme_mask(real, c.scheme)  # specials are "" -> no group
         self.end_groups = torch.tensor(rows, dtype=torch.bool).view(v, len(names)).to(device)
@@ -216,6 +226,7 @@ class ControlTables:
         return {
             "tone_pattern": torch.zeros(batch, dtype=torch.long, device=device),  # 粘对: NONE until decided
             "groups": self.start_groups.expand(batch, -1).clone(),  # rhyme groups still open
+            "rhymed": torch.full((batch, 2), -1, dtype=torch.long, device=device),  # the rhymes so far (last_char)
             "backoff": torch.zeros(batch, len(BACKOFF_NAMES), dtype=torch.bool, device=device),
         }
 
@@ -228,7 +239,9 @@ class ControlTables:
         allowed = hard
         if c.wants_rhyme and bool(self.rhyme_at[p].any()):
             in_group = (state["groups"].float() @ self.end_groups_t) > 0  # (B, V): ends in an open group
-            allowed = allowed & (~self.rhyme_check[p] | in_group)
+            rhymed = state["rhymed"]
+            again = (self.last_char == rhymed[:, :1]) | (self.last_char == rhymed[:, 1:])  # 重韵
+            allowed = allowed & (~self.rhyme_check[p] | (in_group & ~again))
         with_rhyme = allowed
         if c.tones:
             req = self.required[state["tone_pattern"]]  # (B, 21)
@@ -261,6 +274,11 @@ class ControlTables:
         if c.wants_rhyme:
             g = self.end_groups[token]  # (B, G)
             sets_group = self.rhyme_check[chars_written.clamp(max=FORM.chars), token]
+            # a rhyme: its character goes in the first free slot (two at most before line 4)
+            rhymed = state["rhymed"]
+            slot = (rhymed[:, 0] >= 0).long()
+            new = rhymed.scatter(1, slot[:, None], self.last_char[token][:, None])
+            state["rhymed"] = torch.where(sets_group[:, None], new, rhymed)
             narrowed = state["groups"] & g
             # after a back-off the chosen ending may share no open group: start from it
             narrowed = torch.where(narrowed.any(dim=1, keepdim=True), narrowed, g & self.start_groups)

@@ -8,6 +8,9 @@ real token (no <pad>/<unk>/<bos>) that fits in what is left of the current line;
 20 characters are out, only <eos> is allowed, and after <eos> only <pad>. Whatever the
 weights, even NaN or infinite ones, the output is well formed.
 
+On top of the form, the controls (poetvae.controls) and the repetition rule
+(poetvae.repetition) are masks of the same kind, with back-offs that never touch the form.
+
 The whole batch is decoded together: one decoder call per step for all poems
 (poetvae.step_decoder), masks precomputed once per vocabulary, no Python work per poem
 inside the loop. The next token is chosen by poetvae.sampling (mask, softmax at the
@@ -27,6 +30,7 @@ from poetvae.config import check_seed
 from poetvae.controls import BACKOFF_NAMES, Controls, ControlTables
 from poetvae.form import FORM
 from poetvae.model import RHYME_END, PoetVAE
+from poetvae.repetition import RepeatTables
 from poetvae.sampling import TokenMask, choose_allowed, choose_token, uniforms
 from poetvae.step_decoder import StepDecoder
 from poetvae.vocab import BOS, EOS, PAD, UNK, Vocab
@@ -36,8 +40,9 @@ from poetvae.vocab import BOS, EOS, PAD, UNK, Vocab
 class DecodeOptions:
     """Every decoding choice, from the CLI through Poet to generate.
 
-    generate reads temperature, top_k, top_p, greedy, beam and controls; Poet also reads
-    the rest: which z (seed, infer_z), how many at a time, and the candidates per z.
+    generate reads temperature, top_k, top_p, greedy, beam, controls and repetition_rule;
+    Poet also reads the rest: which z (seed, infer_z), how many at a time, and the
+    candidates per z.
     """
 
     temperature: float = 1.0  # <1 sharper, >1 flatter
@@ -48,6 +53,7 @@ class DecodeOptions:
     rerank: int = 1  # candidates decoded per z, the best kept (by logprob + prosody_weight * prosody score)
     prosody_weight: float = 0.0  # with rerank > 1: weight of the rhyme/tone score
     controls: Controls | None = None  # rhyme, tones, acrostic, given lines (poetvae.controls)
+    repetition_rule: bool = True  # forbid the repeats human verse avoids (poetvae.repetition)
     infer_z: bool = False  # z ~ q(z | the controls' prefix) instead of the prior N(0, I)
     seed: int | None = None  # fixes z and the draws (None: fresh randomness)
     batch_size: int = 2048  # poems decoded together
@@ -91,6 +97,13 @@ class DecodeTables:
         self.form = _FormMasks(chars, self.device)
         self.token_chars = chars.to(self.device)
         self._controls: dict[Controls, ControlTables] = {}
+        self._repeats: RepeatTables | None = None
+
+    def repeats(self) -> RepeatTables:
+        """The repetition rule's tables (poetvae.repetition), built at first use."""
+        if self._repeats is None:
+            self._repeats = RepeatTables(self.vocab, self.device)
+        return self._repeats
 
     def controls(self, controls: Controls | None) -> ControlTables | None:
         if controls is None or not controls.active:
@@ -115,25 +128,30 @@ def generate(
     Sampling (or greedy) by default; `options.beam` > 1 runs a beam search of that width
     per z (every hypothesis has the same 20 characters, so scores compare without length
     normalisation) and returns the best beam. `options.controls` adds rhyme, tones,
-    acrostic and prefix constraints (see poetvae.controls). Decoding is always without
-    dropout. `generator`: the draws' randomness; when None, a generator seeded with
-    options.seed, or torch's global one if that is None too. `tables`:
-    DecodeTables(model, vocab, z.device), to reuse across calls.
+    acrostic and prefix constraints (see poetvae.controls); `options.repetition_rule` (on
+    by default) forbids the repeats human verse avoids (poetvae.repetition), giving way
+    for a step where it would leave no token. Decoding is always without dropout.
+    `generator`: the draws' randomness; when None, a generator seeded with options.seed,
+    or torch's global one if that is None too. `tables`: DecodeTables(model, vocab,
+    z.device), to reuse across calls.
     """
     device = z.device
     if generator is None and options.seed is not None:
         generator = torch.Generator(device=device).manual_seed(options.seed)
     tables = tables or DecodeTables(model, vocab, device)
     control_tables = tables.controls(options.controls)
+    repeats = tables.repeats() if options.repetition_rule else None
     step, form, beam = tables.step, tables.form, options.beam
     b = z.size(0)
-    rows = _Rows(step, model, z.repeat_interleave(beam, dim=0), control_tables)
+    rows = _Rows(step, model, z.repeat_interleave(beam, dim=0), control_tables, repeats)
     # beam scores: (B, W); all beams start equal, so only the first is live at step 0
     scores = torch.full((b, beam), -math.inf, device=device)
     scores[:, 0] = 0.0
     for t in range(FORM.seq_len):
         hidden, rows.state = step(rows.prev, rows.chars_written, rows.z_gates, rows.state, rows.line_tone())
         mask = form.mask(rows, control_tables)
+        if repeats is not None:  # the repetition rule, on top of the form and the controls
+            mask = repeats.mask(mask, rows.chars_written, rows.control_state)
         if beam == 1:
             u = None if options.greedy else uniforms(b, device, generator)  # greedy draws nothing
             token, token_logp = choose_token(
@@ -167,17 +185,25 @@ def generate(
             if again.numel():
                 token[again] = choose_allowed(logp[again], mask.rows(parent[again], v), None, greedy=True)
             token_logp = logp.gather(1, token[:, None]).squeeze(1)
-        _advance(rows, t, token, token_logp, tables.token_chars, control_tables)
+        _advance(rows, t, token, token_logp, tables.token_chars, control_tables, repeats)
     best = torch.arange(b, device=device) * beam  # beam 0 of each z
     return Generation(rows.out[best], rows.logprob[best], rows.control_state["backoff"][best])
 
 
 def _advance(
-    rows: _Rows, t: int, token: Tensor, step_logp: Tensor, token_chars: Tensor, control_tables: ControlTables | None
+    rows: _Rows,
+    t: int,
+    token: Tensor,
+    step_logp: Tensor,
+    token_chars: Tensor,
+    control_tables: ControlTables | None,
+    repeats: RepeatTables | None,
 ) -> None:
     rows.logprob += torch.where(rows.finished, 0.0, step_logp)
     if control_tables is not None:
         control_tables.update(token, rows.chars_written, rows.control_state)
+    if repeats is not None:
+        repeats.update(token, rows.chars_written, rows.control_state)
     rows.out[:, t] = token
     rows.write_form(token)
     rows.chars_written += token_chars[token]
@@ -189,7 +215,14 @@ class _Rows:
     """Everything per row that decoding carries from step to step, so that beam search can
     reorder it all with one index."""
 
-    def __init__(self, step: StepDecoder, model: PoetVAE, z: Tensor, control_tables: ControlTables | None):
+    def __init__(
+        self,
+        step: StepDecoder,
+        model: PoetVAE,
+        z: Tensor,
+        control_tables: ControlTables | None,
+        repeats: RepeatTables | None = None,
+    ):
         b, device = z.size(0), z.device
         self.z_gates = step.z_gates(z)
         self.state = model.decoder.initial_state(z)  # the LSTM's (h, c)
@@ -203,6 +236,8 @@ class _Rows:
             if control_tables
             else {"backoff": torch.zeros(b, len(BACKOFF_NAMES), dtype=torch.bool, device=device)}
         )
+        if repeats is not None:  # the characters written so far (poetvae.repetition)
+            self.control_state.update(repeats.initial_state(b))
         # With form features: the tone class of each character written so far (column 20
         # takes what <eos> and <pad> write); line 2's rhyme group goes into z_gates.
         self.step = step

@@ -8,7 +8,8 @@ which lives with training in poetvae.train) is reported here too.
     mutual_information  I(x; z) under q (He et al. 2019's estimator)
     reconstruction_accuracy  characters recovered by greedy decoding of E_q[z|x]
                         (compared by form.matching_chars, as Poet.reconstruct does)
-    distinct_poems, distinct_n, copy_rates, rhyme_rate, tone_rate, well_formed_rate,
+    distinct_poems, distinct_n, copy_rates, rhyme_rate, same_char_rhyme_rate, tone_rate,
+    doubled_rate, thrice_rate, well_formed_rate,
     sample_stats        statistics of lists of poems (plain Python, no model)
     evaluate_run        the whole report, an EvaluationReport (`to_dict()` is
                         `poetvae evaluate --json`)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,12 +32,13 @@ import torch
 from torch import Tensor
 
 from poetvae.config import check_seed
+from poetvae.controls import Controls
 from poetvae.decode import DecodeOptions, DecodeTables, generate
 from poetvae.form import FORM, Poem, matching_chars
 from poetvae.model import PoetVAE
 from poetvae.poet import Poet, check_prior
 from poetvae.prior import seeded_rows
-from poetvae.prosody import check_scheme, rhyme_ok, tone_24_ok
+from poetvae.prosody import check_scheme, rhyme_ok, same_char_rhyme, tone_24_ok
 from poetvae.records import perplexity
 from poetvae.train import elbo_terms, eval_mode
 from poetvae.vocab import Vocab
@@ -211,7 +214,12 @@ def mutual_information(
 
 @torch.no_grad()
 def reconstruction_accuracy(
-    model: PoetVAE, tokens: Tensor, vocab: Vocab, batch_size: int = 1024, mu: Tensor | None = None
+    model: PoetVAE,
+    tokens: Tensor,
+    vocab: Vocab,
+    batch_size: int = 1024,
+    mu: Tensor | None = None,
+    repetition_rule: bool = True,
 ) -> float:
     """Share of the 20 characters that survive x -> mu(x) -> greedy decode, position by
     position:
@@ -222,6 +230,7 @@ def reconstruction_accuracy(
     Characters are compared, not token ids, so word (jieba) vocabularies are measured the
     same way; an input <unk> never matches, since the decoder never writes one.
     `mu` (N, Z): the posterior means of `tokens`, when the caller has them already.
+    `repetition_rule`: decode with it (the default, as Poet.reconstruct), or without.
     """
     device = _device(model)
     tokens = tokens.to(device)
@@ -234,7 +243,8 @@ def reconstruction_accuracy(
         for i in range(0, n, batch_size):
             batch = tokens[i : i + batch_size]
             means = model.encode(batch)[0] if mu is None else mu[i : i + batch_size].to(device)
-            ids = generate(model, means, vocab, DecodeOptions(greedy=True), tables=tables)[0]  # the token rows
+            options = DecodeOptions(greedy=True, repetition_rule=repetition_rule)
+            ids = generate(model, means, vocab, options, tables=tables)[0]  # the token rows
             for got, want in zip(ids.tolist(), batch.tolist()):
                 matches += sum(matching_chars(vocab.decode(want), vocab.decode(got)))
     return matches / (FORM.chars * n)
@@ -286,17 +296,36 @@ def copy_rates(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines]) -> 
     return copied, copied_lines
 
 
+def _quatrains(poems: Sequence[PoemLines]) -> list[tuple[str, ...]]:
+    return [lines for lines in map(_as_lines, poems) if len(lines) >= 4 and lines[1] and lines[3]]
+
+
 def rhyme_rate(poems: Sequence[PoemLines], scheme: str = "pingshui") -> float:
-    """Share of poems whose lines 2 and 4 end in rhyming characters (prosody.rhyme_ok: a
-    shared rhyme group, 平 or 仄). A poem with fewer than 4 lines or an empty line 2 or 4
-    counts as not rhyming. 0.0 for an empty list."""
+    """Share of poems whose lines 2 and 4 rhyme (prosody.rhyme_ok: a shared rhyme group, 平
+    or 仄, on two different characters; line 4 ending on line 2's own character, 重韵, is
+    no rhyme). A poem with fewer than 4 lines or an empty line 2 or 4 counts as not
+    rhyming. 0.0 for an empty list."""
     check_scheme(scheme)
-    ok = 0
-    for p in poems:
-        lines = _as_lines(p)
-        if len(lines) >= 4 and lines[1] and lines[3]:
-            ok += rhyme_ok(lines, scheme)
-    return ok / len(poems) if poems else 0.0
+    return sum(rhyme_ok(lines, scheme) for lines in _quatrains(poems)) / len(poems) if poems else 0.0
+
+
+def same_char_rhyme_rate(poems: Sequence[PoemLines]) -> float:
+    """重韵: share of poems whose line 4 ends on line 2's own character (prosody.same_char_rhyme),
+    which rhyme_rate counts as no rhyme. 0.0 for an empty list."""
+    return sum(same_char_rhyme(lines) for lines in _quatrains(poems)) / len(poems) if poems else 0.0
+
+
+def doubled_rate(poems: Sequence[PoemLines]) -> float:
+    """Share of poems with a character twice in a row inside a line: 叠字 (处处) or a
+    stutter (水水). 0.0 for an empty list."""
+    doubled = sum(any(a == b for line in _as_lines(p) for a, b in zip(line, line[1:])) for p in poems)
+    return doubled / len(poems) if poems else 0.0
+
+
+def thrice_rate(poems: Sequence[PoemLines]) -> float:
+    """Share of poems that use one character three times or more. 0.0 for an empty list."""
+    thrice = sum(max(Counter("".join(_as_lines(p))).values(), default=0) >= 3 for p in poems)
+    return thrice / len(poems) if poems else 0.0
 
 
 def tone_rate(poems: Sequence[PoemLines], scheme: str = "pingshui") -> float:
@@ -337,9 +366,15 @@ class SampleStats:
     distinct_2: float  # unique character bigrams / all bigrams within lines (distinct_n, n = 2)
     copied_poems: float  # share of poems found verbatim in the training split (copy_rates)
     copied_lines: float  # share of lines found verbatim among the training lines (copy_rates)
-    rhyme_rate: float  # share of poems whose lines 2 and 4 rhyme in the scheme (rhyme_rate)
+    rhyme_rate: float  # share of poems whose lines 2 and 4 rhyme in the scheme, on two different
+    # characters (rhyme_rate; before issue 21 a 重韵 counted as a rhyme too)
     tone_rate: float  # 二四异: share of decidable lines whose 2nd and 4th characters differ in 平仄
     well_formed: float  # share of poems of exactly 4 lines x 5 Han characters (well_formed_rate)
+    rhyme_pingshui: float  # rhyme_rate in 平水韵, whatever the scheme
+    rhyme_xinyun: float  # rhyme_rate in 中华新韵 (modern readings), whatever the scheme
+    same_char_rhyme: float  # 重韵: share of poems whose line 4 ends on line 2's character
+    doubled_char: float  # share of poems with a character twice in a row (doubled_rate)
+    char_3_times: float  # share of poems using one character 3 times or more (thrice_rate)
 
     def to_dict(self) -> dict[str, float | int]:
         return dataclasses.asdict(self)
@@ -360,6 +395,11 @@ def sample_stats(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines], s
         rhyme_rate=rhyme_rate(poems, scheme),
         tone_rate=tone_rate(poems, scheme),
         well_formed=well_formed_rate(poems),
+        rhyme_pingshui=rhyme_rate(poems, "pingshui"),
+        rhyme_xinyun=rhyme_rate(poems, "xinyun"),
+        same_char_rhyme=same_char_rhyme_rate(poems),
+        doubled_char=doubled_rate(poems),
+        char_3_times=thrice_rate(poems),
     )
 
 
@@ -404,6 +444,9 @@ class ReportMeta:
     # <unk>, which the likelihood then scores as <unk>)
     temperature: float  # evaluate_run's arguments
     prior: str  # where the samples' z came from: "normal" N(0, I) or "fitted" (poetvae.prior)
+    repetition_rule: bool  # whether samples and reconstructions were decoded with it (poetvae.repetition)
+    rerank: int  # candidates decoded per sample, the best kept (Poet.sample; 1: none)
+    prosody_weight: float  # with rerank > 1: the weight of the prosody score in that choice
     seed: int
     scheme: str
     device: str  # where the model ran
@@ -452,11 +495,18 @@ def evaluate_run(
     scheme: str = "pingshui",
     prior: str = "normal",
     pretraining: Sequence[Poem] = (),
+    repetition_rule: bool = True,
+    rerank: int = 1,
+    prosody_weight: float = 0.0,
 ) -> EvaluationReport:
     """Evaluate a trained model on held-out poems (the fields: EvaluationReport and the
     classes of its sections). `samples` poems are drawn from `prior` ("normal": N(0, I);
     "fitted": the run's fitted prior, poetvae.prior) at `temperature`, iw_nll uses
-    `iw_samples` samples per poem, rhymes and tones are read in `scheme`. Reconstruction
+    `iw_samples` samples per poem, rhymes and tones are read in `scheme` (and the rhyme
+    in both schemes too). Samples and reconstructions are decoded with the repetition rule
+    (poetvae.repetition) unless `repetition_rule` is False; each sample is the best of
+    `rerank` candidates by log-probability + `prosody_weight` x prosody score, as `poetvae
+    sample --rerank N --prosody-weight W` chooses it. Reconstruction
     accuracy is measured on the held-out poems and on at most TRAIN_RECONSTRUCTED
     training poems. Copies are counted against `train` and `pretraining` (the poems of the
     runs a fine-tuned model started from). Deterministic for a seed (on a given device).
@@ -482,12 +532,23 @@ def evaluate_run(
         latent_dim=0 if no_latent else model.cfg.latent_dim,
         active_units=0 if no_latent else au,
         mutual_information=mutual_information(mu, logvar, torch.Generator().manual_seed(seed)),
-        reconstruction_accuracy=reconstruction_accuracy(model, tokens, poet.vocab, mu=mu),
-        train_reconstruction_accuracy=reconstruction_accuracy(model, _train_sample(poet, train, seed), poet.vocab),
+        reconstruction_accuracy=reconstruction_accuracy(
+            model, tokens, poet.vocab, mu=mu, repetition_rule=repetition_rule
+        ),
+        train_reconstruction_accuracy=reconstruction_accuracy(
+            model, _train_sample(poet, train, seed), poet.vocab, repetition_rule=repetition_rule
+        ),
     )
 
     seen = [*train, *pretraining]  # everything the model was trained on, for the copy counts
-    options = DecodeOptions(temperature=temperature, seed=seed)
+    options = DecodeOptions(
+        temperature=temperature,
+        seed=seed,
+        repetition_rule=repetition_rule,
+        rerank=rerank,
+        prosody_weight=prosody_weight,
+        controls=Controls(scheme=scheme),  # the scheme of the rerank's prosody score
+    )
     drawn = poet.sample(samples, options, prior=prior) if samples > 0 else []
     return EvaluationReport(
         likelihood=Likelihood(
@@ -506,6 +567,9 @@ def evaluate_run(
             unk_rate=poet.vocab.unk_rate(lines),
             temperature=temperature,
             prior=prior,
+            repetition_rule=repetition_rule,
+            rerank=rerank,
+            prosody_weight=prosody_weight,
             seed=seed,
             scheme=scheme,
             device=str(device),

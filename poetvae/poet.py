@@ -183,10 +183,16 @@ class Poet:
             generator.manual_seed(seed)
         return generator
 
+    @staticmethod
+    def _candidates(options: DecodeOptions) -> int:
+        """Candidates decoded per z: options.rerank, or 1 where decoding draws nothing
+        (greedy, beam search), which would decode the same poem every time."""
+        return 1 if options.greedy or options.beam > 1 else options.rerank
+
     def _samples(self, z: Tensor, options: DecodeOptions, generator: torch.Generator, *, with_z: bool) -> list[Sample]:
         """Decode z; with options.rerank > 1, decode that many candidates per z and keep the
         one with the best log-probability + prosody_weight * prosody_score."""
-        rerank = options.rerank
+        rerank = self._candidates(options)
         ids, logprob, backoff = generate(
             self.model,
             z.repeat_interleave(rerank, dim=0),
@@ -212,11 +218,13 @@ class Poet:
     def _decode_draws(
         self, n: int, options: DecodeOptions, draw: Callable[[int, torch.Generator], Tensor], *, with_z: bool
     ) -> Iterator[list[Sample]]:
-        """n poems, options.batch_size at a time: z = draw(size, generator), then decoded;
-        one generator, seeded with options.seed, for both."""
+        """n poems, options.batch_size decoded at a time (candidates of a rerank included):
+        z = draw(size, generator), then decoded; one generator, seeded with options.seed, for
+        both."""
         generator = self._generator(options.seed)
-        for start in range(0, n, options.batch_size):
-            size = min(options.batch_size, n - start)
+        per_batch = max(1, options.batch_size // self._candidates(options))
+        for start in range(0, n, per_batch):
+            size = min(per_batch, n - start)
             yield self._samples(draw(size, generator), options, generator, with_z=with_z)
 
     # ---- the operations ----------------------------------------------------------------
@@ -273,12 +281,19 @@ class Poet:
         return [s for batch in self.iter_sample(n, options, with_z=with_z, prior=prior) for s in batch]
 
     def reconstruct(
-        self, poems: Sequence[PoemLike], allow_unk: bool = False, *, batch_size: int = 1024
+        self,
+        poems: Sequence[PoemLike],
+        allow_unk: bool = False,
+        *,
+        batch_size: int = 1024,
+        repetition_rule: bool = True,
     ) -> list[Reconstruction]:
         """Each poem next to its reconstruction: the greedy decode of its posterior mean,
         compared character by character (Reconstruction.same, .accuracy). Unknown
         characters raise VocabError naming them, unless allow_unk reads them as <unk>
-        (which never matches: the decoder does not write it)."""
+        (which never matches: the decoder does not write it). repetition_rule: decode with
+        the repetition rule (poetvae.repetition), as every decode does by default, so that
+        the reconstructions are the ends of a greedy interpolation path."""
         self._require_latent("reconstruct a poem")
         given = [p if isinstance(p, Poem) else Poem(self._lines(p)) for p in poems]
         tokens = self.tokens(given, allow_unk)
@@ -286,7 +301,7 @@ class Poet:
         for i in range(0, len(given), batch_size):
             with torch.no_grad():
                 mu, _ = self.model.encode(tokens[i : i + batch_size])
-            decoded = self.decode(mu, DecodeOptions(greedy=True))
+            decoded = self.decode(mu, DecodeOptions(greedy=True, repetition_rule=repetition_rule))
             out += [Reconstruction.of(g, d) for g, d in zip(given[i : i + batch_size], decoded)]
         return out
 

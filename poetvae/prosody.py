@@ -468,16 +468,29 @@ def _last_char(line: str) -> str:
     return pieces[-1][-1]
 
 
+def _rhyme_ends(poem_lines: Sequence[str] | str) -> tuple[str, str]:
+    lines = split_verse(poem_lines) if isinstance(poem_lines, str) else list(poem_lines)
+    if len(lines) < 4:
+        raise CorpusError(f"a quatrain needs 4 lines, got {len(lines)}: {poem_lines!r}")
+    return _last_char(lines[1]), _last_char(lines[3])
+
+
 def rhyme_ok(poem_lines: Sequence[str] | str, scheme: str = "pingshui") -> bool:
-    """True when the last characters of lines 2 and 4 rhyme (share a group, 平 or 仄).
+    """True when lines 2 and 4 rhyme: their last characters share a group (平 or 仄) and
+    are two different characters. Ending line 4 on line 2's own character (重韵,
+    :func:`same_char_rhyme`) rhymes nothing and is no rhyme here.
 
     ``poem_lines`` is a list of lines, or a whole poem as a string, which is split with
     :func:`poetvae.form.split_verse`.
     """
-    lines = split_verse(poem_lines) if isinstance(poem_lines, str) else list(poem_lines)
-    if len(lines) < 4:
-        raise CorpusError(f"a quatrain needs 4 lines, got {len(lines)}: {poem_lines!r}")
-    return rhymes(_last_char(lines[1]), _last_char(lines[3]), scheme)
+    a, b = _rhyme_ends(poem_lines)
+    return a != b and rhymes(a, b, scheme)
+
+
+def same_char_rhyme(poem_lines: Sequence[str] | str) -> bool:
+    """重韵: True when line 4 ends on the character that ends line 2."""
+    a, b = _rhyme_ends(poem_lines)
+    return a == b
 
 
 def tone_24_ok(line: str, scheme: str = "pingshui") -> bool | None:

@@ -84,6 +84,7 @@ class _ControlOptions(_Body):
     rhyme_group: Text | None = Field(None, description="rhyme in this group, e.g. 七阳 (implies rhyme)")
     scheme: Literal["pingshui", "xinyun"] = "pingshui"
     tones: bool = Field(False, description="二四异 and the 粘对 pattern of the regular 五绝")
+    repetition_rule: bool = Field(True, description="forbid the repeats human verse avoids (poetvae.repetition)")
     beam: int = Field(1, ge=1, le=MAX_BEAM, description="beam-search width (1: sample)")
 
 
@@ -100,8 +101,9 @@ class SampleRequest(_ControlOptions):
     first_line: Text | None = Field(None, description="a given first line of 5 characters")
     prefix: Text | None = Field(None, description="1 to 3 given lines, e.g. 白日依山尽，黄河入海流")
     infer_z: bool = Field(False, description="z from the encoder applied to the prefix, not the prior")
-    rerank: int = Field(1, ge=1, le=MAX_RERANK, description="candidates per z; keep the most likely")
-    prosody_weight: float = Field(0.0, description="with rerank: weight of the rhyme/tone score")
+    # the defaults of `poetvae sample`, chosen by measurement (docs/experiments.md)
+    rerank: int = Field(3, ge=1, le=MAX_RERANK, description="candidates per z; keep the best by prosody_weight")
+    prosody_weight: float = Field(100.0, description="with rerank: weight of the rhyme/tone score")
 
     @model_validator(mode="after")
     def _within_limits(self) -> SampleRequest:
@@ -131,6 +133,7 @@ class VaryRequest(_ControlOptions):
 class ReconstructRequest(_Body):
     poems: list[Text] = Field(min_length=1, max_length=MAX_POEMS)
     allow_unk: bool = False
+    repetition_rule: bool = Field(True, description="decode with the repetition rule, as interpolate's ends are")
 
 
 class InterpolateRequest(_ControlOptions):
@@ -372,6 +375,7 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
                 rerank=body.rerank,
                 prosody_weight=body.prosody_weight,
                 controls=controls,
+                repetition_rule=body.repetition_rule,
                 infer_z=body.infer_z,
                 seed=body.seed,
             )
@@ -391,6 +395,7 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
                 greedy=body.greedy,
                 beam=body.beam,
                 controls=_controls(body, body.acrostic),
+                repetition_rule=body.repetition_rule,
                 seed=body.seed,
             )
             poems = poet.vary(given, body.n, options, spread=body.spread, allow_unk=body.allow_unk, with_z=body.with_z)
@@ -409,7 +414,7 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
                     given.append(parse_poem(text))
                 except PoetVAEError as e:  # which poem, as `poetvae reconstruct` says it
                     raise type(e)(f"poem {i}: {e}") from None
-            return [reconstruction_record(r) for r in poet.reconstruct(given, allow_unk=body.allow_unk)]
+            return [reconstruction_record(r) for r in poet.reconstruct(given, allow_unk=body.allow_unk, repetition_rule=body.repetition_rule)]
 
         records = await infer(work)
         return {"poems": records, "accuracy": round(math.fsum(r["accuracy"] for r in records) / len(records), 4)}
@@ -422,7 +427,12 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
         def work() -> dict[str, Any]:
             a, b = parse_poem(body.poem_a), parse_poem(body.poem_b)
             options = DecodeOptions(
-                temperature=body.temp, greedy=not body.sample, beam=body.beam, controls=_controls(body), seed=body.seed
+                temperature=body.temp,
+                greedy=not body.sample,
+                beam=body.beam,
+                controls=_controls(body),
+                repetition_rule=body.repetition_rule,
+                seed=body.seed,
             )
             path = poet.interpolate(
                 a, b, steps=body.steps, method=body.method, options=options, allow_unk=body.allow_unk

@@ -82,8 +82,9 @@ def controls_strategy(draw):
     greedy=st.booleans(),
     beam=st.sampled_from([1, 1, 3]),
     temperature=st.floats(0.2, 3.0),
+    rule=st.booleans(),
 )
-def test_random_models_meet_every_control(seed, controls, words, greedy, beam, temperature):
+def test_random_models_meet_every_control(seed, controls, words, greedy, beam, temperature, rule):
     torch.manual_seed(seed)
     vocab = make_vocab(words)
     model = PoetVAE(
@@ -94,7 +95,7 @@ def test_random_models_meet_every_control(seed, controls, words, greedy, beam, t
         model,
         z,
         vocab,
-        DecodeOptions(temperature, greedy=greedy, controls=controls, beam=beam),
+        DecodeOptions(temperature, greedy=greedy, controls=controls, beam=beam, repetition_rule=rule),
         generator=torch.Generator().manual_seed(seed),
     )
     assert_well_formed(vocab, ids)
@@ -111,6 +112,10 @@ def test_random_models_meet_every_control(seed, controls, words, greedy, beam, t
                 assert controls.rhyme_group in prosody.rhyme_groups(lines[3][-1])
             if tone(lines[0][-1]) is Tone.PING and not controls.prefix:
                 assert prosody.rhymes(lines[0][-1], lines[3][-1]), lines
+            # each rhyme on a character of its own: no 重韵, with or without the repetition rule
+            assert lines[3][-1] != lines[1][-1], lines
+            if tone(lines[0][-1]) is Tone.PING:
+                assert lines[0][-1] not in (lines[1][-1], lines[3][-1]), lines
         if controls.tones and not relaxed[0] and not controls.prefix:
             check_tones(lines)
 

@@ -289,6 +289,22 @@ def test_poet_samples_are_poems(trained_run):
     ]
 
 
+def test_a_rerank_by_prosody_keeps_the_best_candidate_and_the_batch_size(trained_run):
+    """rerank N decodes N candidates per z, batch_size rows at a time (candidates included),
+    and keeps the best by prosody first when the prosody weight is large; greedy decoding and
+    beam search decode one (every candidate would be the same poem)."""
+    from poetvae.prosody import prosody_score
+
+    poet = Poet.load(trained_run, device="cpu")
+    best = poet.sample(7, DecodeOptions(seed=0, rerank=3, prosody_weight=100.0, batch_size=4))
+    assert len(best) == 7 and all(FORM.fits(s.lines) for s in best)
+    plain = poet.sample(21, DecodeOptions(seed=0))
+    mean = lambda poems: sum(prosody_score(p.lines) for p in poems) / len(poems)  # noqa: E731
+    assert mean(best) > mean(plain)
+    greedy = DecodeOptions(greedy=True, seed=0)
+    assert poet.sample(4, dataclasses.replace(greedy, rerank=3)) == poet.sample(4, greedy)
+
+
 # ---- weights gone wrong: NaN, infinite or huge ------------------------------------------
 BROKEN_VALUES = [math.nan, math.inf, -math.inf, 1e30, -1e30, 3e38]
 

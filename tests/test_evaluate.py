@@ -297,6 +297,30 @@ def test_rhyme_and_tone_rates_on_known_poems():
         ev.rhyme_rate([JINGYESI], scheme="nope")
 
 
+def test_a_rhyme_on_the_same_character_is_no_rhyme():
+    """重韵 (line 4 ending on line 2's own character) rhymes in every group check, and is no
+    rhyme in any rhyme figure: it is reported on its own."""
+    chongyun = JINGYESI[:3] + ("低头思故霜",)  # 霜 / 霜
+    assert ev.rhyme_rate([chongyun]) == 0.0 and ev.rhyme_rate([chongyun], "xinyun") == 0.0
+    assert ev.rhyme_rate([JINGYESI, chongyun]) == 0.5
+    assert ev.same_char_rhyme_rate([JINGYESI, chongyun]) == 0.5
+    assert ev.same_char_rhyme_rate([JINGYESI]) == 0.0 and ev.same_char_rhyme_rate([]) == 0.0
+    stats = ev.sample_stats([JINGYESI, chongyun], [])
+    assert stats.rhyme_rate == stats.rhyme_pingshui == stats.rhyme_xinyun == 0.5
+    assert stats.same_char_rhyme == 0.5
+
+
+def test_doubled_and_thrice_rates():
+    diezi = ("处处闻啼鸟", "夜来风雨声", "花落知多少", "春眠不觉晓")  # 处处: a doubled character
+    across = ("床前明月光", "光是地上霜", "举头望明月", "低头思故乡")  # 光 / 光 across a line break: not doubled
+    thrice = ("山中山色好", "山下水长流", "欲穷千里目", "更上一层楼")  # 山 three times
+    assert ev.doubled_rate([diezi, across, thrice]) == pytest.approx(1 / 3)
+    assert ev.thrice_rate([diezi, across, thrice]) == pytest.approx(1 / 3)
+    assert ev.doubled_rate([]) == 0.0 and ev.thrice_rate([]) == 0.0
+    stats = ev.sample_stats([diezi, thrice], [])
+    assert stats.doubled_char == 0.5 and stats.char_3_times == 0.5
+
+
 def test_well_formed_rate():
     head = JINGYESI[:3]
     bad = [head, head + ("低头思故乡啊",), head + ("低头思故x",), head + ("低头，故乡",)]
@@ -314,6 +338,11 @@ SAMPLE_STATS_KEYS = [
     "rhyme_rate",
     "tone_rate",
     "well_formed",
+    "rhyme_pingshui",
+    "rhyme_xinyun",
+    "same_char_rhyme",
+    "doubled_char",
+    "char_3_times",
 ]
 
 
@@ -337,7 +366,19 @@ REPORT_KEYS = {
         "train_reconstruction_accuracy",
     },
     "samples": set(SAMPLE_STATS_KEYS),
-    "meta": {"poems", "unk_rate", "temperature", "prior", "seed", "scheme", "device", "seconds"},
+    "meta": {
+        "poems",
+        "unk_rate",
+        "temperature",
+        "prior",
+        "repetition_rule",
+        "rerank",
+        "prosody_weight",
+        "seed",
+        "scheme",
+        "device",
+        "seconds",
+    },
 }
 REPORT_KEYS["reference"] = REPORT_KEYS["samples"]
 
@@ -369,8 +410,10 @@ def test_evaluate_run_on_a_trained_model(trained_run, prepared):
     assert 0 <= lat.active_units <= lat.latent_dim
     assert lat.mutual_information <= math.log(len(test)) + 0.5
     assert 0 <= lat.reconstruction_accuracy <= 1 and 0 <= lat.train_reconstruction_accuracy <= 1
-    assert report.meta.prior == "normal"
+    assert report.meta.prior == "normal" and report.meta.repetition_rule is True
     assert report.samples.poems == 50 and report.samples.well_formed == 1.0
+    # the repetition rule: no character a third time, no 重韵 (the tiny vocabulary is large enough)
+    assert report.samples.char_3_times == 0.0 and report.samples.same_char_rhyme == 0.0
     assert report.reference.well_formed == 1.0
     assert report.reference.copied_poems == 0.0  # the splits are disjoint
     assert report.meta.unk_rate >= 0 and report.meta.scheme == "pingshui"

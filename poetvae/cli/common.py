@@ -256,6 +256,15 @@ Beam = Annotated[
     int, typer.Option("--beam", min=1, max=MAX_BEAM, help="beam-search width (1: sample)", rich_help_panel="controls")
 ]
 Device = Annotated[str, typer.Option("--device", callback=_device, help="auto, cpu, cuda, cuda:N, mps")]
+RepetitionRule = Annotated[
+    bool,
+    typer.Option(
+        "--repetition-rule/--no-repetition-rule",
+        help="forbid the repeats human verse avoids: a stutter that is no corpus 叠字, a character a third time, "
+        "a word loop, two lines ending on one character (重韵)",
+        rich_help_panel="controls",
+    ),
+]
 Acrostic = Annotated[
     str | None,
     typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines", rich_help_panel="controls"),

@@ -17,6 +17,7 @@ from poetvae.cli.common import (
     Greedy,
     PoemFormat,
     Prior,
+    RepetitionRule,
     Rhyme,
     RhymeGroup,
     RunDir,
@@ -82,24 +83,29 @@ def sample(
             "--rerank",
             min=1,
             max=MAX_RERANK,
-            help="candidates per z; keep the most likely",
+            help="candidates per z; keep the best by --prosody-weight x prosody score + log-probability "
+            "(greedy and beam search decode one)",
             rich_help_panel="controls",
         ),
-    ] = 1,
+    ] = 3,
     prosody_weight: Annotated[
         float,
         typer.Option(
             "--prosody-weight",
             callback=_finite,
-            help="with --rerank: weight of the rhyme/tone score",
+            help="with --rerank: weight of the prosody score (lines 2 and 4 rhyme on two characters; 二四异), "
+            "against the log-probability in nats (0: the most likely candidate)",
             rich_help_panel="controls",
         ),
-    ] = 0.0,
+    ] = 100.0,
+    repetition_rule: RepetitionRule = True,
 ) -> None:
     """Draw z from the prior and decode well-formed quatrains, streaming them as they are made.
 
     The prior is N(0, I), or with --prior fitted a Gaussian fitted to the run's training poems
-    (RUN/prior.safetensors: `poetvae fit-prior`).
+    (RUN/prior.safetensors: `poetvae fit-prior`). By default each poem is the best of 3
+    candidates by prosody (--rerank 3 --prosody-weight 100: chosen by measurement,
+    docs/experiments.md), decoded with the repetition rule.
 
     Example: [bold]poetvae sample -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
     (the newest run in ./runs, else the bundled model; -m RUN to choose)
@@ -128,6 +134,7 @@ def sample(
             rerank=rerank,
             prosody_weight=prosody_weight,
             controls=controls,
+            repetition_rule=repetition_rule,
             infer_z=infer_z,
             seed=seed,
             batch_size=batch_size,
@@ -161,6 +168,7 @@ def interpolate(
     scheme: Scheme = "pingshui",
     tones: Tones = False,
     beam: Beam = 1,
+    repetition_rule: RepetitionRule = True,
 ) -> None:
     """Walk the latent space from poem A to poem B (posterior means), decoding each point.
 
@@ -181,7 +189,14 @@ def interpolate(
         poet = Poet.load(use_model(model), device=device)
         check_decode_memory(steps * beam, len(poet.vocab), f"--steps {steps}, --beam {beam}")
         controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
-        options = DecodeOptions(temperature=temp, greedy=not sample_, beam=beam, controls=controls, seed=seed)
+        options = DecodeOptions(
+            temperature=temp,
+            greedy=not sample_,
+            beam=beam,
+            controls=controls,
+            repetition_rule=repetition_rule,
+            seed=seed,
+        )
         path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)
     if fmt == "json":
         from poetvae.poem_json import path_records

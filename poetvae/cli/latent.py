@@ -18,6 +18,7 @@ from poetvae.cli.common import (
     Device,
     Greedy,
     PoemFormat,
+    RepetitionRule,
     Rhyme,
     RhymeGroup,
     RunDir,
@@ -98,6 +99,7 @@ def reconstruct(
     fmt: TableFormat = "table",
     allow_unk: AllowUnk = False,
     device: Device = "auto",
+    repetition_rule: RepetitionRule = True,
 ) -> None:
     """Encode poems and decode their posterior means greedily: what the latent code keeps of each.
 
@@ -109,7 +111,8 @@ def reconstruct(
         raise typer.BadParameter("give poems as arguments or with --file")
     with user_errors():
         given = _read_poems(poems or [], file)
-        recs = Poet.load(use_model(model), device=device).reconstruct(given, allow_unk=allow_unk)
+        poet = Poet.load(use_model(model), device=device)
+        recs = poet.reconstruct(given, allow_unk=allow_unk, repetition_rule=repetition_rule)
     if fmt == "table":
         _print_reconstructions(recs)
         return
@@ -144,6 +147,7 @@ def vary(
     tones: Tones = False,
     acrostic: Acrostic = None,
     beam: Beam = 1,
+    repetition_rule: RepetitionRule = True,
 ) -> None:
     """Variations of a poem: z drawn around its posterior q(z|x), decoded (controls as in sample).
 
@@ -158,7 +162,9 @@ def vary(
         given = parse_poem(poem)
         controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, None)
         poet = Poet.load(use_model(model), device=device)
-        options = DecodeOptions(temperature=temp, greedy=greedy, beam=beam, controls=controls, seed=seed)
+        options = DecodeOptions(
+            temperature=temp, greedy=greedy, beam=beam, controls=controls, repetition_rule=repetition_rule, seed=seed
+        )
         check_decode_memory(min(options.batch_size, n) * beam, len(poet.vocab), f"-n {n}, --beam {beam}")
         for batch in poet.iter_vary(given, n, options, spread=spread, allow_unk=allow_unk, with_z=with_z):
             _emit(batch, fmt, with_z)  # streamed, as sample: a large -n holds one batch at a time

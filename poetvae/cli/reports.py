@@ -14,6 +14,7 @@ from rich.table import Table
 from poetvae.cli.common import (
     Device,
     Prior,
+    RepetitionRule,
     Scheme,
     TrainedRun,
     _finite,
@@ -45,6 +46,8 @@ def _print_report(report: Any, source: str) -> None:
     table.add_row("  on training poems", f"{lt.train_reconstruction_accuracy:.1%}")
     out.print(table)
     prior = "" if meta.prior == "normal" else f", {meta.prior} prior"
+    prior += "" if meta.repetition_rule else ", no repetition rule"
+    prior += f", best of {meta.rerank} (prosody weight {meta.prosody_weight:g})" if meta.rerank > 1 else ""
     stats = Table(title=f"samples (temperature {meta.temperature}{prior}) vs the held-out poems", title_justify="left")
     stats.add_column("")
     stats.add_column("samples", justify="right")
@@ -57,8 +60,12 @@ def _print_report(report: Any, source: str) -> None:
         ("distinct-2", "distinct_2", "{:.3f}"),
         ("copied poems", "copied_poems", "{:.1%}"),
         ("copied lines", "copied_lines", "{:.1%}"),
-        (f"rhyme rate ({meta.scheme})", "rhyme_rate", "{:.1%}"),
+        ("rhyme, 平水韵 (two different characters)", "rhyme_pingshui", "{:.1%}"),
+        ("rhyme, 中华新韵 (two different characters)", "rhyme_xinyun", "{:.1%}"),
+        ("重韵 (line 4 ends on line 2's character)", "same_char_rhyme", "{:.1%}"),
         ("二四异 rate", "tone_rate", "{:.1%}"),
+        ("a character twice in a row", "doubled_char", "{:.1%}"),
+        ("a character 3 times or more", "char_3_times", "{:.1%}"),
         ("well formed", "well_formed", "{:.1%}"),
     ]
     for label, name, fmt in rows:
@@ -84,6 +91,13 @@ def evaluate(
         bool, typer.Option("--json", help="print the report as JSON (keys: poetvae.evaluate.evaluate_run)")
     ] = False,
     device: Device = "auto",
+    repetition_rule: RepetitionRule = True,
+    rerank: Annotated[
+        int, typer.Option("--rerank", min=1, max=1024, help="candidates per sample, the best kept (as sample)")
+    ] = 1,
+    prosody_weight: Annotated[
+        float, typer.Option("--prosody-weight", callback=_finite, help="with --rerank: as sample's")
+    ] = 0.0,
 ) -> None:
     """Measure a run: likelihood, latent use, and the statistics of its samples next to human verse.
 
@@ -111,6 +125,9 @@ def evaluate(
             scheme=scheme,
             prior=prior,
             pretraining=run.pretraining_poems(),
+            repetition_rule=repetition_rule,
+            rerank=rerank,
+            prosody_weight=prosody_weight,
         )
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
