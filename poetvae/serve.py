@@ -414,7 +414,8 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
                     given.append(parse_poem(text))
                 except PoetVAEError as e:  # which poem, as `poetvae reconstruct` says it
                     raise type(e)(f"poem {i}: {e}") from None
-            return [reconstruction_record(r) for r in poet.reconstruct(given, allow_unk=body.allow_unk, repetition_rule=body.repetition_rule)]
+            done = poet.reconstruct(given, allow_unk=body.allow_unk, repetition_rule=body.repetition_rule)
+            return [reconstruction_record(r) for r in done]
 
         records = await infer(work)
         return {"poems": records, "accuracy": round(math.fsum(r["accuracy"] for r in records) / len(records), 4)}
