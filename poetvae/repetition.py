@@ -242,6 +242,14 @@ class RepeatTables:
             return mask
         chars = state["repeat_chars"]
         b = chars.size(0)
+        if self.identity and mask.same_for_all_rows:
+            p = chars_written.clamp(max=FORM.chars)
+            ids = torch.cat([self._used_up(chars), *self._at_next(p, chars)], dim=1)
+            ids = torch.where(ids == self.pad, UNK, ids)  # <unk>, forbidden anyway, for "none"
+            if self.vocab_size - mask.forbidden.numel() > ids.size(1):
+                # every row keeps a token: the few ids per row ride along with the shared
+                # columns, and no (B, V) mask is built
+                return TokenMask(forbidden=mask.forbidden, extra=ids)
         if mask.allowed is not None:
             allowed = mask.allowed.clone()
         else:

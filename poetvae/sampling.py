@@ -44,38 +44,51 @@ EXP_SAFE = 75.0
 class TokenMask:
     """Which tokens may come next, in the cheapest form that says it: `forbidden` (K,), the
     columns forbidden to every row (when every row is at the same point of the form: always
-    so for a character vocabulary without controls), or `allowed` (B, V) bool per row."""
+    so for a character vocabulary without controls), optionally with `extra` (B, k), a few
+    more ids forbidden to each row (the repetition rule's: the characters a row has used
+    up); or `allowed` (B, V) bool per row. The sparse forms cost a few (B, k) lookups where
+    the dense one costs a pass over (B, V)."""
 
-    def __init__(self, *, allowed: Tensor | None = None, forbidden: Tensor | None = None):
-        if (allowed is None) == (forbidden is None):
-            raise ValueError("a TokenMask is either allowed tokens per row or forbidden columns")
-        self.allowed, self.forbidden = allowed, forbidden
+    def __init__(self, *, allowed: Tensor | None = None, forbidden: Tensor | None = None, extra: Tensor | None = None):
+        if (allowed is None) == (forbidden is None) or (extra is not None and forbidden is None):
+            raise ValueError("a TokenMask is either allowed tokens per row or forbidden columns (and ids per row)")
+        self.allowed, self.forbidden, self.extra = allowed, forbidden, extra
+
+    @property
+    def same_for_all_rows(self) -> bool:
+        return self.allowed is None and self.extra is None
 
     def fill_(self, x: Tensor, value: float) -> Tensor:
         """Set the forbidden entries of x (B, V) to value, in place."""
         if self.allowed is None:
-            return x.index_fill_(1, self.forbidden, value)
+            x.index_fill_(1, self.forbidden, value)
+            return x if self.extra is None else x.scatter_(1, self.extra, value)
         return x.masked_fill_(~self.allowed, value)
 
     def dense(self, like: Tensor) -> Tensor:
         """The allowed tokens as a (B, V) bool, for scores `like` (B, V)."""
         if self.allowed is not None:
             return self.allowed
-        return torch.ones_like(like, dtype=torch.bool).index_fill_(1, self.forbidden, False)
+        return self.fill_(torch.ones_like(like, dtype=torch.bool), False)
 
     def rows(self, index: Tensor, vocab_size: int) -> Tensor:
         """The allowed tokens of the rows `index` (n,), as an (n, V) bool."""
         if self.allowed is not None:
             return self.allowed[index]
         allowed = torch.ones(index.numel(), vocab_size, dtype=torch.bool, device=index.device)
-        return allowed.index_fill_(1, self.forbidden, False)
+        allowed.index_fill_(1, self.forbidden, False)
+        return allowed if self.extra is None else allowed.scatter_(1, self.extra[index], False)
 
     def allows(self, token: Tensor, vocab_size: int, rows: Tensor | None = None) -> Tensor:
         """(B,) bool: whether each token (B,) is allowed in its row, or in row rows[i] when
         given; B lookups, no pass over (B, V)."""
         if self.allowed is None:
             ok = torch.ones(vocab_size, dtype=torch.bool, device=token.device)
-            return ok.index_fill_(0, self.forbidden, False)[token]
+            ok = ok.index_fill_(0, self.forbidden, False)[token]
+            if self.extra is not None:
+                extra = self.extra if rows is None else self.extra[rows]
+                ok &= ~(extra == token[:, None]).any(dim=1)
+            return ok
         if rows is None:
             return self.allowed.gather(1, token[:, None]).squeeze(1)
         return self.allowed[rows, token]
@@ -250,7 +263,7 @@ def _choose_unshifted(
     """choose_token for logits whose exp, at temperature 1 and at 1 / scale, is a normal fp32
     number whatever the row (see EXP_SAFE): weights exp(scale * logits) in place, and the
     model's normaliser sum(exp(logits)) from the same pass at temperature 1."""
-    same_for_all_rows = mask.allowed is None
+    same_for_all_rows = mask.same_for_all_rows
     # fp32 sums (a float64 accumulator is a slow, unvectorised path), in float64 after
     if scale == 1.0:
         weights = logits.exp_()

@@ -40,9 +40,10 @@ def make_vocab(words: bool = False) -> Vocab:
 
 def tiny_model(vocab: Vocab, seed: int = 0) -> PoetVAE:
     torch.manual_seed(seed)
-    return PoetVAE(
-        ModelConfig(vocab_size=len(vocab), embed_dim=8, highway_layers=1, hidden_dim=8, latent_dim=3, dropout=0.0)
-    ).eval()
+    # the full output layer: one bias per token, for the tests that make a model love one
+    sizes = dict(embed_dim=8, highway_layers=1, hidden_dim=8, latent_dim=3, dropout=0.0)
+    cfg = ModelConfig(vocab_size=len(vocab), **sizes, output_layer="full")
+    return PoetVAE(cfg).eval()
 
 
 def loving(vocab: Vocab, favourites: dict[str, float], seed: int = 0) -> PoetVAE:
