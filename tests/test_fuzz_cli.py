@@ -419,7 +419,11 @@ def command(draw, world: dict[str, Path]) -> list[str]:
     return ["bench", *draw(flags(BENCH_FLAGS))]
 
 
-def _fake_bench_size(name, cfg, device, batch_size, sample_batch, steps, repeats, peak) -> dict:
+def _fake_matmul_rate(device, repeats=5, dtype=None) -> dict:
+    return {"flops": 1e9, "n": 1, "dtype": str(dtype)}
+
+
+def _fake_bench_size(name, cfg, device, batch_size, sample_batch, steps, repeats, peak, train_amp=None) -> dict:
     """bench_size's keys without the measuring: the flags' values flow into the table."""
     return {
         "size": name,
@@ -432,6 +436,7 @@ def _fake_bench_size(name, cfg, device, batch_size, sample_batch, steps, repeats
         "sample_poems_per_s": float(sample_batch),
         "sample_fraction_of_peak": sample_batch / peak,
         "greedy_poems_per_s": float(repeats),
+        "rhyme_tones_poems_per_s": float(repeats),
         "peak_memory_bytes": 0,
     }
 
@@ -467,7 +472,7 @@ def test_no_command_line_ends_in_a_traceback(world):
     owned = {name: files_of(world[name]) for name in ("run", "prep", "mine", "notes.txt")}
     with (
         mock.patch.object(poetvae.bench, "bench_size", _fake_bench_size),
-        mock.patch.object(poetvae.bench, "matmul_rate", lambda device: {"flops": 1e9, "n": 1, "dtype": "fp32"}),
+        mock.patch.object(poetvae.bench, "matmul_rate", _fake_matmul_rate),
         mock.patch.object(poetvae.corpus, "MAX_CORPUS_BYTES", SMALL_CEILING),
     ):
         one_command()

@@ -234,7 +234,7 @@ BAD = [
     ("/api/interpolate", {"poem_a": JINGYESI, "poem_b": DENGGUANQUE, "steps": 10**9}, 422, "steps: "),
     ("/api/sample", {"beam": 10**9}, 422, "beam: "),
     ("/api/sample", {"rerank": 1000}, 422, "rerank: "),
-    ("/api/sample", {"n": 100, "beam": 16}, 422, "n × beam × rerank is 1,600"),
+    ("/api/sample", {"n": 100, "beam": 16}, 422, "n × beam × rerank is 4,800"),  # rerank 3 by default
     ("/api/interpolate", {"poem_a": JINGYESI, "poem_b": DENGGUANQUE, "steps": 100, "beam": 16}, 422, "steps × beam"),
     ("/api/reconstruct", {"poems": [JINGYESI] * (serve.MAX_POEMS + 1)}, 422, "poems: "),
     ("/api/reconstruct", {"poems": []}, 422, "poems: "),
