@@ -72,10 +72,14 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def _bf16_flags(flags: Iterable[str] | None) -> list[str]:
+    """Which of CPU_BF16_FLAGS the CPU (with `flags`, or this machine's) has."""
+    return sorted(set(cpu_flags() if flags is None else flags) & set(CPU_BF16_FLAGS))
+
+
 def cpu_has_bf16(flags: Iterable[str] | None = None) -> bool:
     """Whether the CPU (with `flags`, or this machine's) computes bf16 natively."""
-    have = set(cpu_flags() if flags is None else flags)
-    return any(f in have for f in CPU_BF16_FLAGS)
+    return bool(_bf16_flags(flags))
 
 
 def autocast_choice(device: torch.device, amp: str, flags: Iterable[str] | None = None) -> tuple[bool, str]:
@@ -90,8 +94,7 @@ def autocast_choice(device: torch.device, amp: str, flags: Iterable[str] | None 
     if device.type == "cuda":
         return True, "bf16 autocast on CUDA"
     if device.type == "cpu" and amp == "auto":
-        have = sorted(set(cpu_flags() if flags is None else flags) & set(CPU_BF16_FLAGS))
-        if have:
+        if have := _bf16_flags(flags):
             return True, f"bf16 autocast (the CPU has {', '.join(have)})"
         return False, "fp32 (the CPU has no native bf16: no avx512_bf16 or amx_bf16)"
     return False, f"fp32 (amp = {amp} on {device.type})"

@@ -131,12 +131,19 @@ class AdaptiveOutput(nn.AdaptiveLogSoftmaxWithLoss):
         super().__init__(hidden_dim, vocab_size, adaptive_cutoffs(vocab_size, head), div_value, head_bias=True)
 
     def full_log_prob(self, hidden: Tensor) -> Tensor:
-        """(N, H) -> log p of every id (N, V), in fp32."""
+        """(N, H) -> log p of every id (N, V), in fp32. Without autograd (decoding, where this
+        runs at every step) each part is written into one (N, V) buffer; with it, the parts
+        are concatenated, one pass more."""
+        s = self.shortlist_size
         head = self.head(hidden).float().log_softmax(dim=-1)  # (N, shortlist + clusters)
-        parts = [head[:, : self.shortlist_size]]
-        for i in range(self.n_clusters):
-            parts.append(self.tail[i](hidden).float().log_softmax(dim=-1) + head[:, self.shortlist_size + i, None])
-        return torch.cat(parts, dim=1)
+        clusters = [self.tail[i](hidden).float().log_softmax(dim=-1) for i in range(self.n_clusters)]
+        if torch.is_grad_enabled():
+            return torch.cat([head[:, :s]] + [c + head[:, s + i, None] for i, c in enumerate(clusters)], dim=1)
+        out = hidden.new_empty((hidden.size(0), self.n_classes), dtype=torch.float)
+        out[:, :s] = head[:, :s]
+        for i, c in enumerate(clusters):
+            torch.add(c, head[:, s + i, None], out=out[:, self.cutoffs[i] : self.cutoffs[i + 1]])
+        return out
 
     def nll(self, hidden: Tensor, target: Tensor) -> Tensor:
         """(N, H), (N,) ids -> -log p(target) (N,) in fp32, 0 for <pad>. Every row has one

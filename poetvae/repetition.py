@@ -242,13 +242,16 @@ class RepeatTables:
             return mask
         chars = state["repeat_chars"]
         b = chars.size(0)
-        if self.identity and mask.same_for_all_rows:
+        if self.identity:
+            # a character vocabulary: a few ids per row to forbid; <unk> (never allowed
+            # anyway) takes the place of "none"
             p = chars_written.clamp(max=FORM.chars)
             ids = torch.cat([self._used_up(chars), *self._at_next(p, chars)], dim=1)
-            ids = torch.where(ids == self.pad, UNK, ids)  # <unk>, forbidden anyway, for "none"
-            if self.vocab_size - mask.forbidden.numel() > ids.size(1):
-                # every row keeps a token: the few ids per row ride along with the shared
-                # columns, and no (B, V) mask is built
+            ids = torch.where(ids == self.pad, UNK, ids)
+            room = self.vocab_size - mask.forbidden.numel() if mask.allowed is None else 0
+            if room > ids.size(1):
+                # every row keeps a token: the ids ride along with the columns forbidden to
+                # every row, and no (B, V) mask is built
                 return TokenMask(forbidden=mask.forbidden, extra=ids)
         if mask.allowed is not None:
             allowed = mask.allowed.clone()
@@ -259,16 +262,8 @@ class RepeatTables:
             forbid = self.forbidden(chars_written, state)
             ruled = allowed & ~forbid
         else:
-            # a character vocabulary: a few ids per row, set to False in place; <unk> (never
-            # allowed anyway) takes the place of "none"
-            p = chars_written.clamp(max=FORM.chars)
-            ids = torch.cat([self._used_up(chars), *self._at_next(p, chars)], dim=1)
-            ids = torch.where(ids == self.pad, UNK, ids)
             kept = allowed.gather(1, ids)
             ruled = allowed.scatter_(1, ids, False)
-            room = self.vocab_size - mask.forbidden.numel() if mask.allowed is None else 0
-            if room > ids.size(1):  # every row keeps a token: no need to look
-                return TokenMask(allowed=ruled)
         stuck = ~ruled.any(dim=1)
         if bool(stuck.any()):
             state["backoff"][:, REPEATS] |= stuck

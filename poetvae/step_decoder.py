@@ -81,13 +81,9 @@ class StepDecoder:
         self.bias = [weight(f"bias_ih_l{k}") + weight(f"bias_hh_l{k}") for k in range(1, self.layers)]
         out = model.decoder.out
         self.adaptive = model.decoder.adaptive
-        if self.adaptive:  # the adaptive softmax (model.AdaptiveOutput), its weights as products take them
-            self.out_w, self.out_b = out.head.weight.detach().T.contiguous(), out.head.bias.detach()
-            self.tails = [
-                (seq[0].weight.detach().T.contiguous(), seq[1].weight.detach().T.contiguous()) for seq in out.tail
-            ]
-            self.shortlist, self.cutoffs = out.shortlist_size, out.cutoffs
-            # logits() gives log-probabilities: the softmax of the sampler must shift them
+        if self.adaptive:  # model.AdaptiveOutput, whose full_log_prob logits() calls
+            self.adaptive_out = out
+            # logits() gives log-probabilities: the sampler takes them as such (log_probs)
             self.logit_bound = math.inf
         else:
             self.out_w, self.out_b = out.weight.detach().T, out.bias.detach()
@@ -149,12 +145,7 @@ class StepDecoder:
         log-probabilities of the adaptive softmax (its head and every cluster: what the next
         token may be is decided by masks over the whole vocabulary, so all of it is needed)."""
         hidden = hidden.float()
-        if not self.adaptive:
-            return torch.addmm(self.out_b, hidden, self.out_w)
-        head = torch.addmm(self.out_b, hidden, self.out_w).log_softmax(dim=-1)
-        out = hidden.new_empty(hidden.size(0), self.cutoffs[-1])
-        out[:, : self.shortlist] = head[:, : self.shortlist]
-        for i, (down, up) in enumerate(self.tails):
-            cluster = (hidden @ down @ up).log_softmax(dim=-1)
-            torch.add(cluster, head[:, self.shortlist + i, None], out=out[:, self.cutoffs[i] : self.cutoffs[i + 1]])
-        return out
+        if self.adaptive:
+            with torch.no_grad():
+                return self.adaptive_out.full_log_prob(hidden)
+        return torch.addmm(self.out_b, hidden, self.out_w)

@@ -16,6 +16,16 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a busy 2-core machine: one intra-op thread for a module's tests
+    (restored afterwards); a module asks for it with pytest.mark.usefixtures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shipped_corpus() -> Path:
     """The small shipped corpus (data/quatrains.jsonl, 122 poems): quick to train on."""

@@ -45,13 +45,7 @@ def cli_json(*args) -> list[dict]:
     return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a busy 2-core machine: one intra-op thread (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
