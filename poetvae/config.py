@@ -26,7 +26,8 @@ from poetvae.errors import ConfigError
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 2**31 - 1  # the largest count a setting may hold (steps, epochs, windows, ...)
 # Sizes beyond these are typing errors, not models: they would fail deep inside torch.
-MAX_UPPER = {"embed_dim": 2**16, "hidden_dim": 2**16, "latent_dim": 2**16, "batch_size": 2**20}
+MAX_UPPER = {name: 2**16 for name in ("embed_dim", "hidden_dim", "encoder_hidden_dim", "latent_dim")}
+MAX_UPPER["batch_size"] = 2**20
 MAX_UPPER |= {name: 64 for name in ("highway_layers", "encoder_layers", "decoder_layers")}
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::([0-9]+))?")
@@ -155,7 +156,8 @@ class ModelConfig:
     vocab_size: int = _opt(0, "set from the vocabulary; not a user setting")
     embed_dim: int = _opt(128, "token embedding size (also the word2vec size)")
     highway_layers: int = _opt(2, "highway layers on the embeddings (Srivastava et al. 2015)")
-    hidden_dim: int = _opt(256, "LSTM hidden size (encoder: per direction)")
+    hidden_dim: int = _opt(256, "LSTM hidden size of the decoder (and of the encoder, per direction, unless set)")
+    encoder_hidden_dim: int = _opt(0, "the encoder's LSTM hidden size per direction (0: hidden_dim)")
     encoder_layers: int = _opt(1, "layers of the bidirectional LSTM encoder")
     decoder_layers: int = _opt(1, "layers of the LSTM decoder")
     latent_dim: int = _opt(32, "size of the Gaussian latent z")
@@ -175,6 +177,12 @@ class ModelConfig:
     )
     adaptive_head: int = _opt(2000, "adaptive softmax: ids in the head (the most frequent; then clusters of 2x)")
     adaptive_div: float = _opt(2.0, "adaptive softmax: cluster i works at hidden_dim / adaptive_div^(i+1) dims")
+    z_skip: str = _opt(
+        "none",
+        "a skip connection from z to the decoder's output (Dieng et al. 2019), so that it cannot route around "
+        "z: shared (one projection of z added at every step) or position (one per character position)",
+        ("none", "shared", "position"),
+    )
 
 
 @dataclass(frozen=True)
@@ -353,13 +361,19 @@ def build_config(values: dict[str, dict[str, Any]]) -> Config:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, fixed: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    fixed: dict[str, Any] | None = None,
+    inherited: dict[str, Any] | None = None,
 ) -> Config:
     """Defaults, then the TOML file at `path`, then `overrides` (flat keys: {"latent_dim": 16}).
 
     `fixed` (flat keys too) holds settings that are not free, such as the model of a run that
     training starts from (its weights fix the sizes): they take the place of the defaults,
-    and a value from the file or the overrides that differs raises ConfigError naming it."""
+    and a value from the file or the overrides that differs raises ConfigError naming it.
+    `inherited` (flat keys) take the place of the defaults too, but the file and the
+    overrides may change them (an init run's settings that a new run may set afresh)."""
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     if path is not None:
         path = Path(path)
@@ -396,6 +410,8 @@ def load_config(
         raise ConfigError(f"settings contradict the run that training starts from: {', '.join(clashes)}")
     for section, table in fixed_values.items():
         values[section].update(table)
+    for key, value in (inherited or {}).items():
+        values[section_of[key]].setdefault(key, value)
     return build_config(values)
 
 

@@ -149,6 +149,8 @@ def generate(
     scores[:, 0] = 0.0
     for t in range(FORM.seq_len):
         hidden, rows.state = step(rows.prev, rows.chars_written, rows.z_gates, rows.state, rows.line_tone())
+        if rows.z_out is not None:
+            hidden = hidden + step.skip_term(rows.z_out, rows.chars_written)
         mask = form.mask(rows, control_tables)
         if repeats is not None:  # the repetition rule, on top of the form and the controls
             mask = repeats.mask(mask, rows.chars_written, rows.control_state)
@@ -225,6 +227,7 @@ class _Rows:
     ):
         b, device = z.size(0), z.device
         self.z_gates = step.z_gates(z)
+        self.z_out = step.z_output(z)  # the skip connection's share of every output, or None
         self.state = model.decoder.initial_state(z)  # the LSTM's (h, c)
         self.prev = torch.full((b,), BOS, dtype=torch.long, device=device)
         self.chars_written = torch.zeros(b, dtype=torch.long, device=device)  # characters out so far
@@ -268,6 +271,8 @@ class _Rows:
         if self.step.form:
             self.tones = self.tones[index]
         self.z_gates, self.prev = self.z_gates[index], self.prev[index]
+        if self.z_out is not None:
+            self.z_out = self.z_out[index]
         self.state = (self.state[0][:, index], self.state[1][:, index])
         self.chars_written, self.finished = self.chars_written[index], self.finished[index]
         self.out, self.logprob = self.out[index], self.logprob[index]

@@ -364,8 +364,9 @@ class SampleStats:
     distinct: int  # number of different poems (distinct_poems)
     distinct_1: float  # unique characters / all characters (distinct_n, n = 1, within lines)
     distinct_2: float  # unique character bigrams / all bigrams within lines (distinct_n, n = 2)
-    copied_poems: float  # share of poems found verbatim in the training split (copy_rates)
-    copied_lines: float  # share of lines found verbatim among the training lines (copy_rates)
+    copied_poems: float | None  # share of poems found verbatim in the training split (copy_rates);
+    # None when the training split is not at hand (a bundled model: NEEDS_TRAINING_SPLIT)
+    copied_lines: float | None  # share of lines found verbatim among the training lines (copy_rates)
     rhyme_rate: float  # share of poems whose lines 2 and 4 rhyme in the scheme, on two different
     # characters (rhyme_rate; before issue 21 a 重韵 counted as a rhyme too)
     tone_rate: float  # 二四异: share of decidable lines whose 2nd and 4th characters differ in 平仄
@@ -380,11 +381,13 @@ class SampleStats:
         return dataclasses.asdict(self)
 
 
-def sample_stats(poems: Sequence[PoemLines], train_poems: Sequence[PoemLines], scheme: str = "pingshui") -> SampleStats:
-    """All statistics of a list of poems against the training poems, rhymes and tones in
-    `scheme` (see SampleStats for each)."""
+def sample_stats(
+    poems: Sequence[PoemLines], train_poems: Sequence[PoemLines] | None, scheme: str = "pingshui"
+) -> SampleStats:
+    """All statistics of a list of poems against the training poems (None: not at hand, and
+    the copy rates are None), rhymes and tones in `scheme` (see SampleStats for each)."""
     poems = [_as_lines(p) for p in poems]
-    copied, copied_lines = copy_rates(poems, train_poems)
+    copied, copied_lines = copy_rates(poems, train_poems) if train_poems is not None else (None, None)
     return SampleStats(
         poems=len(poems),
         distinct=distinct_poems(poems),
@@ -432,7 +435,8 @@ class Latent:
     # the held-out set as the aggregate posterior; at most about log(poems)
     reconstruction_accuracy: float  # share of characters recovered, position by position,
     # by greedy decoding of the posterior mean
-    train_reconstruction_accuracy: float  # the same on training poems: at most
+    train_reconstruction_accuracy: float | None  # the same on training poems (None when the
+    # training split is not at hand: NEEDS_TRAINING_SPLIT): at most
     # TRAIN_RECONSTRUCTED of them, chosen with the seed (0.0 when there are none). Far above
     # the held-out figure: the model memorises rather than encodes
 
@@ -473,6 +477,15 @@ class EvaluationReport:
         }
 
 
+# The figures that need the poems a model trained on: a bundled model (poetvae.models) keeps
+# none, so evaluating one on a held-out corpus leaves out these, and only these.
+NEEDS_TRAINING_SPLIT = (
+    "latent.train_reconstruction_accuracy",
+    "samples.copied_poems",
+    "samples.copied_lines",
+    "reference.copied_poems",
+    "reference.copied_lines",
+)
 TRAIN_RECONSTRUCTED = 1000  # training poems whose reconstruction accuracy evaluate_run measures
 
 
@@ -486,7 +499,7 @@ def _train_sample(poet: Poet, train: list[Poem], seed: int) -> Tensor:
 def evaluate_run(
     poet: Poet,
     heldout: list[Poem],
-    train: list[Poem],
+    train: list[Poem] | None,
     *,
     samples: int = 1000,
     iw_samples: int = 100,
@@ -509,7 +522,9 @@ def evaluate_run(
     sample --rerank N --prosody-weight W` chooses it. Reconstruction
     accuracy is measured on the held-out poems and on at most TRAIN_RECONSTRUCTED
     training poems. Copies are counted against `train` and `pretraining` (the poems of the
-    runs a fine-tuned model started from). Deterministic for a seed (on a given device).
+    runs a fine-tuned model started from). With `train` None (a bundled model, which keeps
+    no data) the figures of NEEDS_TRAINING_SPLIT are None. Deterministic for a seed (on a
+    given device).
     """
     start = time.perf_counter()
     check_scheme(scheme)
@@ -535,12 +550,15 @@ def evaluate_run(
         reconstruction_accuracy=reconstruction_accuracy(
             model, tokens, poet.vocab, mu=mu, repetition_rule=repetition_rule
         ),
-        train_reconstruction_accuracy=reconstruction_accuracy(
+        train_reconstruction_accuracy=None
+        if train is None
+        else reconstruction_accuracy(
             model, _train_sample(poet, train, seed), poet.vocab, repetition_rule=repetition_rule
         ),
     )
 
-    seen = [*train, *pretraining]  # everything the model was trained on, for the copy counts
+    # everything the model was trained on, for the copy counts
+    seen = None if train is None else [*train, *pretraining]
     options = DecodeOptions(
         temperature=temperature,
         seed=seed,

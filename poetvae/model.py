@@ -3,7 +3,8 @@
     tokens (B, T) -> embedding -> highway layers -> bidirectional LSTM -> mu, logvar (B, Z)
     z = mu + sigma * eps                                       (reparameterisation)
     decoder: LSTM whose initial state is a function of z and whose every input step is
-             [embedding of the previous token ; z] -> hidden (B, T, H) -> output layer:
+             [embedding of the previous token ; z] -> hidden (B, T, H) (+ a projection of z,
+             with the skip connection ModelConfig.z_skip) -> output layer:
              scores over the vocabulary (B, T, V), either a plain linear layer (logits) or
              an adaptive softmax (log-probabilities, Grave et al. 2017)
 
@@ -77,14 +78,20 @@ class Highway(nn.Module):
         return x
 
 
+def encoder_hidden_dim(cfg: ModelConfig) -> int:
+    """The encoder's LSTM size per direction: its own setting, else the decoder's."""
+    return cfg.encoder_hidden_dim or cfg.hidden_dim
+
+
 class Encoder(nn.Module):
     """Bidirectional LSTM over the whole poem -> the parameters of q(z|x)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, cfg.encoder_layers, batch_first=True, bidirectional=True)
-        self.to_mu = nn.Linear(2 * cfg.hidden_dim, cfg.latent_dim)
-        self.to_logvar = nn.Linear(2 * cfg.hidden_dim, cfg.latent_dim)
+        hidden = encoder_hidden_dim(cfg)
+        self.lstm = nn.LSTM(cfg.embed_dim, hidden, cfg.encoder_layers, batch_first=True, bidirectional=True)
+        self.to_mu = nn.Linear(2 * hidden, cfg.latent_dim)
+        self.to_logvar = nn.Linear(2 * hidden, cfg.latent_dim)
         # BN-VAE (Zhu et al. 2020): with mu batch-normalised to a fixed scale gamma, each
         # dim's mean of mu^2 over poems is gamma^2 + bias^2, so the expected KL of a dim can
         # never fall below gamma^2 / 2: the posterior cannot collapse onto the prior.
@@ -174,6 +181,19 @@ class Decoder(nn.Module):
         self.lstm = nn.LSTM(cfg.embed_dim + cfg.latent_dim, cfg.hidden_dim, cfg.decoder_layers, batch_first=True)
         self.init_state = nn.Linear(cfg.latent_dim, 2 * cfg.decoder_layers * cfg.hidden_dim)
         self.drop = nn.Dropout(cfg.dropout)
+        # The skip connection from z (ModelConfig.z_to_output; Dieng et al. 2019, "Avoiding
+        # Latent Variable Collapse with Generative Skip Models"): z shifts every step's output
+        # directly, so what the decoder writes depends on z however little its LSTM state
+        # keeps of it. Zero at the start: a model fine-tuned from one without it (train
+        # --init) begins as that model.
+        # "position" gives each character position its own projection: z can then say what
+        # goes where directly (the issue-20 latent model), not only what the poem is about.
+        skip_positions = {"none": 0, "shared": 1, "position": FORM.chars + 1}[cfg.z_skip]
+        self.skip_positions = skip_positions
+        self.z_out = nn.Linear(cfg.latent_dim, skip_positions * cfg.hidden_dim) if skip_positions else None
+        if self.z_out is not None:
+            nn.init.zeros_(self.z_out.weight)
+            nn.init.zeros_(self.z_out.bias)
         self.adaptive = cfg.output_layer == "adaptive"
         if self.adaptive:
             self.out = AdaptiveOutput(cfg.hidden_dim, cfg.vocab_size, cfg.adaptive_head, cfg.adaptive_div)
@@ -185,15 +205,31 @@ class Decoder(nn.Module):
         h, c = h_and_c.view(z.size(0), 2, self.layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
         return h, c  # each (L, B, H)
 
-    def forward(self, x: Tensor, z: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: embedded inputs (B, T, E); z: (B, Z). Returns the hidden states (B, T, H) that
-        the output layer reads (after dropout) and the new state.
+    def forward(
+        self, x: Tensor, z: Tensor, state: tuple[Tensor, Tensor], positions: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: embedded inputs (B, T, E); z: (B, Z); positions (B, T): characters written
+        before each step (needed by z_skip "position"). Returns the hidden states (B, T, H)
+        that the output layer reads (after dropout) and the new state.
 
         The same call serves teacher forcing (T = 21) and generation (T = 1, step by step).
         """
         zs = z.unsqueeze(1).expand(-1, x.size(1), -1)
         h, state = self.lstm(torch.cat([x, zs], dim=-1), state)
+        if self.z_out is not None:
+            h = h + self.skip(self.z_out(z), positions).to(h.dtype)
         return self.drop(h), state
+
+    def skip(self, projected: Tensor, positions: Tensor | None) -> Tensor:
+        """z_out(z) (B, P * H) -> what the skip connection adds at each step: (B, 1, H) for
+        the shared projection, (B, T, H) picked by position for one per position."""
+        if self.skip_positions == 1:
+            return projected.unsqueeze(1)
+        if positions is None:
+            raise ValueError('z_skip "position" needs the positions of the steps')
+        table = projected.view(projected.size(0), self.skip_positions, self.hidden_dim)
+        index = positions.clamp(max=self.skip_positions - 1).unsqueeze(-1).expand(-1, -1, self.hidden_dim)
+        return table.gather(1, index)
 
     def scores(self, hidden: Tensor) -> Tensor:
         """(..., H) -> (..., V) scores whose log_softmax is log p(next token): the logits of
@@ -335,7 +371,7 @@ class PoetVAE(nn.Module):
         if self.cfg.form_features:
             line_tone, rhyme = features if features is not None else self.form_features(inputs, positions)
             x = x + self.prev_tone(self.token_tone[inputs]) + self.line_tone(line_tone) + self.rhyme(rhyme)
-        return self.decoder(x, z, state)
+        return self.decoder(x, z, state, positions)
 
     @staticmethod
     def teacher_inputs(tokens: Tensor) -> Tensor:

@@ -34,7 +34,19 @@ from poetvae.errors import CheckpointError, PoetVAEError
 from poetvae.files import atomic_write
 from poetvae.rundir import BEST, CONFIG, LAYOUT, PRIOR, RUNS, VOCAB, DirKind, RunDir, building, own_file
 
-BUNDLED_MODEL = "classical"  # the name of the model shipped in poetvae/bundled/
+# The models shipped in poetvae/bundled/: the poet, a VAE fitted for the likelihood and the
+# verse of its samples, whose latent keeps little of a poem; and a model fitted for its latent
+# (an autoencoder first), whose posterior mean keeps a poem and which the commands that walk
+# the latent space use.
+POET_MODEL = "classical"
+LATENT_MODEL = "latent"
+BUNDLED_MODELS = (POET_MODEL, LATENT_MODEL)
+BUNDLED_MODEL = POET_MODEL  # the default of a command that does not say what it is for
+# why a command uses the bundled model it does (the stderr line says it)
+PURPOSE = {
+    POET_MODEL: "the poet",
+    LATENT_MODEL: "the model whose latent keeps a poem",
+}
 EVALUATION = "evaluation.json"
 MODEL_CARD = "MODEL_CARD.md"
 MODEL_FILES = (CONFIG, VOCAB, BEST)  # what Poet.load reads: a directory with these is a model
@@ -60,11 +72,11 @@ def is_model_dir(path: str | Path) -> bool:
     return all((Path(path) / name).is_file() for name in MODEL_FILES)
 
 
-def bundled_model() -> Path | None:
-    """The model shipped in the package (poetvae/bundled/<BUNDLED_MODEL>), or None when this
-    install has none."""
-    path = Path(__file__).resolve().parent / "bundled" / BUNDLED_MODEL
-    return path if is_model_dir(path) else None
+def bundled_model(name: str = BUNDLED_MODEL) -> Path | None:
+    """The model `name` shipped in the package (poetvae/bundled/<name>), or None when this
+    install does not have it."""
+    path = Path(__file__).resolve().parent / "bundled" / name
+    return path if name in BUNDLED_MODELS and is_model_dir(path) else None
 
 
 def newest_run(runs: str | Path) -> Path | None:
@@ -91,22 +103,36 @@ def newest_run(runs: str | Path) -> Path | None:
 
 
 def resolve_model(
-    model: str | Path | None, cwd: str | Path | None = None, *, bundled: bool = True, hint: str = "pass -m RUN"
+    model: str | Path | None,
+    cwd: str | Path | None = None,
+    *,
+    bundled: bool = True,
+    hint: str = "pass -m RUN",
+    purpose: str = BUNDLED_MODEL,
 ) -> ResolvedModel:
-    """The model a command reads: `model` when given (checked later, by whoever opens it);
-    else the newest run under ./runs of `cwd` (default: the current directory); else, with
-    `bundled`, the model shipped in the package. CheckpointError, ending in `hint`, when
-    there is none. Commands that need a run's own data (evaluate, plot) pass bundled=False."""
+    """The model a command reads: `model` when given (a directory; or the name of a bundled
+    model, classical or latent, when no such directory exists; checked later, by whoever
+    opens it); else the newest run under ./runs of `cwd` (default: the current directory);
+    else, with `bundled`, the bundled model made for `purpose` (BUNDLED_MODELS: sample and
+    evaluate use the poet, interpolate, reconstruct and vary the latent model).
+    CheckpointError, ending in `hint`, when there is none."""
     if model is not None:
+        name = str(model)
+        if name in BUNDLED_MODELS and not Path(cwd or ".", name).exists():
+            shipped = bundled_model(name)
+            if shipped is None:
+                raise CheckpointError(f"this install has no bundled model {name}")
+            return ResolvedModel(shipped, BUNDLED, f"using the bundled model {name} (-m {name})")
         return ResolvedModel(Path(model), GIVEN)
     runs = RUNS if cwd is None else Path(cwd) / RUNS
     where = f"./{RUNS}" if cwd is None else str(runs)
     run = newest_run(runs)
     if run is not None:
         return ResolvedModel(run, NEWEST_RUN, f"using {run} (the newest run in {where}; -m to choose)")
-    shipped = bundled_model() if bundled else None
+    shipped = bundled_model(purpose) if bundled else None
     if shipped is not None:
-        note = f"using the bundled model {BUNDLED_MODEL} (no run in {where}; -m to choose)"
+        why = PURPOSE.get(purpose, purpose)
+        note = f"using the bundled model {purpose}, {why} (no run in {where}; -m to choose)"
         return ResolvedModel(shipped, BUNDLED, note)
     missing = f"no run in {where}" + (" and no bundled model in this install" if bundled else "")
     raise CheckpointError(f"no model to use: {missing}; train one with `poetvae train`, or {hint}")

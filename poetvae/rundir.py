@@ -121,11 +121,26 @@ class InitRun:
         """The settings a run started from this one cannot change (load_config's `fixed`):
         the model (the weights fix it) and how tokens are cut (the vocabulary fixes it)."""
         model = dataclasses.asdict(self.config.model)
+        for name in REFIT_SETTINGS:  # these may change: what they shape starts afresh
+            model.pop(name)
         return {**model, "tokenizer": self.vocab.tokenizer, "min_count": self.vocab.min_count}
+
+    def refit_settings(self) -> dict[str, object]:
+        """Its settings that a run started from it may change (REFIT_SETTINGS): load_config's
+        `inherited`, so that they stay as they were unless set."""
+        return {name: getattr(self.config.model, name) for name in REFIT_SETTINGS}
 
     def record(self) -> dict[str, object]:
         """What config.json keeps of it, under INIT_FROM."""
         return {"run": os.path.abspath(self.path), "weights": BEST, "step": self.step, "sha256": self.sha256}
+
+
+# Model settings a run started from another (--init) may set differently: they shape only the
+# encoder, the skip connection from z and the width of z, and the weights that no longer fit
+# are drawn afresh (the decoder's weights that read z are widened: poetvae.train), while the
+# decoder's language model, which is what an init run is for, is kept. The latent recipe
+# (configs/latent-h512/) starts its autoencoder from the bundled poet this way.
+REFIT_SETTINGS = ("encoder_hidden_dim", "encoder_layers", "z_skip", "latent_dim")
 
 
 @dataclass(frozen=True)
@@ -392,6 +407,10 @@ class RunDir:
             raise CheckpointError(f"{self.path} has no prep/ directory with its training split")
         return self.prep
 
+    def has_training_split(self) -> bool:
+        """Whether this run keeps the poems it trained on (a bundle does not)."""
+        return split_file(self.prep, "train").is_file()
+
     def train_poems(self) -> list[Poem]:
         """The poems the run trained on (its own training split)."""
         return load_poems(split_file(self.checked_prep(), "train"))
@@ -416,9 +435,15 @@ class RunDir:
     def heldout(self, corpus: Sequence[Path] | None = None) -> HeldOut:
         """The corpus given, else the run's test split (or its validation split when the
         test split is empty)."""
-        prep_dir = self.checked_prep()
-        if corpus:
+        self.read_header()  # a clear error when this is no model at all
+        if corpus:  # a bundle, which keeps no splits, can be evaluated on a corpus too
             return HeldOut(read_corpus(corpus)[0], ", ".join(map(str, corpus)))
+        if not self.has_training_split():
+            raise CheckpointError(
+                f"{self.path} keeps no test split (a bundled or exported model): give a held-out corpus, "
+                "e.g. `poetvae evaluate POEMS.txt`"
+            )
+        prep_dir = self.checked_prep()
         for split in ("test", "valid"):
             poems = load_poems(split_file(prep_dir, split))
             if poems:

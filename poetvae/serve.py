@@ -311,8 +311,11 @@ def page() -> str:
     return resources.files("poetvae").joinpath("web", "index.html").read_text(encoding="utf-8")
 
 
-def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
-    """The ASGI app over a loaded model (`source`: how it was chosen, poetvae.models)."""
+def create_app(poet: Poet, *, source: str | None = None, walker: Poet | None = None) -> FastAPI:
+    """The ASGI app over a loaded model (`source`: how it was chosen, poetvae.models).
+    `walker`: the model that vary, reconstruct and interpolate use instead (the bundled
+    latent model beside the bundled poet); GET /api/model then describes it too, as
+    "walker"."""
     app = FastAPI(
         title="poetvae",
         summary="Write, steer and walk between classical Chinese quatrains (五言绝句) with a text VAE.",
@@ -321,6 +324,9 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
     app.add_middleware(_BodyLimit, max_bytes=MAX_BODY)
     infer = _Inference()
     info = model_info(poet, source)
+    if walker is not None:
+        info["walker"] = model_info(walker, source)
+    walks = walker or poet  # the model whose latent the walks, variations and reconstructions read
     html = page()
 
     @app.exception_handler(RequestValidationError)
@@ -398,7 +404,7 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
                 repetition_rule=body.repetition_rule,
                 seed=body.seed,
             )
-            poems = poet.vary(given, body.n, options, spread=body.spread, allow_unk=body.allow_unk, with_z=body.with_z)
+            poems = walks.vary(given, body.n, options, spread=body.spread, allow_unk=body.allow_unk, with_z=body.with_z)
             return [sample_record(p, with_z=body.with_z) for p in poems]
 
         return {"poems": await infer(work)}
@@ -414,7 +420,7 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
                     given.append(parse_poem(text))
                 except PoetVAEError as e:  # which poem, as `poetvae reconstruct` says it
                     raise type(e)(f"poem {i}: {e}") from None
-            done = poet.reconstruct(given, allow_unk=body.allow_unk, repetition_rule=body.repetition_rule)
+            done = walks.reconstruct(given, allow_unk=body.allow_unk, repetition_rule=body.repetition_rule)
             return [reconstruction_record(r) for r in done]
 
         records = await infer(work)
@@ -435,7 +441,7 @@ def create_app(poet: Poet, *, source: str | None = None) -> FastAPI:
                 repetition_rule=body.repetition_rule,
                 seed=body.seed,
             )
-            path = poet.interpolate(
+            path = walks.interpolate(
                 a, b, steps=body.steps, method=body.method, options=options, allow_unk=body.allow_unk
             )
             return {

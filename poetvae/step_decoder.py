@@ -71,6 +71,8 @@ class StepDecoder:
             self.token_gates = x @ w_x.T  # (V, 4H)
             self.position_gates = position @ w_x.T  # (21, 4H), or (21 * 5, 4H)
         self.w_z = weight("weight_ih_l0")[:, embed_dim:]  # (4H, Z)
+        self.z_out = model.decoder.z_out  # the skip connection from z to the output, or None
+        self.skip_positions = model.decoder.skip_positions
         self.bias_0 = weight("bias_ih_l0") + weight("bias_hh_l0")
         if self.form:  # every row starts without a rhyme group: from there on, the change
             self.bias_0 = self.bias_0 + rhyme_gates[0]
@@ -93,6 +95,19 @@ class StepDecoder:
     def z_gates(self, z: Tensor) -> Tensor:
         """(B, Z) -> (B, 4H): the part of the first layer's gates that z fixes for the poem."""
         return torch.addmm(self.bias_0, z, self.w_z.T)
+
+    @torch.no_grad()
+    def z_output(self, z: Tensor) -> Tensor | None:
+        """(B, Z) -> the skip connection's projection of z (ModelConfig.z_skip), (B, P, H)
+        for P positions (1: shared by all); None without one. skip_term picks each step's."""
+        return None if self.z_out is None else self.z_out(z).float().view(z.size(0), self.skip_positions, -1)
+
+    def skip_term(self, z_out: Tensor, chars_written: Tensor) -> Tensor:
+        """What the skip connection adds to the rows' hidden states (B, H) at this step."""
+        if self.skip_positions == 1:
+            return z_out[:, 0]
+        p = chars_written.clamp(max=self.skip_positions - 1)
+        return z_out[torch.arange(z_out.size(0), device=z_out.device), p]
 
     @staticmethod
     def _add_product(x: Tensor, a: Tensor, w: Tensor) -> Tensor:

@@ -375,10 +375,15 @@ def _set_up(
         # init_reset "decoder" keeps the fresh decoder drawn from train.seed: the encoder of an
         # autoencoder (beta = 0) run has learned to write the poem into z, and a decoder that
         # starts without a language model of its own has to learn to read it (Li et al. 2019).
+        # Weights whose shape the new settings changed (rundir.REFIT_SETTINGS: the encoder's
+        # size, the skip connection from z, a wider z) keep their fresh draw, but for the
+        # decoder's weights that read z (_widened).
         state = raw_model.state_dict()
-        state.update(
-            (k, v) for k, v in init.weights.items() if not (train_cfg.init_reset == "decoder" and _in_decoder(k))
-        )
+        for k, v in init.weights.items():
+            if k in state and not (train_cfg.init_reset == "decoder" and _in_decoder(k)):
+                fitted = v if state[k].shape == v.shape else _widened(k, state[k], v)
+                if fitted is not None:
+                    state[k] = fitted
         with torch.no_grad():
             raw_model.load_state_dict(state)
     optimizer = torch.optim.AdamW(
@@ -448,18 +453,34 @@ def _in_decoder(name: str) -> bool:
     return name.startswith("decoder.")
 
 
+# The decoder's weights whose last dimension grows with latent_dim: its LSTM reads
+# [token ; z], its initial state is a function of z.
+READS_Z = ("decoder.lstm.weight_ih_l0", "decoder.init_state.weight")
+
+
+def _widened(name: str, fresh: Tensor, old: Tensor) -> Tensor | None:
+    """An init run's weight that reads z, for a wider z: its columns kept, the new ones
+    zero, so that the new dims start unread and the decoder starts as the init run's (the
+    latent model widens the poet's z this way). None for any other weight that changed."""
+    if name not in READS_Z or fresh.shape[:-1] != old.shape[:-1] or fresh.shape[-1] < old.shape[-1]:
+        return None
+    out = torch.zeros_like(fresh)
+    out[..., : old.shape[-1]] = old
+    return out
+
+
 def _check_init(cfg: Config, data: PreparedData, init: rundir.InitRun, *, resume: bool) -> None:
     """A new run that starts from `init` must have its vocabulary and its model."""
     if resume:
         raise ValueError("a resumed run continues from its resume point, not from an init run")
     if data.vocab.tokens != init.vocab.tokens:
         raise ConfigError(f"the prepared corpus has its own vocabulary, not that of {init.path}: prepare it with that")
-    if cfg.model != init.config.model:
-        differ = [
-            f"{k} {getattr(cfg.model, k)!r} (it has {v!r})"
-            for k, v in dataclasses.asdict(init.config.model).items()
-            if getattr(cfg.model, k) != v
-        ]
+    differ = [
+        f"{k} {getattr(cfg.model, k)!r} (it has {v!r})"
+        for k, v in dataclasses.asdict(init.config.model).items()
+        if getattr(cfg.model, k) != v and k not in rundir.REFIT_SETTINGS
+    ]
+    if differ:
         raise ConfigError(f"the model settings differ from those of {init.path}: {', '.join(differ)}")
 
 

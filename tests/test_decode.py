@@ -191,6 +191,39 @@ def test_step_decoder_equals_the_model_decoder(layers, layer):
         assert torch.allclose(step.logits(hidden), want[:, t], atol=1e-5)
 
 
+@pytest.mark.parametrize("z_skip", ["shared", "position"])
+def test_the_skip_connection_from_z_decodes_step_by_step_as_teacher_forced(z_skip):
+    """The skip connection (ModelConfig.z_skip) starts at zero, so it changes nothing until
+    trained; with weights, the step decoder adds what teacher forcing adds, position by
+    position, and generation scores its poems as teacher forcing does."""
+    torch.manual_seed(0)
+    vocab = make_vocab([])
+    cfg = ModelConfig(vocab_size=len(vocab), embed_dim=8, hidden_dim=6, latent_dim=3, z_skip=z_skip)
+    model = PoetVAE(cfg).eval()
+    z = torch.randn(4, 3)
+    inputs = torch.cat([torch.full((4, 1), 2), torch.randint(4, len(vocab), (4, 6))], dim=1)
+    plain = PoetVAE(dataclasses.replace(cfg, z_skip="none")).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("decoder.z_out")})
+    assert torch.equal(model.decode(z, inputs)[0], plain.decode(z, inputs)[0])  # zero at the start
+    with torch.no_grad():
+        model.decoder.z_out.weight.normal_(std=2.0)
+        model.decoder.z_out.bias.normal_()
+    want, _ = model.decode(z, inputs)
+    assert not torch.allclose(want, plain.decode(z, inputs)[0], atol=1e-3)
+    step = StepDecoder(model)
+    state, z_gates, z_out = model.decoder.initial_state(z), step.z_gates(z), step.z_output(z)
+    positions = model.token_chars[inputs].cumsum(dim=1)
+    for t in range(inputs.size(1)):
+        hidden, state = step(inputs[:, t], positions[:, t], z_gates, state)
+        hidden = hidden + step.skip_term(z_out, positions[:, t])
+        assert torch.allclose(step.logits(hidden), want[:, t], atol=1e-5)
+    for options in (DecodeOptions(), DecodeOptions(greedy=True), DecodeOptions(beam=3)):
+        ids, logprob, _ = generate(model, z, vocab, options, generator=torch.Generator().manual_seed(1))
+        assert_well_formed(vocab, ids)
+        logits, _ = model.decode(z, PoetVAE.teacher_inputs(ids))
+        assert torch.allclose(logprob, -PoetVAE.reconstruction_loss(ids, logits), atol=1e-4)
+
+
 @pytest.mark.parametrize("layer", ["adaptive", "full"])
 def test_a_temperature_too_low_for_float_range_still_samples_allowed_tokens(layer):
     vocab = make_vocab([])

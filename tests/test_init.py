@@ -70,7 +70,7 @@ def fine_prep(tmp_path_factory, init, fine_corpus):
 def fine_config(init, **train):
     """A fine-tuning config: the init run's model, a schedule of its own."""
     settings = {"epochs": 3, "batch_size": 16, "log_every": 1, "lr": 1e-3, "kl_schedule": "constant", **train}
-    return load_config(overrides=settings, fixed=init.fixed_settings())
+    return load_config(overrides=settings, fixed=init.fixed_settings(), inherited=init.refit_settings())
 
 
 # ---- the library ------------------------------------------------------------------------
@@ -180,6 +180,38 @@ def test_the_library_refuses_a_model_that_is_not_the_init_runs(init, fine_prep, 
 
 
 # ---- the command line ---------------------------------------------------------------------
+def test_the_encoder_and_the_skip_connection_may_be_refit_and_the_rest_is_kept(init, fine_prep, tmp_path, monkeypatch):
+    """REFIT_SETTINGS (the encoder's size, the skip connection from z) may change from the
+    init run: what they shape starts afresh, everything else is the init run's; an unset one
+    stays the init run's; any other model setting is still refused."""
+    _, data = fine_prep
+    hidden = init.config.model.hidden_dim
+    z = init.config.model.latent_dim
+    refit = {"encoder_hidden_dim": hidden // 2, "z_skip": "position", "latent_dim": z + 2}
+    cfg = fine_config(init, **refit)
+    assert cfg.model == dataclasses.replace(init.config.model, **refit)
+    interrupt_before_the_first_step(monkeypatch)
+    train(cfg, data, tmp_path / "refit", init=init)
+    weights = rundir.RunDir(tmp_path / "refit").weights("best")
+    fresh = {k for k in weights if k.startswith("encoder.lstm") or k.startswith("decoder.z_out")}
+    assert "decoder.z_out.weight" in fresh and not weights["decoder.z_out.weight"].any()  # zero: no change yet
+    assert weights["encoder.lstm.weight_hh_l0"].shape[1] == hidden // 2
+    for name in ("decoder.lstm.weight_ih_l0", "decoder.init_state.weight"):  # they read z: widened
+        old = init.weights[name]
+        assert weights[name].shape[-1] == old.shape[-1] + 2 and not weights[name][:, old.shape[-1] :].any()
+        assert torch.equal(weights[name][:, : old.shape[-1]], old)
+        fresh.add(name)
+    kept = [k for k in weights if k not in fresh and not k.startswith("encoder.")]
+    assert kept and all(torch.equal(weights[k], init.weights[k]) for k in kept)
+    # a run started from the refit one keeps its settings unless it sets them
+    again = rundir.RunDir(tmp_path / "refit").open_for_init()
+    kept = load_config(overrides={"epochs": 1}, fixed=again.fixed_settings(), inherited=again.refit_settings())
+    assert kept.model.z_skip == "position" and kept.model.encoder_hidden_dim == hidden // 2
+    assert kept.model.latent_dim == z + 2
+    with pytest.raises(ConfigError, match="hidden_dim"):
+        load_config(overrides={"hidden_dim": hidden * 2}, fixed=init.fixed_settings())
+
+
 def test_train_init_on_the_command_line(trained_run, fine_corpus, tmp_path):
     out = tmp_path / "fine"
     result = cli("train", *fine_corpus, "--init", trained_run, "-o", out, "--epochs", "1", "--lr", "1e-3")

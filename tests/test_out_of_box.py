@@ -18,6 +18,7 @@ import torch
 from helpers import TINY_MODEL_FLAGS, one_line_error
 from typer.testing import CliRunner
 
+import poetvae.evaluate
 import poetvae.models
 from poetvae import data_files
 from poetvae.checkpoint import load_tensors, save_tensors
@@ -64,12 +65,12 @@ def bundles(trained_run, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def no_bundle(monkeypatch) -> None:
     """An install without a bundled model, whatever this checkout holds."""
-    monkeypatch.setattr(poetvae.models, "bundled_model", lambda: None)
+    monkeypatch.setattr(poetvae.models, "bundled_model", lambda name="classical": None)
 
 
 # ---- which model ----------------------------------------------------------------------------
 def test_explicit_model_wins_then_newest_run_then_bundle(tmp_path, trained_run, bundles, monkeypatch):
-    monkeypatch.setattr(poetvae.models, "bundled_model", lambda: bundles["fp16"])
+    monkeypatch.setattr(poetvae.models, "bundled_model", lambda name="classical": bundles["fp16"])
     assert resolve_model(None, tmp_path).source == BUNDLED  # no ./runs at all
     runs = tmp_path / "runs"
     for name in ("old", "new"):
@@ -123,28 +124,79 @@ def test_sample_says_on_stderr_which_model_and_keeps_stdout_for_poems(tmp_path, 
 
 
 def test_the_bundled_model_is_used_last_and_named(tmp_path, bundles, monkeypatch):
-    monkeypatch.setattr(poetvae.models, "bundled_model", lambda: bundles["fp16"])
+    monkeypatch.setattr(poetvae.models, "bundled_model", lambda name="classical": bundles["fp16"])
     monkeypatch.chdir(tmp_path)
     result = cli("sample", "-n", "2", "--seed", "1", "-f", "oneline")
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
-        f"using the bundled model {poetvae.models.BUNDLED_MODEL} (no run in ./runs; -m to choose)"
+        "using the bundled model classical, the poet (no run in ./runs; -m to choose)"
     ]
     assert result.stdout == cli("sample", "-m", bundles["fp16"], "-n", "2", "--seed", "1", "-f", "oneline").stdout
 
 
-def test_evaluate_and_plot_take_the_newest_run_but_never_the_bundle(
+def test_each_command_takes_the_bundled_model_made_for_it(tmp_path, bundles, monkeypatch):
+    """sample and evaluate use the poet, interpolate, reconstruct and vary the latent model;
+    -m NAME names a bundled model; a run in ./runs still comes first."""
+    chosen = []
+
+    def bundled(name="classical"):
+        chosen.append(name)
+        return bundles["fp16"] if name == "classical" else bundles["fp32"]
+
+    monkeypatch.setattr(poetvae.models, "bundled_model", bundled)
+    monkeypatch.chdir(tmp_path)
+    latent = "using the bundled model latent, the model whose latent keeps a poem (no run in ./runs; -m to choose)"
+    for args in (
+        ("interpolate", POEMS[3], POEMS[5], "--steps", "3", "--allow-unk"),
+        ("reconstruct", POEMS[3], "--allow-unk"),
+        ("vary", POEMS[3], "-n", "2", "--allow-unk"),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stderr.splitlines() == [latent], args
+    assert resolve_model(None, tmp_path, purpose="latent").path == bundles["fp32"]
+    assert resolve_model(None, tmp_path).path == bundles["fp16"]
+    for name, path in (("latent", bundles["fp32"]), ("classical", bundles["fp16"])):
+        given = resolve_model(name, tmp_path)
+        assert (given.path, given.source) == (path, BUNDLED) and f"-m {name}" in given.note
+        result = cli("sample", "-m", name, "-n", "2", "--seed", "1", "-f", "oneline")
+        assert result.exit_code == 0 and result.stderr.splitlines() == [f"using the bundled model {name} (-m {name})"]
+    (tmp_path / "latent").mkdir()  # a directory of that name is what -m means, as any path
+    assert resolve_model("latent", tmp_path).source == GIVEN
+    assert chosen.count("latent") >= 4
+
+
+def test_evaluate_and_plot_take_the_newest_run_and_evaluate_a_bundle_on_a_corpus(
     tmp_path, trained_run, prep_dir, bundles, monkeypatch
 ):
-    monkeypatch.setattr(poetvae.models, "bundled_model", lambda: bundles["fp16"])
+    monkeypatch.setattr(poetvae.models, "bundled_model", lambda name="classical": bundles["fp16"])
     monkeypatch.chdir(tmp_path)
-    one_line_error(cli("evaluate", "--samples", "2", "--iw", "2"), "no run in ./runs; train one")
+    # a bundle keeps no splits: evaluating it needs a held-out corpus, and leaves out only
+    # the figures that need the training split
+    no_corpus = cli("evaluate", "--samples", "2", "--iw", "2")
+    assert no_corpus.exit_code == 1 and no_corpus.stderr.startswith("using the bundled model classical")
+    assert no_corpus.stdout == "" and "Traceback" not in no_corpus.output
+    assert no_corpus.stderr.splitlines()[-1].startswith("error:") and "keeps no test split" in no_corpus.stderr
     one_line_error(cli("plot"), "no run in ./runs; train one")
+    corpus = tmp_path / "heldout.txt"
+    corpus.write_text("\n".join(POEMS[:6]) + "\n", encoding="utf-8")
+    on_bundle = cli("evaluate", corpus, "--samples", "4", "--iw", "2", "--json")
+    assert on_bundle.exit_code == 0, on_bundle.output
+    assert on_bundle.stderr.startswith("using the bundled model classical")
+    report = json.loads(on_bundle.stdout)
+    assert report["meta"]["poems"] == 6 and report["samples"]["poems"] == 4
+    left_out = {f"{k}.{f}" for k, fields in report.items() for f, v in fields.items() if v is None}
+    assert left_out == set(poetvae.evaluate.NEEDS_TRAINING_SPLIT)
+    assert 0 <= report["latent"]["reconstruction_accuracy"] <= 1 and report["likelihood"]["iw_nll"] > 0
+    table = cli("evaluate", "-m", "classical", corpus, "--samples", "4", "--iw", "2")
+    assert table.exit_code == 0 and "n/a" in table.stdout and "training" in table.stdout
+
     shutil.copytree(trained_run, tmp_path / "runs" / "tiny")
     shutil.copytree(prep_dir, tmp_path / "runs" / "tiny" / "prep")  # a run trained by `poetvae train` has it
     result = cli("evaluate", "--samples", "2", "--iw", "2", "--json")
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("using runs/tiny") and json.loads(result.stdout)["samples"]["poems"] == 2
+    assert all(v is not None for fields in json.loads(result.stdout).values() for v in fields.values())
 
 
 # ---- bundles --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import sys
 import threading
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from poetvae.checkpoint import load_tensors, save_tensors
 from poetvae.cli import app as cli_app
 from poetvae.form import FORM, is_han
 from poetvae.models import BUNDLED, bundled_model
@@ -133,6 +135,27 @@ def test_reconstruct_is_the_cli_json(client, trained_run):
     body = client.post("/api/reconstruct", json={"poems": [JINGYESI, DENGGUANQUE]}).json()
     assert body["poems"] == cli_json("reconstruct", "-m", trained_run, JINGYESI, DENGGUANQUE, "--format", "json")
     assert body["accuracy"] == pytest.approx(sum(r["accuracy"] for r in body["poems"]) / 2, abs=1e-4)
+
+
+def test_a_walker_model_serves_the_walks_and_the_poet_the_poems(poet, trained_run, tmp_path):
+    """`poetvae serve` on the bundled poet walks with the bundled latent model (create_app's
+    walker): vary, reconstruct and interpolate are the walker's, sample the poet's."""
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    weights, meta = load_tensors(other / "model.safetensors")
+    weights = {k: v * 1.5 if k.startswith("encoder.") else v for k, v in weights.items()}
+    save_tensors(other / "model.safetensors", weights, meta)
+    walker = Poet.load(other, device="cpu")
+    with TestClient(serve.create_app(poet, source="bundled", walker=walker)) as both:
+        info = both.get("/api/model").json()
+        assert info["name"] == trained_run.name and info["walker"]["name"] == "other"
+        body = both.post("/api/reconstruct", json={"poems": [JINGYESI, DENGGUANQUE]}).json()
+        assert body["poems"] == cli_json("reconstruct", "-m", other, JINGYESI, DENGGUANQUE, "--format", "json")
+        walk = both.post("/api/interpolate", json={"poem_a": JINGYESI, "poem_b": DENGGUANQUE, "steps": 3}).json()
+        cli = cli_json("interpolate", JINGYESI, DENGGUANQUE, "-m", other, "--steps", 3, "--format", "json")
+        assert [{k: v for k, v in r.items() if k not in ("same_a", "same_b")} for r in walk["path"]] == cli
+        sampled = both.post("/api/sample", json={"n": 3, "seed": 2}).json()["poems"]
+        assert sampled == cli_json("sample", "-m", trained_run, "-n", 3, "--seed", 2, "--format", "json")
 
 
 def test_interpolate_is_the_cli_json_with_every_row_compared(client, trained_run):

@@ -206,26 +206,32 @@ TrainedRun = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="run directory written by `poetvae train` (default: the newest run in ./runs)",
+        help="run directory written by `poetvae train`, or a bundled model: classical or latent "
+        "(default: the newest run in ./runs, else the bundled model made for the command)",
         readable=False,
         show_default=False,
     ),
 ]
 
 
-def use_model(model: Path | None, *, bundled: bool = True, hint: str = "pass -m RUN") -> Path:
-    """The model directory a command reads (poetvae.models.resolve_model): -m as given, else
-    the newest run in ./runs, else (with `bundled`) the bundled model. When it chose, it says
-    which in one line on stderr, so that stdout holds the poems alone (`poetvae sample | head`).
+def use_model(
+    model: Path | None, *, bundled: bool = True, hint: str = "pass -m RUN", purpose: str = "classical"
+) -> Path:
+    """The model directory a command reads (poetvae.models.resolve_model): -m as given (a
+    directory, or a bundled model by name), else the newest run in ./runs, else (with
+    `bundled`) the bundled model made for `purpose`. When it chose, it says which and why in
+    one line on stderr, so that stdout holds the poems alone (`poetvae sample | head`).
     Call it inside user_errors(): with no model at all it raises a one-line error."""
-    return use_resolved(model, bundled=bundled, hint=hint).path
+    return use_resolved(model, bundled=bundled, hint=hint, purpose=purpose).path
 
 
-def use_resolved(model: Path | None, *, bundled: bool = True, hint: str = "pass -m RUN") -> Any:
+def use_resolved(
+    model: Path | None, *, bundled: bool = True, hint: str = "pass -m RUN", purpose: str = "classical"
+) -> Any:
     """use_model's poetvae.models.ResolvedModel: the path and how it was chosen."""
     from poetvae.models import resolve_model
 
-    resolved = resolve_model(model, bundled=bundled, hint=hint)
+    resolved = resolve_model(model, bundled=bundled, hint=hint, purpose=purpose)
     if resolved.note:
         err.print(resolved.note)
     return resolved

@@ -186,7 +186,7 @@ def interpolate(
 
     with user_errors():
         a, b = parse_poem(poem_a), parse_poem(poem_b)
-        poet = Poet.load(use_model(model), device=device)
+        poet = Poet.load(use_model(model, purpose="latent"), device=device)
         check_decode_memory(steps * beam, len(poet.vocab), f"--steps {steps}, --beam {beam}")
         controls = _controls(rhyme, rhyme_group, scheme, tones, None, None)
         options = DecodeOptions(

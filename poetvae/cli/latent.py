@@ -111,7 +111,7 @@ def reconstruct(
         raise typer.BadParameter("give poems as arguments or with --file")
     with user_errors():
         given = _read_poems(poems or [], file)
-        poet = Poet.load(use_model(model), device=device)
+        poet = Poet.load(use_model(model, purpose="latent"), device=device)
         recs = poet.reconstruct(given, allow_unk=allow_unk, repetition_rule=repetition_rule)
     if fmt == "table":
         _print_reconstructions(recs)
@@ -161,7 +161,7 @@ def vary(
     with user_errors():
         given = parse_poem(poem)
         controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, None)
-        poet = Poet.load(use_model(model), device=device)
+        poet = Poet.load(use_model(model, purpose="latent"), device=device)
         options = DecodeOptions(
             temperature=temp, greedy=greedy, beam=beam, controls=controls, repetition_rule=repetition_rule, seed=seed
         )

@@ -43,7 +43,7 @@ def _print_report(report: Any, source: str) -> None:
     table.add_row("active units", f"{lt.active_units} of {lt.latent_dim}")
     table.add_row("mutual information", f"{lt.mutual_information:.2f} nats")
     table.add_row("reconstruction accuracy", f"{lt.reconstruction_accuracy:.1%}")
-    table.add_row("  on training poems", f"{lt.train_reconstruction_accuracy:.1%}")
+    table.add_row("  on training poems", _share(lt.train_reconstruction_accuracy))
     out.print(table)
     prior = "" if meta.prior == "normal" else f", {meta.prior} prior"
     prior += "" if meta.repetition_rule else ", no repetition rule"
@@ -69,8 +69,25 @@ def _print_report(report: Any, source: str) -> None:
         ("well formed", "well_formed", "{:.1%}"),
     ]
     for label, name, fmt in rows:
-        stats.add_row(label, fmt.format(getattr(s, name)) if s.poems else "-", fmt.format(getattr(r, name)))
+        stats.add_row(label, _cell(getattr(s, name), fmt) if s.poems else "-", _cell(getattr(r, name), fmt))
     out.print(stats)
+    if lt.train_reconstruction_accuracy is None:
+        out.print(
+            _styled(
+                "n/a: figures that need the poems the model trained on (reconstruction of training poems, "
+                "copies), which a bundled model does not keep",
+                "dim",
+            )
+        )
+
+
+def _cell(value: Any, fmt: str) -> str:
+    """A figure of the report, or n/a for one left out (poetvae.evaluate.NEEDS_TRAINING_SPLIT)."""
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _share(value: float | None) -> str:
+    return _cell(value, "{:.1%}")
 
 
 @app.command()
@@ -108,11 +125,13 @@ def evaluate(
     from poetvae.poet import Poet
 
     with user_errors():
-        # a run, never the bundled model: evaluating needs the run's own splits
-        model = use_model(model, bundled=False)
+        # a run, or a bundled model with a held-out corpus (without its training split, the
+        # figures that need it are left out: poetvae.evaluate.NEEDS_TRAINING_SPLIT)
+        model = use_model(model, hint="pass -m RUN", purpose="classical")
         run = rundir.RunDir(model)
         heldout = run.heldout(corpus)
-        train_poems = run.train_poems()
+        trained = run.has_training_split()
+        train_poems = run.train_poems() if trained else None
         poet = Poet.load(model, device=device)
         report = evaluate_run(
             poet,
@@ -124,7 +143,7 @@ def evaluate(
             seed=seed,
             scheme=scheme,
             prior=prior,
-            pretraining=run.pretraining_poems(),
+            pretraining=run.pretraining_poems() if trained else (),
             repetition_rule=repetition_rule,
             rerank=rerank,
             prosody_weight=prosody_weight,

@@ -38,15 +38,21 @@ def serve(
             if (e.name or "").split(".")[0] not in WEB_PACKAGES:
                 raise  # not a missing extra: a real bug, shown as one
             raise PoetVAEError(INSTALL_WEB) from None
+        from poetvae.models import BUNDLED, LATENT_MODEL, bundled_model
         from poetvae.poet import Poet
 
         resolved = use_resolved(model)
         poet = Poet.load(resolved.path, device=device)
+        walker = None
+        if model is None and resolved.source == BUNDLED and (latent := bundled_model(LATENT_MODEL)) is not None:
+            # the bundled poet writes; the bundled latent model walks, varies and reconstructs
+            err.print(f"using the bundled model {LATENT_MODEL} for vary, reconstruct and interpolate")
+            walker = Poet.load(latent, device=device)
         try:
             sock = web.listen(host, port)
         except OSError as e:  # in use, not an address of this machine, a port below 1024 ...
             raise PoetVAEError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        application = web.create_app(poet, source=resolved.source)
+        application = web.create_app(poet, source=resolved.source, walker=walker)
     where = web.url(sock)
     everywhere = " (every address of this machine)" if host in ("0.0.0.0", "::") else ""
     out.print(f"poetvae serve: {poet.run_dir.name} at {where}{everywhere} (Ctrl-C to stop)")

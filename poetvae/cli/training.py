@@ -278,7 +278,12 @@ def _new_run_config(config: Path | None, settings: dict[str, Any], init_run: Any
     (from a --config file) without an --init run is an error, not ignored."""
     from poetvae.errors import ConfigError
 
-    cfg = load_config(config, settings, fixed=init_run.fixed_settings() if init_run else None)
+    cfg = load_config(
+        config,
+        settings,
+        fixed=init_run.fixed_settings() if init_run else None,
+        inherited=init_run.refit_settings() if init_run else None,
+    )
     if init_run is None and cfg.train.init_reset != "none":
         raise ConfigError(f"train.init_reset = {cfg.train.init_reset!r} in {config} needs an --init run to reset")
     return cfg
