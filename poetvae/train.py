@@ -480,6 +480,9 @@ def _check_init(cfg: Config, data: PreparedData, init: rundir.InitRun, *, resume
         for k, v in dataclasses.asdict(init.config.model).items()
         if getattr(cfg.model, k) != v and k not in rundir.REFIT_SETTINGS
     ]
+    new_z, old_z = cfg.model.latent_dim, init.config.model.latent_dim
+    if new_z < old_z:
+        differ.append(f"latent_dim {new_z} (it has {old_z}: z may widen, not narrow)")
     if differ:
         raise ConfigError(f"the model settings differ from those of {init.path}: {', '.join(differ)}")
 

@@ -237,13 +237,13 @@ def test_evaluate_and_plot_read_the_runs_own_splits(cli_run, tmp_path):
     assert (tmp_path / "plots" / "training.png").is_file() and (tmp_path / "plots" / "latent.png").is_file()
 
 
-def test_evaluate_needs_a_run_with_its_splits(cli_run, tmp_path):
+def test_evaluate_needs_a_run_with_its_splits_or_a_corpus(cli_run, tmp_path):
     one_line_error(run("evaluate", "-m", tmp_path), "not a poetvae run")
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "vocab.json", "model.safetensors"):
         shutil.copy(cli_run / name, bare / name)
-    one_line_error(run("evaluate", "-m", bare), "has no prep/ directory with its training split")
+    one_line_error(run("evaluate", "-m", bare), "keeps no test split")
     one_line_error(run("train", "--resume", bare), "not a prepared corpus")
 
 

@@ -93,9 +93,11 @@ def test_load_config_takes_the_fixed_settings_and_refuses_to_change_them(init):
     cfg = fine_config(init)
     assert cfg.model == init.config.model and cfg.prep.tokenizer == init.vocab.tokenizer
     assert cfg.train.lr == 1e-3 and cfg.train.epochs == 3
-    with pytest.raises(ConfigError, match=r"model.latent_dim = 7 \(it has 6\)"):
-        load_config(overrides={"latent_dim": 7}, fixed=init.fixed_settings())
-    assert load_config(overrides={"latent_dim": 6}, fixed=init.fixed_settings()).model == init.config.model
+    hidden = init.config.model.hidden_dim
+    with pytest.raises(ConfigError, match=rf"model.hidden_dim = {hidden + 1} \(it has {hidden}\)"):
+        load_config(overrides={"hidden_dim": hidden + 1}, fixed=init.fixed_settings())
+    same = load_config(overrides={"hidden_dim": hidden}, fixed=init.fixed_settings(), inherited=init.refit_settings())
+    assert same.model == init.config.model
 
 
 def interrupt_before_the_first_step(monkeypatch) -> None:
@@ -173,8 +175,8 @@ def test_resume_of_a_fine_tuning_run_is_bit_identical(init, fine_prep, tmp_path)
 
 def test_the_library_refuses_a_model_that_is_not_the_init_runs(init, fine_prep, tmp_path):
     _, data = fine_prep
-    cfg = load_config(overrides={"embed_dim": TINY.model.embed_dim, "latent_dim": 7})
-    with pytest.raises(ConfigError, match="latent_dim 7"):
+    cfg = load_config(overrides={"embed_dim": TINY.model.embed_dim, "hidden_dim": 25})
+    with pytest.raises(ConfigError, match="hidden_dim 25"):
         train(cfg, data, tmp_path / "r", init=init)
     assert not (tmp_path / "r").exists()
 
@@ -210,6 +212,8 @@ def test_the_encoder_and_the_skip_connection_may_be_refit_and_the_rest_is_kept(i
     assert kept.model.latent_dim == z + 2
     with pytest.raises(ConfigError, match="hidden_dim"):
         load_config(overrides={"hidden_dim": hidden * 2}, fixed=init.fixed_settings())
+    with pytest.raises(ConfigError, match="latent_dim"):  # a narrower z: the decoder would lose what it reads
+        train(fine_config(init, latent_dim=z - 1), data, tmp_path / "narrow", init=init)
 
 
 def test_train_init_on_the_command_line(trained_run, fine_corpus, tmp_path):
@@ -290,12 +294,12 @@ def test_a_prep_directory_with_another_vocabulary_is_refused(trained_run, tmp_pa
 def test_init_usage_errors_exit_2(trained_run, fine_corpus, tmp_path):
     out = tmp_path / "out"
     assert_usage_error(cli("train", "--init", trained_run, "--resume", out), "--init", "--resume")
-    result = cli("train", *fine_corpus, "--init", trained_run, "-o", out, "--latent-dim", "7", "--tokenizer", "jieba")
-    assert_usage_error(result, "--latent-dim 7 (it has 6)", "--tokenizer jieba (it has char)")
+    result = cli("train", *fine_corpus, "--init", trained_run, "-o", out, "--hidden-dim", "25", "--tokenizer", "jieba")
+    assert_usage_error(result, "--hidden-dim 25 (it has 24)", "--tokenizer jieba (it has char)")
     assert_usage_error(cli("train", *fine_corpus, "--init", trained_run, "--no-latent", "-o", out), "--no-use-latent")
     assert not out.exists()
     # flags that repeat the init run's model are fine; a config file that contradicts it is bad input
     config = tmp_path / "c.toml"
-    config.write_text("[model]\nlatent_dim = 9\n", encoding="utf-8")
+    config.write_text("[model]\nhidden_dim = 9\n", encoding="utf-8")
     result = cli("train", *fine_corpus, "--init", trained_run, "-o", out, "-c", config)
-    one_line_error(result, "model.latent_dim = 9 (it has 6)")
+    one_line_error(result, "model.hidden_dim = 9 (it has 24)")

@@ -161,7 +161,7 @@ def test_heldout_needs_a_run_with_its_training_split(tmp_path):
         RunDir(tmp_path).heldout()
     run = RunDir(tmp_path)
     run.create(SMALL, small_vocab())
-    with pytest.raises(CheckpointError, match="has no prep/ directory with its training split"):
+    with pytest.raises(CheckpointError, match="keeps no test split"):
         run.heldout()
     with pytest.raises(CheckpointError, match="has no prep/ directory"):
         run.train_poems()
