@@ -30,6 +30,7 @@ import torch
 from poetvae.corpus import read_corpus, split_corpus
 from poetvae.data_files import shipped_corpus
 from poetvae.decode import DecodeOptions
+from poetvae.errors import PoetVAEError
 from poetvae.evaluate import iw_nll, sample_stats
 from poetvae.form import Poem
 from poetvae.models import resolve_model
@@ -64,7 +65,7 @@ def measure(poet: Poet, test, train, seen, lm: Poet | None, n: int, pairs: int) 
     for prior in ("normal", "fitted"):
         try:
             samples = [s.lines for s in poet.sample(n, SAMPLE, prior=prior)]
-        except Exception as e:  # a model without a fitted prior
+        except PoetVAEError as e:  # a model without a fitted prior
             out[f"samples_{prior}"] = {"error": str(e)}
             continue
         stats = sample_stats(samples, seen).to_dict()

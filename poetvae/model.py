@@ -181,7 +181,7 @@ class Decoder(nn.Module):
         self.lstm = nn.LSTM(cfg.embed_dim + cfg.latent_dim, cfg.hidden_dim, cfg.decoder_layers, batch_first=True)
         self.init_state = nn.Linear(cfg.latent_dim, 2 * cfg.decoder_layers * cfg.hidden_dim)
         self.drop = nn.Dropout(cfg.dropout)
-        # The skip connection from z (ModelConfig.z_to_output; Dieng et al. 2019, "Avoiding
+        # The skip connection from z (ModelConfig.z_skip; Dieng et al. 2019, "Avoiding
         # Latent Variable Collapse with Generative Skip Models"): z shifts every step's output
         # directly, so what the decoder writes depends on z however little its LSTM state
         # keeps of it. Zero at the start: a model fine-tuned from one without it (train

@@ -403,7 +403,7 @@ class RunDir:
     def checked_prep(self) -> Path:
         """RUN_DIR/prep, checked: a clear error if this is not a run with its training split."""
         self.read_header()
-        if not split_file(self.prep, "train").is_file():
+        if not self.has_training_split():
             raise CheckpointError(f"{self.path} has no prep/ directory with its training split")
         return self.prep
 
@@ -443,7 +443,7 @@ class RunDir:
                 f"{self.path} keeps no test split (a bundled or exported model): give a held-out corpus, "
                 "e.g. `poetvae evaluate POEMS.txt`"
             )
-        prep_dir = self.checked_prep()
+        prep_dir = self.prep  # checked above: the header read, the training split there
         for split in ("test", "valid"):
             poems = load_poems(split_file(prep_dir, split))
             if poems:

@@ -72,7 +72,7 @@ class StepDecoder:
             self.position_gates = position @ w_x.T  # (21, 4H), or (21 * 5, 4H)
         self.w_z = weight("weight_ih_l0")[:, embed_dim:]  # (4H, Z)
         self.z_out = model.decoder.z_out  # the skip connection from z to the output, or None
-        self.skip_positions = model.decoder.skip_positions
+        self.skip = model.decoder.skip  # which of its projections a step adds
         self.bias_0 = weight("bias_ih_l0") + weight("bias_hh_l0")
         if self.form:  # every row starts without a rhyme group: from there on, the change
             self.bias_0 = self.bias_0 + rhyme_gates[0]
@@ -98,16 +98,14 @@ class StepDecoder:
 
     @torch.no_grad()
     def z_output(self, z: Tensor) -> Tensor | None:
-        """(B, Z) -> the skip connection's projection of z (ModelConfig.z_skip), (B, P, H)
-        for P positions (1: shared by all); None without one. skip_term picks each step's."""
-        return None if self.z_out is None else self.z_out(z).float().view(z.size(0), self.skip_positions, -1)
+        """(B, Z) -> the skip connection's projection of z (ModelConfig.z_skip), once per
+        poem; None without one. skip_term picks each step's share of it."""
+        return None if self.z_out is None else self.z_out(z).float()
 
     def skip_term(self, z_out: Tensor, chars_written: Tensor) -> Tensor:
-        """What the skip connection adds to the rows' hidden states (B, H) at this step."""
-        if self.skip_positions == 1:
-            return z_out[:, 0]
-        p = chars_written.clamp(max=self.skip_positions - 1)
-        return z_out[torch.arange(z_out.size(0), device=z_out.device), p]
+        """What the skip connection adds to the rows' hidden states (B, H) at this step:
+        Decoder.skip at the rows' positions."""
+        return self.skip(z_out, chars_written[:, None]).squeeze(1)
 
     @staticmethod
     def _add_product(x: Tensor, a: Tensor, w: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ def _print_report(report: Any, source: str) -> None:
     table.add_row("active units", f"{lt.active_units} of {lt.latent_dim}")
     table.add_row("mutual information", f"{lt.mutual_information:.2f} nats")
     table.add_row("reconstruction accuracy", f"{lt.reconstruction_accuracy:.1%}")
-    table.add_row("  on training poems", _share(lt.train_reconstruction_accuracy))
+    table.add_row("  on training poems", _cell(lt.train_reconstruction_accuracy, "{:.1%}"))
     out.print(table)
     prior = "" if meta.prior == "normal" else f", {meta.prior} prior"
     prior += "" if meta.repetition_rule else ", no repetition rule"
@@ -86,10 +86,6 @@ def _cell(value: Any, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def _share(value: float | None) -> str:
-    return _cell(value, "{:.1%}")
-
-
 @app.command()
 def evaluate(
     model: TrainedRun = None,
@@ -127,7 +123,7 @@ def evaluate(
     with user_errors():
         # a run, or a bundled model with a held-out corpus (without its training split, the
         # figures that need it are left out: poetvae.evaluate.NEEDS_TRAINING_SPLIT)
-        model = use_model(model, hint="pass -m RUN", purpose="classical")
+        model = use_model(model)
         run = rundir.RunDir(model)
         heldout = run.heldout(corpus)
         trained = run.has_training_split()
