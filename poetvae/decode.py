@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from poetvae.bigrams import BigramCorrection
 from poetvae.config import check_seed
 from poetvae.controls import BACKOFF_NAMES, Controls, ControlTables
 from poetvae.form import FORM
@@ -40,7 +41,8 @@ from poetvae.vocab import BOS, EOS, PAD, UNK, Vocab
 class DecodeOptions:
     """Every decoding choice, from the CLI through Poet to generate.
 
-    generate reads temperature, top_k, top_p, greedy, beam, controls and repetition_rule;
+    generate reads temperature, top_k, top_p, greedy, beam, controls, repetition_rule and
+    bigram_correction;
     Poet also reads the rest: which z (seed, infer_z), how many at a time, and the
     candidates per z.
     """
@@ -54,6 +56,7 @@ class DecodeOptions:
     prosody_weight: float = 0.0  # with rerank > 1: weight of the rhyme/tone score
     controls: Controls | None = None  # rhyme, tones, acrostic, given lines (poetvae.controls)
     repetition_rule: bool = True  # forbid the repeats human verse avoids (poetvae.repetition)
+    bigram_correction: float = 1.0  # 0..1: how far the temperature spares the corpus's bigrams (poetvae.bigrams)
     infer_z: bool = False  # z ~ q(z | the controls' prefix) instead of the prior N(0, I)
     seed: int | None = None  # fixes z and the draws (None: fresh randomness)
     batch_size: int = 2048  # poems decoded together
@@ -61,6 +64,8 @@ class DecodeOptions:
     def __post_init__(self) -> None:
         if not self.greedy and not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError("temperature must be positive and finite")
+        if not 0.0 <= self.bigram_correction <= 1.0:
+            raise ValueError("bigram_correction must be between 0 and 1")
         if not math.isfinite(self.prosody_weight):
             raise ValueError("prosody_weight must be finite")
         if self.seed is not None:
@@ -98,6 +103,13 @@ class DecodeTables:
         self.token_chars = chars.to(self.device)
         self._controls: dict[Controls, ControlTables] = {}
         self._repeats: RepeatTables | None = None
+        self._bigrams: BigramCorrection | None = None
+
+    def bigrams(self) -> BigramCorrection:
+        """The bigram correction's tables (poetvae.bigrams), built at first use."""
+        if self._bigrams is None:
+            self._bigrams = BigramCorrection(self.vocab, self.device)
+        return self._bigrams
 
     def repeats(self) -> RepeatTables:
         """The repetition rule's tables (poetvae.repetition), built at first use."""
@@ -130,7 +142,8 @@ def generate(
     normalisation) and returns the best beam. `options.controls` adds rhyme, tones,
     acrostic and prefix constraints (see poetvae.controls); `options.repetition_rule` (on
     by default) forbids the repeats human verse avoids (poetvae.repetition), giving way
-    for a step where it would leave no token. Decoding is always without dropout.
+    for a step where it would leave no token; `options.bigram_correction` keeps the
+    temperature from sharpening the corpus's stock bigrams (poetvae.bigrams). Decoding is always without dropout.
     `generator`: the draws' randomness; when None, a generator seeded with options.seed,
     or torch's global one if that is None too. `tables`: DecodeTables(model, vocab,
     z.device), to reuse across calls.
@@ -143,6 +156,10 @@ def generate(
     repeats = tables.repeats() if options.repetition_rule else None
     step, form, beam = tables.step, tables.form, options.beam
     b = z.size(0)
+    # the bigram correction's exponent on b, K (T - 1) before the division by T; 0 where it
+    # changes nothing (T = 1, K = 0) or where nothing is drawn (greedy, beam search)
+    sampling = beam == 1 and not options.greedy
+    correction = options.bigram_correction * (options.temperature - 1.0) if sampling else 0.0
     rows = _Rows(step, model, z.repeat_interleave(beam, dim=0), control_tables, repeats)
     # beam scores: (B, W); all beams start equal, so only the first is live at step 0
     scores = torch.full((b, beam), -math.inf, device=device)
@@ -154,7 +171,30 @@ def generate(
         mask = form.mask(rows, control_tables)
         if repeats is not None:  # the repetition rule, on top of the form and the controls
             mask = repeats.mask(mask, rows.chars_written, rows.control_state)
-        if beam == 1:
+        if beam == 1 and correction:
+            # the temperature on p / b^K (poetvae.bigrams): the draw's weights move, the
+            # poem's score stays the model's log-probability
+            logp = step.logits(hidden)
+            if not step.adaptive:
+                logp = torch.log_softmax(logp, dim=-1)
+            biased = logp.add(tables.bigrams().log_prob(rows.prev, rows.chars_written), alpha=correction)
+            u = uniforms(b, device, generator)
+            if options.top_k or options.top_p < 1.0:
+                token, _ = choose_token(
+                    biased,
+                    mask,
+                    u,
+                    temperature=options.temperature,
+                    top_k=options.top_k,
+                    top_p=options.top_p,
+                    generator=generator,
+                )
+            else:  # at the temperature and shifted to a maximum of 0: one exp pass draws
+                biased.mul_(1.0 / options.temperature)
+                biased.sub_(biased.amax(dim=1, keepdim=True))
+                token, _ = choose_token(biased, mask, u, log_probs=True, generator=generator)
+            token_logp = logp.gather(1, token[:, None]).squeeze(1)
+        elif beam == 1:
             u = None if options.greedy else uniforms(b, device, generator)  # greedy draws nothing
             token, token_logp = choose_token(
                 step.logits(hidden),

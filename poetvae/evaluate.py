@@ -451,6 +451,7 @@ class ReportMeta:
     repetition_rule: bool  # whether samples and reconstructions were decoded with it (poetvae.repetition)
     rerank: int  # candidates decoded per sample, the best kept (Poet.sample; 1: none)
     prosody_weight: float  # with rerank > 1: the weight of the prosody score in that choice
+    bigram_correction: float  # how far the temperature spared the corpus's bigrams (poetvae.bigrams)
     seed: int
     scheme: str
     device: str  # where the model ran
@@ -511,6 +512,7 @@ def evaluate_run(
     repetition_rule: bool = True,
     rerank: int = 1,
     prosody_weight: float = 0.0,
+    bigram_correction: float = 1.0,
 ) -> EvaluationReport:
     """Evaluate a trained model on held-out poems (the fields: EvaluationReport and the
     classes of its sections). `samples` poems are drawn from `prior` ("normal": N(0, I);
@@ -519,7 +521,8 @@ def evaluate_run(
     in both schemes too). Samples and reconstructions are decoded with the repetition rule
     (poetvae.repetition) unless `repetition_rule` is False; each sample is the best of
     `rerank` candidates by log-probability + `prosody_weight` x prosody score, as `poetvae
-    sample --rerank N --prosody-weight W` chooses it. Reconstruction
+    sample --rerank N --prosody-weight W` chooses it, with `bigram_correction` (poetvae.bigrams)
+    as `--bigram-correction`. Reconstruction
     accuracy is measured on the held-out poems and on at most TRAIN_RECONSTRUCTED
     training poems. Copies are counted against `train` and `pretraining` (the poems of the
     runs a fine-tuned model started from). With `train` None (a bundled model, which keeps
@@ -565,6 +568,7 @@ def evaluate_run(
         repetition_rule=repetition_rule,
         rerank=rerank,
         prosody_weight=prosody_weight,
+        bigram_correction=bigram_correction,
         controls=Controls(scheme=scheme),  # the scheme of the rerank's prosody score
     )
     drawn = poet.sample(samples, options, prior=prior) if samples > 0 else []
@@ -588,6 +592,7 @@ def evaluate_run(
             repetition_rule=repetition_rule,
             rerank=rerank,
             prosody_weight=prosody_weight,
+            bigram_correction=bigram_correction,
             seed=seed,
             scheme=scheme,
             device=str(device),

@@ -85,6 +85,9 @@ class _ControlOptions(_Body):
     scheme: Literal["pingshui", "xinyun"] = "pingshui"
     tones: bool = Field(False, description="二四异 and the 粘对 pattern of the regular 五绝")
     repetition_rule: bool = Field(True, description="forbid the repeats human verse avoids (poetvae.repetition)")
+    bigram_correction: float = Field(
+        1.0, ge=0, le=1, description="how far a temperature below 1 spares the corpus's bigrams (poetvae.bigrams)"
+    )
     beam: int = Field(1, ge=1, le=MAX_BEAM, description="beam-search width (1: sample)")
 
 
@@ -382,6 +385,7 @@ def create_app(poet: Poet, *, source: str | None = None, walker: Poet | None = N
                 prosody_weight=body.prosody_weight,
                 controls=controls,
                 repetition_rule=body.repetition_rule,
+                bigram_correction=body.bigram_correction,
                 infer_z=body.infer_z,
                 seed=body.seed,
             )
@@ -402,6 +406,7 @@ def create_app(poet: Poet, *, source: str | None = None, walker: Poet | None = N
                 beam=body.beam,
                 controls=_controls(body, body.acrostic),
                 repetition_rule=body.repetition_rule,
+                bigram_correction=body.bigram_correction,
                 seed=body.seed,
             )
             poems = walks.vary(given, body.n, options, spread=body.spread, allow_unk=body.allow_unk, with_z=body.with_z)
@@ -439,6 +444,7 @@ def create_app(poet: Poet, *, source: str | None = None, walker: Poet | None = N
                 beam=body.beam,
                 controls=_controls(body),
                 repetition_rule=body.repetition_rule,
+                bigram_correction=body.bigram_correction,
                 seed=body.seed,
             )
             path = walks.interpolate(

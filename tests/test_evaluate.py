@@ -374,6 +374,7 @@ REPORT_KEYS = {
         "repetition_rule",
         "rerank",
         "prosody_weight",
+        "bigram_correction",
         "seed",
         "scheme",
         "device",

@@ -237,6 +237,7 @@ SAMPLE_FLAGS: dict[str, Flag] = {
     "--beam": BEAM,
     "--rerank": (["1", "2"], ANY_INT),
     "--prosody-weight": (["0", "1"], ANY_NUMBER),
+    "--bigram-correction": (["0", "0.5", "1"], ANY_NUMBER),
     "--prior": PRIOR,
 }
 INTERPOLATE_FLAGS: dict[str, Flag] = {
@@ -253,6 +254,7 @@ INTERPOLATE_FLAGS: dict[str, Flag] = {
     "--scheme": SCHEME,
     "--tones": None,
     "--beam": BEAM,
+    "--bigram-correction": (["0", "1"], ANY_NUMBER),
 }
 RECONSTRUCT_FLAGS: dict[str, Flag] = {
     "--file": (["tiny.txt"], st.sampled_from(["tiny.txt", "notes.txt", "missing", "empty", "a[/]b.txt", "nan.toml"])),
@@ -276,6 +278,7 @@ VARY_FLAGS: dict[str, Flag] = {
     "--tones": None,
     "--acrostic": (["春夏秋冬"], text()),
     "--beam": BEAM,
+    "--bigram-correction": (["0", "1"], ANY_NUMBER),
 }
 EVALUATE_FLAGS: dict[str, Flag] = {
     "--samples": (["0", "2"], SMALL_INT),
@@ -286,6 +289,7 @@ EVALUATE_FLAGS: dict[str, Flag] = {
     "--prior": PRIOR,
     "--json": None,
     "--device": DEVICE,
+    "--bigram-correction": (["0", "1"], ANY_NUMBER),
 }
 BENCH_FLAGS: dict[str, Flag] = {
     "--size": (["default", "reference"], st.sampled_from(["default", "reference", "", "[/]", "huge"])),

@@ -96,7 +96,15 @@ def test_nan_from_flags_and_toml(tmp_path, trained_run):
     one_line_error(run("train", "-c", conf, "-o", tmp_path / "r"), "train.weight_decay must be a finite number")
     conf.write_text("[train]\nlr = 1" + "0" * 400 + "\n", encoding="utf-8")
     one_line_error(run("train", "-c", conf, "-o", tmp_path / "r"), "train.lr must be a finite number")
-    for flags in (["--temp", "inf"], ["--temp", "nan"], ["--top-p", "nan"], ["--prosody-weight", "nan"]):
+    for flags in (
+        ["--temp", "inf"],
+        ["--temp", "nan"],
+        ["--top-p", "nan"],
+        ["--prosody-weight", "nan"],
+        ["--bigram-correction", "nan"],
+        ["--bigram-correction", "1.5"],
+        ["--bigram-correction", "-1"],
+    ):
         usage_error(run("sample", "-m", trained_run, "-n", 1, *flags), flags[0])
     usage_error(run("evaluate", "-m", trained_run, "--temp", "inf"), "--temp")
     with pytest.raises(ValueError):

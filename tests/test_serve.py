@@ -258,6 +258,7 @@ BAD = [
     ("/api/reconstruct", {"poems": []}, 422, "poems: "),
     ("/api/sample", b'{"temp": NaN}', 422, "temp: Input should be a finite number"),
     ("/api/sample", b'{"prosody_weight": Infinity}', 422, "prosody_weight: Input should be a finite number"),
+    ("/api/sample", {"bigram_correction": 1.5}, 422, "bigram_correction: Input should be less than or equal to 1"),
     ("/api/vary", b'{"poem": "x", "spread": -Infinity}', 422, "spread: "),
     ("/api/sample", b"n=5&temp=0.8", 422, "the body is not valid JSON"),
     ("/api/sample", b'{"n": 5', 422, "the body is not valid JSON"),
@@ -308,8 +309,8 @@ VALUES = st.one_of(
 )
 OPTIONS = {
     "/api/sample": ["n", "temp", "seed", "top_k", "top_p", "beam", "rerank", "rhyme", "rhyme_group", "scheme",
-                    "tones", "acrostic", "first_line", "prefix", "infer_z", "prior", "prosody_weight", "nonsense"],
-    "/api/vary": ["poem", "n", "spread", "temp", "seed", "beam", "acrostic", "allow_unk", "greedy"],
+                    "tones", "acrostic", "first_line", "prefix", "infer_z", "prior", "prosody_weight", "bigram_correction", "nonsense"],
+    "/api/vary": ["poem", "n", "spread", "temp", "seed", "beam", "acrostic", "allow_unk", "greedy", "bigram_correction"],
     "/api/reconstruct": ["poems", "allow_unk"],
     "/api/interpolate": ["poem_a", "poem_b", "steps", "method", "sample", "temp", "seed", "beam", "rhyme"],
 }  # fmt: skip

@@ -271,6 +271,18 @@ RepetitionRule = Annotated[
         rich_help_panel="controls",
     ),
 ]
+BigramCorrection = Annotated[
+    float,
+    typer.Option(
+        "--bigram-correction",
+        min=0.0,
+        max=1.0,
+        callback=_finite,
+        help="how far a temperature below 1 spares the corpus's stock bigrams (不知, 不见): 1 sharpens only what "
+        "the poem adds beyond the previous character (p / b), 0 is plain temperature (poetvae.bigrams)",
+        rich_help_panel="controls",
+    ),
+]
 Acrostic = Annotated[
     str | None,
     typer.Option("--acrostic", help="藏头诗: 4 characters that start the lines", rich_help_panel="controls"),

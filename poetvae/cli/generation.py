@@ -13,6 +13,7 @@ from poetvae.cli.common import (
     Acrostic,
     AllowUnk,
     Beam,
+    BigramCorrection,
     Device,
     Greedy,
     PoemFormat,
@@ -99,13 +100,15 @@ def sample(
         ),
     ] = 100.0,
     repetition_rule: RepetitionRule = True,
+    bigram_correction: BigramCorrection = 1.0,
 ) -> None:
     """Draw z from the prior and decode well-formed quatrains, streaming them as they are made.
 
     The prior is N(0, I), or with --prior fitted a Gaussian fitted to the run's training poems
     (RUN/prior.safetensors: `poetvae fit-prior`). By default each poem is the best of 3
     candidates by prosody (--rerank 3 --prosody-weight 100: chosen by measurement,
-    docs/experiments.md), decoded with the repetition rule.
+    docs/experiments.md), decoded with the repetition rule and a temperature that leaves
+    the corpus's stock bigrams unsharpened (--bigram-correction 1).
 
     Example: [bold]poetvae sample -n 10 --temp 0.8 --seed 1 --rhyme --tones --acrostic 春夏秋冬[/]
     (the newest run in ./runs, else the bundled model; -m RUN to choose)
@@ -135,6 +138,7 @@ def sample(
             prosody_weight=prosody_weight,
             controls=controls,
             repetition_rule=repetition_rule,
+            bigram_correction=bigram_correction,
             infer_z=infer_z,
             seed=seed,
             batch_size=batch_size,
@@ -169,6 +173,7 @@ def interpolate(
     tones: Tones = False,
     beam: Beam = 1,
     repetition_rule: RepetitionRule = True,
+    bigram_correction: BigramCorrection = 1.0,
 ) -> None:
     """Walk the latent space from poem A to poem B (posterior means), decoding each point.
 
@@ -195,6 +200,7 @@ def interpolate(
             beam=beam,
             controls=controls,
             repetition_rule=repetition_rule,
+            bigram_correction=bigram_correction,
             seed=seed,
         )
         path = poet.interpolate(a, b, steps=steps, method=method, options=options, allow_unk=allow_unk)

@@ -15,6 +15,7 @@ from poetvae.cli.common import (
     Acrostic,
     AllowUnk,
     Beam,
+    BigramCorrection,
     Device,
     Greedy,
     PoemFormat,
@@ -148,6 +149,7 @@ def vary(
     acrostic: Acrostic = None,
     beam: Beam = 1,
     repetition_rule: RepetitionRule = True,
+    bigram_correction: BigramCorrection = 1.0,
 ) -> None:
     """Variations of a poem: z drawn around its posterior q(z|x), decoded (controls as in sample).
 
@@ -163,7 +165,13 @@ def vary(
         controls = _controls(rhyme, rhyme_group, scheme, tones, acrostic, None)
         poet = Poet.load(use_model(model, purpose="latent"), device=device)
         options = DecodeOptions(
-            temperature=temp, greedy=greedy, beam=beam, controls=controls, repetition_rule=repetition_rule, seed=seed
+            temperature=temp,
+            greedy=greedy,
+            beam=beam,
+            controls=controls,
+            repetition_rule=repetition_rule,
+            bigram_correction=bigram_correction,
+            seed=seed,
         )
         check_decode_memory(min(options.batch_size, n) * beam, len(poet.vocab), f"-n {n}, --beam {beam}")
         for batch in poet.iter_vary(given, n, options, spread=spread, allow_unk=allow_unk, with_z=with_z):

@@ -12,6 +12,7 @@ from rich import box
 from rich.table import Table
 
 from poetvae.cli.common import (
+    BigramCorrection,
     Device,
     Prior,
     RepetitionRule,
@@ -48,6 +49,8 @@ def _print_report(report: Any, source: str) -> None:
     prior = "" if meta.prior == "normal" else f", {meta.prior} prior"
     prior += "" if meta.repetition_rule else ", no repetition rule"
     prior += f", best of {meta.rerank} (prosody weight {meta.prosody_weight:g})" if meta.rerank > 1 else ""
+    if meta.temperature != 1.0:  # where the correction changes anything
+        prior += f", bigram correction {meta.bigram_correction:g}"
     stats = Table(title=f"samples (temperature {meta.temperature}{prior}) vs the held-out poems", title_justify="left")
     stats.add_column("")
     stats.add_column("samples", justify="right")
@@ -111,6 +114,7 @@ def evaluate(
     prosody_weight: Annotated[
         float, typer.Option("--prosody-weight", callback=_finite, help="with --rerank: as sample's")
     ] = 0.0,
+    bigram_correction: BigramCorrection = 1.0,
 ) -> None:
     """Measure a run: likelihood, latent use, and the statistics of its samples next to human verse.
 
@@ -143,6 +147,7 @@ def evaluate(
             repetition_rule=repetition_rule,
             rerank=rerank,
             prosody_weight=prosody_weight,
+            bigram_correction=bigram_correction,
         )
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) + "\n")
