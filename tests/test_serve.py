@@ -309,8 +309,10 @@ VALUES = st.one_of(
 )
 OPTIONS = {
     "/api/sample": ["n", "temp", "seed", "top_k", "top_p", "beam", "rerank", "rhyme", "rhyme_group", "scheme",
-                    "tones", "acrostic", "first_line", "prefix", "infer_z", "prior", "prosody_weight", "bigram_correction", "nonsense"],
-    "/api/vary": ["poem", "n", "spread", "temp", "seed", "beam", "acrostic", "allow_unk", "greedy", "bigram_correction"],
+                    "tones", "acrostic", "first_line", "prefix", "infer_z", "prior", "prosody_weight",
+                    "bigram_correction", "nonsense"],
+    "/api/vary": ["poem", "n", "spread", "temp", "seed", "beam", "acrostic", "allow_unk", "greedy",
+                  "bigram_correction"],
     "/api/reconstruct": ["poems", "allow_unk"],
     "/api/interpolate": ["poem_a", "poem_b", "steps", "method", "sample", "temp", "seed", "beam", "rhyme"],
 }  # fmt: skip
