@@ -114,9 +114,9 @@ class BigramTable:
     def prob(self, prev: str, ch: str) -> float:
         """b(ch | prev), prev "" for the line start; for tests and inspection."""
         index = self.index
-        u = self._unigram_probs
+        u = self.unigram_probs
         w = index.get(ch)
-        u_w = float(u[w]) if w is not None else _UNSEEN / float(self.unigram.sum() + _UNSEEN * len(self.chars))
+        u_w = float(u[w]) if w is not None else self.unseen_prob
         c = index.get(prev)
         if c is None or int(self.total[c]) == 0:
             return u_w
@@ -127,13 +127,16 @@ class BigramTable:
         return (n_cw + d_c * u_w) / (n_c + d_c)
 
     @cached_property
-    def _unigram_probs(self) -> Tensor:
-        return self._u()
-
-    def _u(self) -> Tensor:
+    def unigram_probs(self) -> Tensor:
+        """u: each character's share of the corpus, add-0.5 smoothed; what is left of 1
+        (0.5 / the denominator) is the share of a character the table lacks (unseen_prob)."""
         counts = self.unigram.double() + _UNSEEN
         counts[LINE_START] = 0.0
         return counts / (counts.sum() + _UNSEEN)
+
+    @property
+    def unseen_prob(self) -> float:
+        return _UNSEEN / float(self.unigram.sum() + _UNSEEN * len(self.chars))
 
 
 @lru_cache(maxsize=1)
@@ -158,11 +161,11 @@ class BigramCorrection:
         class_of = torch.full((len(table.chars),), -1, dtype=torch.long)
         class_of[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
         k = len(classes) + 1  # the last class: tokens whose first character the table lacks
-        u = table._u()
+        u = table.unigram_probs
         self.token_class = torch.tensor([int(class_of[f]) if f >= 0 else k - 1 for f in first], dtype=torch.long)
         u_class = torch.empty(k, dtype=torch.float64)
         u_class[:-1] = u[torch.tensor(classes, dtype=torch.long)]
-        u_class[-1] = _UNSEEN / float(table.unigram.sum() + _UNSEEN * len(table.chars))
+        u_class[-1] = table.unseen_prob
         # the contexts: the line start, then the table characters that end a token; each
         # token's context is its last character's (-1 -> an unknown context: b = u)
         last = [index.get(t[-1], -1) if i >= specials else -1 for i, t in enumerate(tokens)]

@@ -47,7 +47,7 @@ def test_pruning_keeps_the_exact_totals_and_the_witten_bell_formula():
     full, pruned = table(1), table(2)
     assert pruned.col.numel() < full.col.numel()
     assert torch.equal(full.total, pruned.total) and torch.equal(full.distinct, pruned.distinct)
-    u = full._u()
+    u = full.unigram_probs
     index = {ch: i for i, ch in enumerate(full.chars)}
     # b(日 | 白) = (3 + 1 u(日)) / (3 + 1), in both tables (3 >= 2)
     expected = (3 + float(u[index["日"]])) / 4
