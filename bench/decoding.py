@@ -26,15 +26,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
+from latent import lm_nll  # bench/latent.py, beside this script: the same judge
 
-from poetvae.corpus import read_corpus, split_corpus
 from poetvae.data_files import shipped_corpus
 from poetvae.decode import DecodeOptions
-from poetvae.evaluate import iw_nll, sample_stats
-from poetvae.form import Poem
+from poetvae.evaluate import sample_stats
 from poetvae.models import resolve_model
 from poetvae.poet import Poet
+from poetvae.prep import split_poems
 
 T08 = DecodeOptions(temperature=0.8)
 OFF = {"repetition_rule": False}
@@ -84,12 +83,6 @@ COLUMNS = (
     ("judge", "judge", "{:.1f}"),
     ("poems/s", "poems_per_s", "{:,.0f}"),
 )
-
-
-def lm_nll(lm: Poet, poems: list[tuple[str, ...]]) -> float:
-    """Mean -log p(poem) in nats under a language model (K = 1 is exact without a latent)."""
-    tokens = lm.tokens([Poem(p) for p in poems], allow_unk=True)
-    return float(iw_nll(lm.model, tokens, k=1, generator=torch.Generator().manual_seed(0)).mean())
 
 
 def reader_accuracy(human: list[tuple[str, ...]], poems: list[tuple[str, ...]], folds: int = 5) -> float:
@@ -147,8 +140,8 @@ def main() -> None:
     args = ap.parse_args()
     poet = Poet.load(resolve_model(args.model).path)
     judge = Poet.load(args.lm) if args.lm else None
-    quatrains = split_corpus(read_corpus(shipped_corpus("quatrains"))[0], 0.05, 0.05, 0)
-    stanzas = split_corpus(read_corpus(shipped_corpus("stanzas"))[0], 0.05, 0.05, 0)["train"]
+    quatrains = split_poems(shipped_corpus("quatrains"))[0]
+    stanzas = split_poems(shipped_corpus("stanzas"))[0]["train"]
     seen = [p.lines for p in quatrains["train"] + stanzas]
     known = set(trigrams([p.lines for p in quatrains["train"]]))
     human = [p.lines for p in quatrains["test"]]

@@ -19,12 +19,12 @@ import argparse
 import json
 from pathlib import Path
 
-from poetvae.corpus import read_corpus, split_corpus
 from poetvae.data_files import shipped_corpus
 from poetvae.evaluate import evaluate_run
 from poetvae.files import atomic_write
 from poetvae.models import EVALUATION, resolve_model
 from poetvae.poet import Poet
+from poetvae.prep import split_poems
 
 
 def main() -> None:
@@ -36,8 +36,8 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write BUNDLE/evaluation.json")
     args = ap.parse_args()
     path = resolve_model(args.model).path
-    quatrains = split_corpus(read_corpus(shipped_corpus("quatrains"))[0], 0.05, 0.05, 0)
-    stanzas = split_corpus(read_corpus(shipped_corpus("stanzas"))[0], 0.05, 0.05, 0)["train"]
+    quatrains = split_poems(shipped_corpus("quatrains"))[0]
+    stanzas = split_poems(shipped_corpus("stanzas"))[0]["train"]
     report = evaluate_run(
         Poet.load(path),
         quatrains["test"],

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from poetvae.corpus import read_corpus, split_corpus
 from poetvae.data_files import shipped_corpus
 from poetvae.decode import DecodeOptions
 from poetvae.errors import PoetVAEError
@@ -35,6 +34,7 @@ from poetvae.evaluate import iw_nll, sample_stats
 from poetvae.form import Poem
 from poetvae.models import resolve_model
 from poetvae.poet import Poet, Reconstruction
+from poetvae.prep import split_poems
 
 SAMPLE = DecodeOptions(temperature=0.8, rerank=3, prosody_weight=100.0)  # `poetvae sample`'s defaults
 
@@ -86,8 +86,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.manual_seed(0)
-    quatrains = split_corpus(read_corpus(shipped_corpus("quatrains"))[0], 0.05, 0.05, 0)
-    stanzas = split_corpus(read_corpus(shipped_corpus("stanzas"))[0], 0.05, 0.05, 0)["train"]
+    quatrains = split_poems(shipped_corpus("quatrains"))[0]
+    stanzas = split_poems(shipped_corpus("stanzas"))[0]["train"]
     seen = [p.lines for p in quatrains["train"] + stanzas]
     test = quatrains["test"]
     train = random.Random(0).sample(quatrains["train"], 1000)

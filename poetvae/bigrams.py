@@ -26,6 +26,7 @@ token's last character, times the bigrams inside the token.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -97,9 +98,7 @@ class BigramTable:
             "unigram": self.unigram.int(),
         }
         with atomic_path(path) as tmp:
-            save_file(
-                tensors, str(tmp), metadata={"min_count": str(int(self.count.min()) if self.count.numel() else 0)}
-            )
+            save_file(tensors, str(tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> BigramTable:
@@ -188,12 +187,12 @@ class BigramCorrection:
         # b(class | context) = count / denominator + backoff * u(class)
         self.backoff = torch.where(seen, distinct / denominator, 1.0).float().to(device)
         self.u = u_class.float().to(device)
-        self.crow = torch.zeros(n_ctx + 1, dtype=torch.long)
-        self.crow[1:] = torch.bincount(row, minlength=n_ctx).cumsum(0)
+        crow = torch.zeros(n_ctx + 1, dtype=torch.long)
+        crow[1:] = torch.bincount(row, minlength=n_ctx).cumsum(0)
         order = torch.argsort(row * k + col)
+        self.crow = crow.to(device)
         self.col = col[order].to(device)
         self.value = (count / denominator[row])[order].float().to(device)
-        self.crow = self.crow.to(device)
         self.token_class = self.token_class.to(device)
         self.token_context = self.token_context.to(device)
         self.inside = self._inside(table, tokens, specials).to(device)
@@ -207,7 +206,7 @@ class BigramCorrection:
         inside = torch.zeros(len(tokens))
         for i, token in enumerate(tokens[specials:], specials):
             if len(token) > 1:
-                inside[i] = sum(torch.tensor(table.prob(a, b)).log() for a, b in zip(token, token[1:]))
+                inside[i] = sum(math.log(table.prob(a, b)) for a, b in zip(token, token[1:]))
         return inside
 
     def log_prob(self, prev: Tensor, chars_written: Tensor) -> Tensor:

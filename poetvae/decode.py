@@ -174,25 +174,21 @@ def generate(
         if beam == 1 and correction:
             # the temperature on p / b^K (poetvae.bigrams): the draw's weights move, the
             # poem's score stays the model's log-probability
-            logp = step.logits(hidden)
-            if not step.adaptive:
-                logp = torch.log_softmax(logp, dim=-1)
-            biased = logp.add(tables.bigrams().log_prob(rows.prev, rows.chars_written), alpha=correction)
-            u = uniforms(b, device, generator)
-            if options.top_k or options.top_p < 1.0:
-                token, _ = choose_token(
-                    biased,
-                    mask,
-                    u,
-                    temperature=options.temperature,
-                    top_k=options.top_k,
-                    top_p=options.top_p,
-                    generator=generator,
-                )
-            else:  # at the temperature and shifted to a maximum of 0: one exp pass draws
-                biased.mul_(1.0 / options.temperature)
-                biased.sub_(biased.amax(dim=1, keepdim=True))
-                token, _ = choose_token(biased, mask, u, log_probs=True, generator=generator)
+            logp = step.log_probs(hidden)
+            # the draw's log-weights at the temperature, shifted to a maximum of 0 so that one
+            # exp pass draws from them (choose_token's log-probability path)
+            weights = logp.add(tables.bigrams().log_prob(rows.prev, rows.chars_written), alpha=correction)
+            weights.mul_(1.0 / options.temperature)
+            weights.sub_(weights.amax(dim=1, keepdim=True))
+            token, _ = choose_token(
+                weights,
+                mask,
+                uniforms(b, device, generator),
+                top_k=options.top_k,
+                top_p=options.top_p,
+                log_probs=True,
+                generator=generator,
+            )
             token_logp = logp.gather(1, token[:, None]).squeeze(1)
         elif beam == 1:
             u = None if options.greedy else uniforms(b, device, generator)  # greedy draws nothing
@@ -209,9 +205,7 @@ def generate(
                 generator=generator,
             )
         else:
-            logp = step.logits(hidden)
-            if not step.adaptive:  # the adaptive softmax gives log-probabilities already
-                logp = torch.log_softmax(logp, dim=-1)
+            logp = step.log_probs(hidden)
             v = logp.size(1)
             # a finished row extends only with <pad>, at no cost
             step_logp = mask.fill_(torch.where(rows.finished[:, None], 0.0, logp), -math.inf)

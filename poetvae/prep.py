@@ -95,6 +95,16 @@ def count_unknown(vocab: Vocab, poems: Sequence[Poem]) -> tuple[int, Counter[str
     return total, unknown
 
 
+def split_poems(
+    corpus: Sequence[str | Path], cfg: PrepConfig = PrepConfig()
+) -> tuple[dict[str, list[Poem]], ReadReport]:
+    """The train / valid / test poems that `prepare` makes of `corpus` with `cfg`, and what
+    reading found, without writing anything (e.g. the splits the bundled models were trained
+    on, for benchmarks: `split_poems(shipped_corpus("quatrains"))`)."""
+    poems, report = read_corpus(corpus, t2s=cfg.t2s)
+    return split_corpus(poems, cfg.valid_fraction, cfg.test_fraction, cfg.split_seed), report
+
+
 def prepare(
     corpus: Sequence[str | Path],
     prep_dir: str | Path,
@@ -111,8 +121,7 @@ def prepare(
     manifest. `embeddings` (a (len(vocab), embed_dim) matrix: that run's embedding table)
     are written instead of training word2vec."""
     prep_dir = Path(prep_dir)
-    poems, report = read_corpus(corpus, t2s=cfg.t2s)
-    splits = split_corpus(poems, cfg.valid_fraction, cfg.test_fraction, cfg.split_seed)
+    splits, report = split_poems(corpus, cfg)
     train_lines = [p.lines for p in splits["train"]]
     given_vocab = vocab is not None
     if vocab is None:

@@ -162,3 +162,9 @@ class StepDecoder:
             with torch.no_grad():
                 return self.adaptive_out.full_log_prob(hidden)
         return torch.addmm(self.out_b, hidden, self.out_w)
+
+    def log_probs(self, hidden: Tensor) -> Tensor:
+        """(B, H) -> (B, V) log p(next token) in fp32: `logits`, normalised where the output
+        layer does not give log-probabilities already (the adaptive softmax does)."""
+        scores = self.logits(hidden)
+        return scores if self.adaptive else torch.log_softmax(scores, dim=-1)
