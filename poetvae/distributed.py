@@ -61,6 +61,9 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
 
 
 def teardown() -> None:
+    """Leave the process group. A script of your own that trains under torchrun should end
+    its process as the `poetvae` command does (poetvae.cli.main: os._exit once its output
+    is flushed): gloo's threads can otherwise abort it during the interpreter's exit."""
     global _flag_group
     _flag_group = None
     if dist.is_initialized():

@@ -1,6 +1,7 @@
 """Multi-process training with torchrun + DDP on the gloo backend (CPU, 2 processes)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -92,3 +93,22 @@ def test_devices_with_corpus_files_and_prep_flags(shipped_corpus, tmp_path):
     assert two.returncode == 0, two.stdout + two.stderr
     prep = json.loads((run_dir / rundir.CONFIG).read_text(encoding="utf-8"))["prep"]
     assert (prep["min_count"], prep["valid_fraction"], prep["w2v_epochs"]) == (1, 0.1, 1)
+
+
+def test_a_torchrun_process_ends_with_its_own_code_and_output():
+    """A process torchrun started skips the interpreter's finalisation (a gloo thread may
+    still be releasing the last collective's tensors then): it still says everything it
+    printed and ends with the code the command chose, a usage error's 2 as a success's 0."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    sample = [sys.executable, "-m", "poetvae", "sample", "-n", "2", "--seed", "0"]
+    ok = subprocess.run(sample, capture_output=True, text=True, env=env, timeout=120)
+    alone = subprocess.run(sample, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout == alone.stdout and len(ok.stdout.splitlines()) >= 2, ok.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "poetvae", "sample", "--temp", "-1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--temp" in bad.stderr
