@@ -100,7 +100,7 @@ def test_a_torchrun_process_ends_with_its_own_code_and_output():
     still be releasing the last collective's tensors then): it still says everything it
     printed and ends with the code the command chose, a usage error's 2 as a success's 0."""
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
-    sample = [sys.executable, "-m", "poetvae", "sample", "-n", "2", "--seed", "0"]
+    sample = [sys.executable, "-m", "poetvae", "sample", "-m", "classical", "-n", "2", "--seed", "0"]
     ok = subprocess.run(sample, capture_output=True, text=True, env=env, timeout=120)
     alone = subprocess.run(sample, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and ok.stdout == alone.stdout and len(ok.stdout.splitlines()) >= 2, ok.stderr

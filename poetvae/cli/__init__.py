@@ -83,7 +83,7 @@ def _end_without_finalising(code: object) -> None:
     finalisation. Why: a gloo worker thread releases the last collective's tensors a moment
     after the collective returns, and that release takes the GIL; when the main thread has
     begun finalising by then, the thread is killed mid-destructor and the process aborts
-    ("terminate called without an active exception", exit -6: about 1 run in 20 of a
+    ("terminate called without an active exception", exit -6: 3 runs in 110 of a tiny
     2-process training on 2 cores; pytorch/pytorch#179291). By now every file the command
     writes is written, closed and renamed into place, so only the streams need flushing."""
     import os
