@@ -94,7 +94,7 @@ def reader_accuracy(human: list[tuple[str, ...]], poems: list[tuple[str, ...]], 
     random.Random(0).shuffle(data)
     right = 0
     for fold in range(folds):
-        counts, totals = [Counter(), Counter()], [0, 0]
+        counts: list[Counter] = [Counter(), Counter()]
         for i, (grams, y) in enumerate(data):
             if i % folds != fold:
                 counts[y].update(grams)

@@ -171,7 +171,7 @@ def generate(
         mask = form.mask(rows, control_tables)
         if repeats is not None:  # the repetition rule, on top of the form and the controls
             mask = repeats.mask(mask, rows.chars_written, rows.control_state)
-        if beam == 1 and correction:
+        if correction:  # nonzero only where a single row is drawn (beam 1, not greedy)
             # the temperature on p / b^K (poetvae.bigrams): the draw's weights move, the
             # poem's score stays the model's log-probability
             logp = step.log_probs(hidden)

@@ -19,9 +19,7 @@ from pathlib import Path
 
 from poetvae.bigrams import MIN_COUNT, TABLE_PATH, BigramTable
 from poetvae.corpus import read_corpus
-
-ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("data/tang_quatrains.jsonl.gz", "data/song_quatrains.jsonl.gz", "data/stanzas.txt.gz")
+from poetvae.data_files import shipped_corpus
 
 
 def main() -> None:
@@ -31,7 +29,7 @@ def main() -> None:
     )
     ap.add_argument("-o", "--output", type=Path, default=TABLE_PATH)
     args = ap.parse_args()
-    poems, _ = read_corpus([ROOT / s for s in SOURCES], t2s="never")
+    poems, _ = read_corpus(shipped_corpus("quatrains") + shipped_corpus("stanzas"), t2s="never")
     table = BigramTable.from_lines((line for p in poems for line in p.lines), args.min_count)
     table.save(args.output)
     bigrams, kept = int(table.total.sum()), int(table.count.sum())
